@@ -1,0 +1,3 @@
+from moecloud.engine.model.deepseek import DeepseekForCausalLM
+
+__all__ = ["DeepseekForCausalLM"]

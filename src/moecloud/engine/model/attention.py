@@ -1,0 +1,99 @@
+"""Multi-head Latent Attention over the paged latent KV cache.
+
+Per token and layer the cache holds ``kv_lora_rank`` normalised latent values plus the shared
+``qk_rope_head_dim`` rotated key: never per-head K/V. Queries are absorbed into the latent space
+(``q_nope @ W_UK``) so attention reads the latent directly, and the per-head values come out of
+``W_UV`` only after the softmax.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from moecloud.engine.model.layers import Linear, RMSNorm, RotaryEmbedding
+from moecloud.engine.model_config import ModelConfig
+
+
+@dataclass
+class AttentionGroup:
+    """Sequences attended together: each has ``q_len`` new tokens at the end of its context."""
+
+    token_index: torch.Tensor  # [B, Q] rows of the flat token batch
+    block_tables: torch.Tensor  # [B, max_blocks] cache block ids (padding rows point at any block)
+    context_lens: torch.Tensor  # [B] tokens in context, the new ones included
+
+
+@dataclass
+class ForwardBatch:
+    positions: torch.Tensor  # [T]
+    slot_mapping: torch.Tensor  # [T] flat cache slot each new token's latent is written to
+    groups: list[AttentionGroup]
+
+
+class MLA(nn.Module):
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+        super().__init__()
+        c = config
+        self.num_heads = c.num_attention_heads
+        self.nope_dim, self.rope_dim, self.v_dim = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
+        self.kv_lora_rank = c.kv_lora_rank
+        self.softmax_scale = c.softmax_scale
+        q_out = self.num_heads * c.qk_head_dim
+        if c.q_lora_rank is None:
+            self.q_proj = Linear(c.hidden_size, q_out)
+        else:
+            self.q_a_proj = Linear(c.hidden_size, c.q_lora_rank, bias=c.attention_bias)
+            self.q_a_layernorm = RMSNorm(c.q_lora_rank, c.rms_norm_eps)
+            self.q_b_proj = Linear(c.q_lora_rank, q_out)
+        self.kv_a_proj_with_mqa = Linear(c.hidden_size, c.latent_dim, bias=c.attention_bias)
+        self.kv_a_layernorm = RMSNorm(c.kv_lora_rank, c.rms_norm_eps)
+        self.kv_b_proj = Linear(c.kv_lora_rank, self.num_heads * (self.nope_dim + self.v_dim))
+        self.o_proj = Linear(self.num_heads * self.v_dim, c.hidden_size, bias=c.attention_bias)
+        self.rotary = rotary
+
+    def _query(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "q_proj"):
+            return self.q_proj(x)
+        return self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: torch.Tensor) -> torch.Tensor:
+        """``x`` [T, hidden]; ``cache`` [num_blocks, block_size, kv_lora_rank + rope_dim]."""
+        tokens = x.shape[0]
+        q = self._query(x).view(tokens, self.num_heads, -1)
+        q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
+        q_pe = self.rotary(q_pe, batch.positions)  # [T, heads, rope]
+        latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
+        latent = self.kv_a_layernorm(latent)
+        k_pe = self.rotary(k_pe, batch.positions)  # [T, rope]
+        cache.view(-1, cache.shape[-1]).index_copy_(0, batch.slot_mapping, torch.cat((latent, k_pe), dim=-1))
+
+        w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
+        w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim :]
+        q_latent = torch.einsum("thn,hnl->thl", q_nope, w_uk)  # [T, heads, kv_lora]
+        out_latent = q_latent.new_empty(q_latent.shape)
+        for group in batch.groups:
+            out_latent[group.token_index] = self._attend(
+                q_latent[group.token_index], q_pe[group.token_index], group, cache
+            )
+        out = torch.einsum("thl,hvl->thv", out_latent, w_uv).reshape(tokens, -1)
+        return self.o_proj(out)
+
+    def _attend(
+        self, q_latent: torch.Tensor, q_pe: torch.Tensor, group: AttentionGroup, cache: torch.Tensor
+    ) -> torch.Tensor:
+        """``q_latent`` [B, Q, heads, kv_lora], ``q_pe`` [B, Q, heads, rope] -> [B, Q, heads, kv_lora]."""
+        q_len = q_latent.shape[1]
+        kv = cache[group.block_tables].flatten(1, 2)  # [B, L, kv_lora + rope]
+        latent, k_pe = kv[..., : self.kv_lora_rank], kv[..., self.kv_lora_rank :]
+        scores = torch.einsum("bqhl,bkl->bhqk", q_latent, latent)
+        scores = scores + torch.einsum("bqhr,bkr->bhqk", q_pe, k_pe)
+        key_pos = torch.arange(kv.shape[1], device=kv.device)
+        # query i of a sequence sits at context position ctx_len - Q + i and sees keys up to it
+        last_visible = group.context_lens[:, None] - q_len + torch.arange(q_len, device=kv.device)[None, :]
+        visible = key_pos[None, None, :] <= last_visible[:, :, None]  # [B, Q, L]
+        scores = scores.float().mul_(self.softmax_scale).masked_fill_(~visible[:, None], float("-inf"))
+        probs = scores.softmax(dim=-1).to(latent.dtype)
+        return torch.einsum("bhqk,bkl->bqhl", probs, latent)

@@ -1,0 +1,108 @@
+"""Building blocks shared by attention and MoE: RMSNorm, rotary embeddings, a quantizable Linear."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from moecloud.engine.model_config import RopeConfig, yarn_mscale
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class Linear(nn.Module):
+    """``y = x @ W.T (+ b)``; :meth:`quantize_int8` swaps W for int8 rows with one scale each."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
+        self.scale: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale is None:
+            return nn.functional.linear(x, self.weight, self.bias)
+        y = int8_matmul(x, self.weight, self.scale)
+        return y if self.bias is None else y + self.bias
+
+    def quantize_int8(self) -> None:
+        q, scale = quantize_rows_int8(self.weight.data)
+        self.weight = nn.Parameter(q, requires_grad=False)
+        self.scale = scale.to(torch.get_default_dtype() if q.device.type == "cpu" else scale.dtype)
+
+
+def quantize_rows_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-row int8: ``w ≈ q * scale[:, None]``. Works on [..., out, in]."""
+    w32 = w.float()
+    scale = w32.abs().amax(dim=-1).clamp(min=1e-8) / 127.0
+    q = torch.round(w32 / scale.unsqueeze(-1)).clamp(-127, 127).to(torch.int8)
+    return q, scale.to(w.dtype)
+
+
+def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # The CPU int8 kernel reads the int8 weights directly (4x fewer bytes than fp32); elsewhere dequantize.
+    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32) and hasattr(torch, "_weight_int8pack_mm"):
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch._weight_int8pack_mm(flat, q, scale.to(x.dtype))
+        return out.reshape(*x.shape[:-1], q.shape[0])
+    return nn.functional.linear(x, q.to(x.dtype) * scale.to(x.dtype).unsqueeze(-1))
+
+
+class RotaryEmbedding(nn.Module):
+    """DeepSeek rotary embedding with optional YaRN scaling; cos/sin cached up to ``max_positions``."""
+
+    def __init__(self, dim: int, rope: RopeConfig, max_positions: int) -> None:
+        super().__init__()
+        self.interleave = rope.interleave
+        inv_freq = 1.0 / (rope.theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        attention_scaling = 1.0
+        if rope.rope_type == "yarn":
+            inv_freq = _yarn_inv_freq(inv_freq, dim, rope)
+            attention_scaling = yarn_mscale(rope.factor, rope.mscale) / yarn_mscale(rope.factor, rope.mscale_all_dim)
+        t = torch.arange(max_positions, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)  # [positions, dim/2]
+        self.register_buffer("cos", freqs.cos() * attention_scaling, persistent=False)
+        self.register_buffer("sin", freqs.sin() * attention_scaling, persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` [tokens, ..., dim] by each token's position."""
+        shape = [positions.shape[0]] + [1] * (x.dim() - 2) + [-1]
+        cos = self.cos[positions].view(shape)
+        sin = self.sin[positions].view(shape)
+        xf = x.float()
+        if self.interleave:
+            x1, x2 = xf[..., 0::2], xf[..., 1::2]
+            out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+        else:
+            half = x.shape[-1] // 2
+            x1, x2 = xf[..., :half], xf[..., half:]
+            out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        return out.to(x.dtype)
+
+
+def _yarn_inv_freq(inv_freq: torch.Tensor, dim: int, rope: RopeConfig) -> torch.Tensor:
+    original = rope.original_max_position_embeddings or 4096
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(rope.theta))
+
+    low = max(math.floor(correction_dim(rope.beta_fast)), 0)
+    high = min(math.ceil(correction_dim(rope.beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolation = 1 - ramp
+    return (inv_freq / rope.factor) * (1 - extrapolation) + inv_freq * extrapolation

@@ -1,0 +1,138 @@
+"""DeepSeekMoE: the gate (every routing variant), routed experts run only on their tokens, shared experts."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from moecloud.engine.model.layers import Linear, int8_matmul, quantize_rows_int8
+from moecloud.engine.model_config import ModelConfig
+
+
+class MLP(nn.Module):
+    """The dense SwiGLU feed-forward, also used for the shared experts."""
+
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = Linear(hidden, intermediate)
+        self.up_proj = Linear(hidden, intermediate)
+        self.down_proj = Linear(intermediate, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Gate(nn.Module):
+    """Chooses ``top_k`` experts per token and their weights.
+
+    With ``noaux_tc`` the correction bias steers the choice only; the weights come from unbiased scores.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c = config
+        assert c.n_routed_experts and c.num_experts_per_tok
+        self.n_experts, self.top_k = c.n_routed_experts, c.num_experts_per_tok
+        self.method, self.scoring = c.topk_method, c.scoring_func
+        self.n_group, self.topk_group = c.n_group or 1, c.topk_group or 1
+        self.norm_topk_prob, self.scaling = c.norm_topk_prob, c.routed_scaling_factor
+        # DeepSeek-V2 normalises *or* scales; V3 normalises and then scales (their reference code).
+        self.scale_after_norm = c.model_type != "deepseek_v2"
+        self.weight = nn.Parameter(torch.empty(self.n_experts, c.hidden_size), requires_grad=False)
+        if self.method == "noaux_tc":
+            self.e_score_correction_bias = nn.Parameter(torch.zeros(self.n_experts), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = F.linear(x.float(), self.weight.float())  # [T, experts]
+        scores = logits.softmax(dim=-1) if self.scoring == "softmax" else logits.sigmoid()
+        choice = scores
+        if self.method == "noaux_tc":
+            choice = scores + self.e_score_correction_bias.float()
+        if self.method != "greedy":
+            choice = self._limit_to_groups(choice)
+        indices = choice.topk(self.top_k, dim=-1).indices  # [T, top_k]
+        weights = scores.gather(1, indices)
+        if self.norm_topk_prob and self.top_k > 1:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+            if self.scale_after_norm:
+                weights = weights * self.scaling
+        else:
+            weights = weights * self.scaling
+        return indices, weights
+
+    def _limit_to_groups(self, choice: torch.Tensor) -> torch.Tensor:
+        grouped = choice.view(choice.shape[0], self.n_group, -1)
+        if self.method == "noaux_tc":
+            group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)
+        else:
+            group_scores = grouped.amax(dim=-1)
+        keep = group_scores.topk(self.topk_group, dim=-1).indices
+        mask = torch.ones_like(group_scores, dtype=torch.bool).scatter_(1, keep, False)
+        fill = float("-inf") if self.method == "noaux_tc" else 0.0
+        return grouped.masked_fill(mask.unsqueeze(-1), fill).flatten(1)
+
+
+class Experts(nn.Module):
+    """All routed experts as stacked tensors; each runs only on the tokens routed to it."""
+
+    def __init__(self, n_experts: int, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.intermediate = intermediate
+        self.w13 = nn.Parameter(torch.empty(n_experts, 2 * intermediate, hidden), requires_grad=False)
+        self.w2 = nn.Parameter(torch.empty(n_experts, hidden, intermediate), requires_grad=False)
+        self.w13_scale: torch.Tensor | None = None
+        self.w2_scale: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        top_k = indices.shape[1]
+        flat = indices.flatten()
+        order = flat.argsort(stable=True)
+        token_of = order // top_k  # token row of each (token, slot) pair, grouped by expert
+        counts = torch.bincount(flat, minlength=self.w13.shape[0]).tolist()
+        pair_weights = weights.flatten()[order].to(x.dtype)
+        out = torch.zeros_like(x)
+        start = 0
+        for expert, count in enumerate(counts):
+            if count == 0:
+                continue
+            rows = token_of[start : start + count]
+            h = self._project(x[rows], self.w13, self.w13_scale, expert)
+            gate, up = h.split(self.intermediate, dim=-1)
+            y = self._project(F.silu(gate) * up, self.w2, self.w2_scale, expert)
+            out.index_add_(0, rows, y * pair_weights[start : start + count, None])
+            start += count
+        return out
+
+    @staticmethod
+    def _project(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, expert: int) -> torch.Tensor:
+        if scale is None:
+            return F.linear(x, w[expert])
+        return int8_matmul(x, w[expert], scale[expert])
+
+    def quantize_int8(self) -> None:
+        for name in ("w13", "w2"):
+            q, scale = quantize_rows_int8(getattr(self, name).data)
+            setattr(self, name, nn.Parameter(q, requires_grad=False))
+            setattr(self, f"{name}_scale", scale)
+
+
+class MoE(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c = config
+        assert c.n_routed_experts
+        self.gate = Gate(c)
+        self.experts = Experts(c.n_routed_experts, c.hidden_size, c.moe_intermediate_size)
+        self.shared_experts = (
+            MLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts) if c.n_shared_experts else None
+        )
+        self.register_buffer("expert_load", torch.zeros(c.n_routed_experts, dtype=torch.long), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        indices, weights = self.gate(x)
+        self.expert_load += torch.bincount(indices.flatten(), minlength=self.expert_load.shape[0])
+        out = self.experts(x, indices, weights)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out
