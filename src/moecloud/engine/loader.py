@@ -120,9 +120,7 @@ def _locate(name: str, config: ModelConfig) -> tuple[str, tuple[int, slice] | No
     return name, None
 
 
-def _check_complete(
-    params: dict[str, torch.nn.Parameter], filled: set[str], config: ModelConfig
-) -> None:
+def _check_complete(params: dict[str, torch.nn.Parameter], filled: set[str], config: ModelConfig) -> None:
     missing = []
     for name, param in params.items():
         if name == "lm_head.weight" and config.tie_word_embeddings:

@@ -151,7 +151,9 @@ def _quant_from(raw: dict[str, Any]) -> QuantConfig | None:
         raise UnsupportedConfig(f"quantization_config.fmt {fmt!r} is not supported (supported: e4m3)")
     block = q.get("weight_block_size")
     if not block or len(block) != 2:
-        raise UnsupportedConfig("quantization_config.weight_block_size must be [rows, cols] (per-tensor fp8 unsupported)")
+        raise UnsupportedConfig(
+            "quantization_config.weight_block_size must be [rows, cols] (per-tensor fp8 unsupported)"
+        )
     return QuantConfig(method="fp8", block_size=(int(block[0]), int(block[1])))
 
 

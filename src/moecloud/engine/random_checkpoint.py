@@ -64,27 +64,141 @@ _BASE: dict[str, Any] = {
 
 VARIANTS: dict[str, dict[str, Any]] = {
     # DeepSeek-V2-Lite: no q compression, softmax gate, greedy top-k
-    "v2-lite": {"model_type": "deepseek_v2", "architectures": ["DeepseekV2ForCausalLM"],
-                "topk_method": "greedy", "scoring_func": "softmax", "n_group": 1, "topk_group": 1},
+    "v2-lite": {
+        "model_type": "deepseek_v2",
+        "architectures": ["DeepseekV2ForCausalLM"],
+        "topk_method": "greedy",
+        "scoring_func": "softmax",
+        "n_group": 1,
+        "topk_group": 1,
+    },
     # DeepSeek-V2: q LoRA, group-limited greedy routing, routed scaling
-    "v2": {"model_type": "deepseek_v2", "architectures": ["DeepseekV2ForCausalLM"], "q_lora_rank": 48,
-           "topk_method": "group_limited_greedy", "scoring_func": "softmax", "n_group": 4, "topk_group": 2,
-           "routed_scaling_factor": 2.0},
+    "v2": {
+        "model_type": "deepseek_v2",
+        "architectures": ["DeepseekV2ForCausalLM"],
+        "q_lora_rank": 48,
+        "topk_method": "group_limited_greedy",
+        "scoring_func": "softmax",
+        "n_group": 4,
+        "topk_group": 2,
+        "routed_scaling_factor": 2.0,
+    },
     # DeepSeek-V3/R1: sigmoid gate, aux-loss-free bias, YaRN rope, first layers dense
-    "v3": {"model_type": "deepseek_v3", "architectures": ["DeepseekV3ForCausalLM"], "q_lora_rank": 48,
-           "topk_method": "noaux_tc", "scoring_func": "sigmoid", "n_group": 4, "topk_group": 2,
-           "norm_topk_prob": True, "routed_scaling_factor": 2.5, "first_k_dense_replace": 1,
-           "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512,
-                            "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}},
+    "v3": {
+        "model_type": "deepseek_v3",
+        "architectures": ["DeepseekV3ForCausalLM"],
+        "q_lora_rank": 48,
+        "topk_method": "noaux_tc",
+        "scoring_func": "sigmoid",
+        "n_group": 4,
+        "topk_group": 2,
+        "norm_topk_prob": True,
+        "routed_scaling_factor": 2.5,
+        "first_k_dense_replace": 1,
+        "rope_scaling": {
+            "type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 512,
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+        },
+    },
 }
 
-_CORPUS_WORDS = (
-    "the a an of to in is it that for on with as was by at be this from or have not are one all there their "
-    "model expert token cloud serve answer question sum list sort reverse number word letter user assistant "
-    "hello world mixture attention latent cache batch request price credit tenant key limit queue route "
-    "zero one two three four five six seven eight nine ten plus minus times equals what is the result "
-    "apple banana cherry river mountain ocean forest city country language music science history"
-).split()
+_CORPUS_WORDS = [
+    "the",
+    "a",
+    "an",
+    "of",
+    "to",
+    "in",
+    "is",
+    "it",
+    "that",
+    "for",
+    "on",
+    "with",
+    "as",
+    "was",
+    "by",
+    "at",
+    "be",
+    "this",
+    "from",
+    "or",
+    "have",
+    "not",
+    "are",
+    "one",
+    "all",
+    "there",
+    "their",
+    "model",
+    "expert",
+    "token",
+    "cloud",
+    "serve",
+    "answer",
+    "question",
+    "sum",
+    "list",
+    "sort",
+    "reverse",
+    "number",
+    "word",
+    "letter",
+    "user",
+    "assistant",
+    "hello",
+    "world",
+    "mixture",
+    "attention",
+    "latent",
+    "cache",
+    "batch",
+    "request",
+    "price",
+    "credit",
+    "tenant",
+    "key",
+    "limit",
+    "queue",
+    "route",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "plus",
+    "minus",
+    "times",
+    "equals",
+    "what",
+    "is",
+    "the",
+    "result",
+    "apple",
+    "banana",
+    "cherry",
+    "river",
+    "mountain",
+    "ocean",
+    "forest",
+    "city",
+    "country",
+    "language",
+    "music",
+    "science",
+    "history",
+]
 
 
 def corpus(lines: int = 3000, seed: int = 0) -> list[str]:
@@ -114,11 +228,24 @@ def write_tokenizer(out_dir: Path, vocab_size: int = 512, texts: list[str] | Non
     tok.train_from_iterator(texts or corpus(), trainer=trainer)
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_dir / "tokenizer.json"))
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({
-        "add_bos_token": True, "add_eos_token": False, "bos_token": BOS, "eos_token": EOS,
-        "pad_token": EOS, "model_max_length": 16384, "tokenizer_class": "PreTrainedTokenizerFast",
-        "clean_up_tokenization_spaces": False, "legacy": True, "chat_template": CHAT_TEMPLATE,
-    }, indent=2, ensure_ascii=False))
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "bos_token": BOS,
+                "eos_token": EOS,
+                "pad_token": EOS,
+                "model_max_length": 16384,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "clean_up_tokenization_spaces": False,
+                "legacy": True,
+                "chat_template": CHAT_TEMPLATE,
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
     return tok.get_vocab_size()
 
 
@@ -145,11 +272,16 @@ def random_state_dict(config: dict[str, Any], seed: int = 0) -> dict[str, torch.
         return 1.0 + 0.1 * torch.randn(dim, generator=gen)
 
     def mlp(prefix: str, inter: int) -> dict[str, torch.Tensor]:
-        return {f"{prefix}.gate_proj.weight": linear(inter, h), f"{prefix}.up_proj.weight": linear(inter, h),
-                f"{prefix}.down_proj.weight": linear(h, inter)}
+        return {
+            f"{prefix}.gate_proj.weight": linear(inter, h),
+            f"{prefix}.up_proj.weight": linear(inter, h),
+            f"{prefix}.down_proj.weight": linear(h, inter),
+        }
 
-    sd = {"model.embed_tokens.weight": torch.randn(config["vocab_size"], h, generator=gen),
-          "model.norm.weight": norm(h)}
+    sd = {
+        "model.embed_tokens.weight": torch.randn(config["vocab_size"], h, generator=gen),
+        "model.norm.weight": norm(h),
+    }
     if not config.get("tie_word_embeddings"):
         sd["lm_head.weight"] = linear(config["vocab_size"], h)
     for i in range(config["num_hidden_layers"]):
@@ -238,8 +370,12 @@ def write_random_checkpoint(
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
     tensors = {n: t.to(dtype) for n, t in random_state_dict(config, seed).items()}
     if fp8_block is not None:
-        config["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                                         "weight_block_size": list(fp8_block)}
+        config["quantization_config"] = {
+            "quant_method": "fp8",
+            "fmt": "e4m3",
+            "activation_scheme": "dynamic",
+            "weight_block_size": list(fp8_block),
+        }
         for name in [n for n in tensors if _fp8_eligible(n)]:
             tensors[name], tensors[name + "_scale_inv"] = quantize_fp8_blocks(tensors[name].float(), fp8_block)
     save_checkpoint(out, config, tensors, shards)
@@ -254,8 +390,11 @@ def dequantized_twin(fp8_dir: str | Path, out_dir: str | Path) -> Path:
     config = json.loads((src / "config.json").read_text())
     block = tuple(config.pop("quantization_config")["weight_block_size"])
     tensors = dict(iter_tensors(checkpoint_files(src)))
-    twin = {n: (dequantize_fp8(t, tensors[n + "_scale_inv"], block) if t.dtype == torch.float8_e4m3fn else t.float())
-            for n, t in tensors.items() if not n.endswith("_scale_inv")}
+    twin = {
+        n: (dequantize_fp8(t, tensors[n + "_scale_inv"], block) if t.dtype == torch.float8_e4m3fn else t.float())
+        for n, t in tensors.items()
+        if not n.endswith("_scale_inv")
+    }
     config["torch_dtype"] = "float32"
     save_checkpoint(out, config, twin)
     for name in ("tokenizer.json", "tokenizer_config.json"):

@@ -1,0 +1,314 @@
+"""``LLMEngine``: requests in, incremental outputs out. One step is ``schedule() -> run(batch) -> postprocess()``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from moecloud.engine.kv_cache import BlockManager
+from moecloud.engine.loader import load_model
+from moecloud.engine.model_config import load_model_config
+from moecloud.engine.model_runner import ModelRunner, ScheduledSeq
+from moecloud.engine.outputs import CompletionOutput, EngineStats, Logprob, RequestMetrics, RequestOutput
+from moecloud.engine.sampler import Sampler, SamplingRow, TokenChoice, top_logprobs
+from moecloud.engine.sampling_params import SamplingParams
+from moecloud.engine.scheduler import Scheduler
+from moecloud.engine.sequence import Sequence
+from moecloud.engine.stop import StopChecker
+from moecloud.engine.tokenizer import IncrementalDetokenizer, Tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EngineConfig:
+    model: str
+    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto
+    device: str = "auto"  # cpu | cuda | auto
+    quantization: str | None = None  # None | "int8" (weight-only)
+    block_size: int = 16
+    kv_cache_tokens: int = 16384
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    seed: int = 0
+
+    def resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolve_dtype(self, device: torch.device) -> torch.dtype:
+        if self.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not supported (supported: auto, {', '.join(DTYPES)})")
+        return DTYPES[self.dtype]
+
+
+class PromptTooLong(ValueError):
+    def __init__(self, prompt_tokens: int, limit: int, what: str = "the model's context length") -> None:
+        super().__init__(f"the prompt has {prompt_tokens} tokens, but {what} is {limit} tokens")
+        self.prompt_tokens, self.limit = prompt_tokens, limit
+
+
+@dataclass
+class _Sample:
+    index: int
+    seq: Sequence
+    detokenizer: IncrementalDetokenizer
+    stop: StopChecker
+    generator: torch.Generator | None
+    logprobs: list[dict[int, Logprob]] | None
+    cumulative_logprob: float = 0.0
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+@dataclass(eq=False)
+class _Request:
+    request_id: str
+    prompt: str | None
+    prompt_ids: list[int]
+    params: SamplingParams
+    max_tokens: int
+    metrics: RequestMetrics
+    samples: list[_Sample] = field(default_factory=list)
+    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finish_reason for s in self.samples)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = config.resolve_device()
+        self.dtype = config.resolve_dtype(self.device)
+        self.model_config = load_model_config(config.model)
+        self.model_name = Path(config.model).resolve().name
+        self.tokenizer = Tokenizer(config.model)
+        self.max_model_len = min(self.model_config.max_position_embeddings, config.max_model_len or 1 << 62)
+        self.model = load_model(config.model, self.model_config, self.dtype, self.device, self.max_model_len)
+        if config.quantization == "int8":
+            self.model.quantize_int8()
+        elif config.quantization is not None:
+            raise ValueError(f"quantization {config.quantization!r} is not supported (supported: int8)")
+        num_blocks = max(config.kv_cache_tokens // config.block_size, 1)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.device)
+        self.sampler = Sampler(config.seed)
+        self.requests: dict[str, _Request] = {}
+        self._sample_of: dict[str, tuple[_Request, _Sample]] = {}
+        self.eos_ids = set(self.tokenizer.eos_token_ids) | set(self.model_config.eos_token_ids)
+        self.prompt_tokens = self.generation_tokens = 0
+
+    # ---- requests in -------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        text = prompt if isinstance(prompt, str) else None
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if any(not 0 <= t < self.model_config.vocab_size for t in ids):
+            raise ValueError(f"prompt token ids must be in [0, {self.model_config.vocab_size})")
+        if len(ids) >= self.max_model_len:
+            raise PromptTooLong(len(ids), self.max_model_len)
+        room = self.max_model_len - len(ids)
+        max_tokens = room if params.max_tokens is None else min(params.max_tokens, room)
+        capacity = self.blocks.num_blocks * self.blocks.block_size
+        if len(ids) + max(max_tokens, 1) > capacity:
+            raise PromptTooLong(len(ids) + max_tokens, capacity, "the KV cache capacity (prompt + max_tokens)")
+        request = _Request(request_id, text, ids, params, max_tokens, RequestMetrics(arrival_time=time.time()))
+        if params.prompt_logprobs is not None:
+            request.prompt_logprobs = [None]
+        for index in range(params.n):
+            seq = Sequence(
+                f"{request_id}#{index}", list(ids), len(ids), use_prefix_cache=params.prompt_logprobs is None
+            )
+            generator = None
+            if params.seed is not None:
+                generator = torch.Generator().manual_seed(params.seed + index)
+            sample = _Sample(
+                index,
+                seq,
+                IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens),
+                StopChecker(params.stop, params.include_stop_str_in_output),
+                generator,
+                [] if params.logprobs is not None else None,
+            )
+            request.samples.append(sample)
+            self._sample_of[seq.seq_id] = (request, sample)
+            self.scheduler.add(seq)
+        self.requests[request_id] = request
+        self.prompt_tokens += len(ids)
+
+    def abort(self, request_id: str) -> None:
+        request = self.requests.pop(request_id, None)
+        for sample in request.samples if request else []:
+            self.scheduler.finish(sample.seq.seq_id)
+            self._sample_of.pop(sample.seq.seq_id, None)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    # ---- one step ----------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        plan = self.scheduler.schedule()
+        if not plan.scheduled:
+            return []
+        batch = [ScheduledSeq(self.scheduler.seqs[i], n) for i, n in plan.scheduled.items()]
+        hidden, starts = self.runner.run(batch)
+        now = time.time()
+        rows, samplers, prompt_rows, scored_only, touched = [], [], [], [], []
+        for item, start in zip(batch, starts, strict=True):
+            request, sample = self._sample_of[item.seq.seq_id]
+            request.metrics.first_scheduled_time = request.metrics.first_scheduled_time or now
+            if request.prompt_logprobs is not None and sample.index == 0:
+                prompt_rows += self._prompt_logprob_rows(request, item, start)
+            if item.seq.num_computed_tokens + item.num_tokens < item.seq.num_tokens:
+                pass
+            elif request.max_tokens == 0:
+                scored_only.append((request, sample))
+            else:
+                rows.append(start + item.num_tokens - 1)
+                samplers.append((request, sample))
+            touched.append(request)
+        self.scheduler.update(plan.scheduled)
+        if prompt_rows:
+            self._score_prompt(hidden, prompt_rows)
+        for _, sample in scored_only:
+            self._finish(sample, "length")
+        if rows:
+            logits = self.model.compute_logits(hidden[rows])
+            choices = self.sampler(logits, [self._sampling_row(r, s) for r, s in samplers])
+            for (request, sample), choice in zip(samplers, choices, strict=True):
+                self._append(request, sample, choice, now)
+        return [self._output(r) for r in dict.fromkeys(touched)]
+
+    def _sampling_row(self, request: _Request, sample: _Sample) -> SamplingRow:
+        p = request.params
+        outputs = sample.seq.token_ids[sample.seq.num_prompt_tokens :]
+        blocked = [] if len(outputs) >= p.min_tokens else sorted(self.eos_ids | set(p.stop_token_ids))
+        return SamplingRow(p, request.prompt_ids, outputs, sample.generator, blocked)
+
+    def _prompt_logprob_rows(self, request: _Request, item: ScheduledSeq, start: int) -> list[tuple]:
+        """Rows whose logits score the next prompt token: position p predicts token p + 1."""
+        seq, first = item.seq, item.seq.num_computed_tokens
+        scored = len(request.prompt_logprobs or [])
+        last = min(first + item.num_tokens, seq.num_prompt_tokens - 1)
+        return [(request, start + p - first, p + 1) for p in range(max(first, scored - 1), last)]
+
+    def _score_prompt(self, hidden: torch.Tensor, prompt_rows: list[tuple]) -> None:
+        logits = self.model.compute_logits(hidden[[row for _, row, _ in prompt_rows]])
+        targets = torch.tensor([r.prompt_ids[pos] for r, _, pos in prompt_rows], dtype=torch.long)
+        k = max(r.params.prompt_logprobs for r, _, _ in prompt_rows)
+        choices = top_logprobs(logits.log_softmax(dim=-1), targets, k)
+        for (request, _, _), choice in zip(prompt_rows, choices, strict=True):
+            choice.top = choice.top[: request.params.prompt_logprobs]
+            request.prompt_logprobs.append(self._logprob_dict(choice))
+
+    def _logprob_dict(self, choice: TokenChoice) -> dict[int, Logprob]:
+        entries = {t: Logprob(lp, rank + 1, self.tokenizer.id_to_token(t)) for rank, (t, lp) in enumerate(choice.top)}
+        entries[choice.token_id] = Logprob(choice.logprob, choice.rank, self.tokenizer.id_to_token(choice.token_id))
+        return entries
+
+    def _append(self, request: _Request, sample: _Sample, choice: TokenChoice, now: float) -> None:
+        seq, token, p = sample.seq, choice.token_id, request.params
+        seq.token_ids.append(token)
+        self.generation_tokens += 1
+        request.metrics.first_token_time = request.metrics.first_token_time or now
+        request.metrics.last_token_time = now
+        if sample.logprobs is not None:
+            sample.logprobs.append(self._logprob_dict(choice))
+        if choice.logprob is not None:
+            sample.cumulative_logprob += choice.logprob
+        stopped = sample.stop.add(sample.detokenizer.add(token))
+        if stopped is not None:
+            sample.finish_reason, sample.stop_reason = "stop", stopped
+        elif token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos):
+            sample.finish_reason, sample.stop_reason = "stop", token
+        elif seq.num_output_tokens >= request.max_tokens or seq.num_tokens >= self.max_model_len:
+            sample.finish_reason = "length"
+        if sample.finish_reason:
+            self._finish(sample, sample.finish_reason)
+
+    def _finish(self, sample: _Sample, reason: str) -> None:
+        sample.finish_reason = reason
+        self.scheduler.finish(sample.seq.seq_id)
+        self._sample_of.pop(sample.seq.seq_id, None)
+
+    def _output(self, request: _Request) -> RequestOutput:
+        finished = request.finished
+        if finished:
+            request.metrics.finished_time = time.time()
+            self.requests.pop(request.request_id, None)
+        outputs = [
+            CompletionOutput(
+                index=s.index,
+                text=s.stop.visible_text(s.finish_reason is not None),
+                token_ids=s.seq.token_ids[s.seq.num_prompt_tokens :],
+                logprobs=list(s.logprobs) if s.logprobs is not None else None,
+                cumulative_logprob=s.cumulative_logprob,
+                finish_reason=s.finish_reason,
+                stop_reason=s.stop_reason,
+            )
+            for s in request.samples
+        ]
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt=request.prompt,
+            prompt_token_ids=request.prompt_ids,
+            outputs=outputs,
+            finished=finished,
+            num_cached_tokens=request.samples[0].seq.num_cached_tokens,
+            prompt_logprobs=list(request.prompt_logprobs) if request.prompt_logprobs is not None else None,
+            metrics=request.metrics,
+        )
+
+    def compute_logits(self, token_ids: list[int]) -> torch.Tensor:
+        """Logits [len, vocab] at every position of ``token_ids``, through the paged cache in chunks.
+
+        For scoring and reference checks; it borrows KV blocks, so call it between steps.
+        """
+        seq = Sequence("score", list(token_ids), len(token_ids), use_prefix_cache=False)
+        if not self.blocks.ensure_capacity(seq, len(token_ids)):
+            raise PromptTooLong(
+                len(token_ids), self.blocks.num_free_blocks * self.blocks.block_size, "the free KV cache"
+            )
+        chunks = []
+        try:
+            for start in range(0, len(token_ids), self.config.max_num_batched_tokens):
+                seq.num_computed_tokens = start
+                n = min(self.config.max_num_batched_tokens, len(token_ids) - start)
+                hidden, _ = self.runner.run([ScheduledSeq(seq, n)])
+                chunks.append(self.model.compute_logits(hidden))
+        finally:
+            self.blocks.release(seq)
+        return torch.cat(chunks)
+
+    # ---- observability -----------------------------------------------------------------------
+    def expert_load(self) -> dict[int, list[int]]:
+        return {layer: moe.expert_load.tolist() for layer, moe in self.model.moe_layers().items()}
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_cache_usage=self.blocks.usage,
+            num_preemptions=self.scheduler.num_preemptions,
+            prefix_cache_hit_tokens=self.blocks.hit_tokens,
+            prompt_tokens=self.prompt_tokens,
+            generation_tokens=self.generation_tokens,
+            expert_load=self.expert_load(),
+        )

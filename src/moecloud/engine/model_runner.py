@@ -1,0 +1,82 @@
+"""Turns a scheduled batch into tensors, runs the model and hands back the hidden rows that need logits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from moecloud.engine.model.attention import AttentionGroup, ForwardBatch
+from moecloud.engine.model.deepseek import DeepseekForCausalLM
+from moecloud.engine.sequence import Sequence
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    num_tokens: int  # tokens computed this step, starting at seq.num_computed_tokens
+
+
+class ModelRunner:
+    def __init__(self, model: DeepseekForCausalLM, num_blocks: int, block_size: int, device: torch.device) -> None:
+        self.model, self.block_size, self.device = model, block_size, device
+        c = model.config
+        dtype = model.model.embed_tokens.weight.dtype
+        # [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim] per layer: the latent, never full K/V
+        self.caches = [
+            torch.zeros(num_blocks, block_size, c.latent_dim, dtype=dtype, device=device)
+            for _ in range(c.num_hidden_layers)
+        ]
+
+    @staticmethod
+    def cache_bytes_per_token(model: DeepseekForCausalLM) -> int:
+        c = model.config
+        return c.num_hidden_layers * c.latent_dim * model.model.embed_tokens.weight.element_size()
+
+    def run(self, batch: list[ScheduledSeq]) -> tuple[torch.Tensor, list[int]]:
+        """Returns hidden states [T, hidden] and, per scheduled sequence, the row of its first new token."""
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts: list[int] = []
+        decodes: list[int] = []
+        groups: list[AttentionGroup] = []
+        for i, item in enumerate(batch):
+            seq, start = item.seq, item.seq.num_computed_tokens
+            end = start + item.num_tokens
+            starts.append(len(ids))
+            ids += seq.token_ids[start:end]
+            positions += range(start, end)
+            slots += [
+                seq.block_table[p // self.block_size] * self.block_size + p % self.block_size for p in range(start, end)
+            ]
+            if item.num_tokens == 1:
+                decodes.append(i)
+            else:
+                groups.append(self._group([starts[i]], item.num_tokens, [seq], [end]))
+        if decodes:
+            groups.append(
+                self._group(
+                    [starts[i] for i in decodes],
+                    1,
+                    [batch[i].seq for i in decodes],
+                    [batch[i].seq.num_computed_tokens + 1 for i in decodes],
+                )
+            )
+        fb = ForwardBatch(
+            positions=torch.tensor(positions, dtype=torch.long, device=self.device),
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),
+            groups=groups,
+        )
+        hidden = self.model(torch.tensor(ids, dtype=torch.long, device=self.device), fb, self.caches)
+        return hidden, starts
+
+    def _group(self, starts: list[int], q_len: int, seqs: list[Sequence], context_lens: list[int]) -> AttentionGroup:
+        width = max(-(-n // self.block_size) for n in context_lens)
+        tables = [s.block_table[:width] + [0] * (width - min(width, len(s.block_table))) for s in seqs]
+        token_index = torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(q_len)[None, :]
+        return AttentionGroup(
+            token_index=token_index.to(self.device),
+            block_tables=torch.tensor(tables, dtype=torch.long, device=self.device),
+            context_lens=torch.tensor(context_lens, dtype=torch.long, device=self.device),
+        )
