@@ -45,6 +45,9 @@ class Scheduler:
         while index < len(self.running) and budget > 0:
             seq = self.running[index]
             n = min(seq.num_uncomputed_tokens, budget)
+            if n == 0:
+                index += 1
+                continue
             while not self.blocks.ensure_capacity(seq, seq.num_computed_tokens + n):
                 victim = self.running.pop()
                 self._preempt(victim, out)
