@@ -253,6 +253,7 @@ def make_config(variant: str = "v2-lite", **overrides: Any) -> dict[str, Any]:
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
     config = {**_BASE, **VARIANTS[variant], **overrides}
+    config["num_key_value_heads"] = overrides.get("num_key_value_heads", config["num_attention_heads"])  # MLA: unused
     config.setdefault("bos_token_id", 0)
     config.setdefault("eos_token_id", 1)
     return config

@@ -72,28 +72,32 @@ class MLA(nn.Module):
 
         w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
         w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim :]
-        q_latent = torch.einsum("thn,hnl->thl", q_nope, w_uk)  # [T, heads, kv_lora]
+        q_latent = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)  # [T, heads, kv_lora]
         out_latent = q_latent.new_empty(q_latent.shape)
         for group in batch.groups:
             out_latent[group.token_index] = self._attend(
                 q_latent[group.token_index], q_pe[group.token_index], group, cache
             )
-        out = torch.einsum("thl,hvl->thv", out_latent, w_uv).reshape(tokens, -1)
+        out = torch.bmm(out_latent.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1).reshape(tokens, -1)
         return self.o_proj(out)
 
     def _attend(
         self, q_latent: torch.Tensor, q_pe: torch.Tensor, group: AttentionGroup, cache: torch.Tensor
     ) -> torch.Tensor:
         """``q_latent`` [B, Q, heads, kv_lora], ``q_pe`` [B, Q, heads, rope] -> [B, Q, heads, kv_lora]."""
-        q_len = q_latent.shape[1]
+        batch, q_len, heads, _ = q_latent.shape
         kv = cache[group.block_tables].flatten(1, 2)  # [B, L, kv_lora + rope]
         latent, k_pe = kv[..., : self.kv_lora_rank], kv[..., self.kv_lora_rank :]
-        scores = torch.einsum("bqhl,bkl->bhqk", q_latent, latent)
-        scores = scores + torch.einsum("bqhr,bkr->bhqk", q_pe, k_pe)
+        # queries of all heads side by side: [B, Q*heads, d] @ [B, d, L] -> [B, Q*heads, L]
+        scores = torch.baddbmm(
+            torch.bmm(q_pe.reshape(batch, q_len * heads, -1), k_pe.transpose(1, 2)),
+            q_latent.reshape(batch, q_len * heads, -1),
+            latent.transpose(1, 2),
+        ).view(batch, q_len, heads, -1)
         key_pos = torch.arange(kv.shape[1], device=kv.device)
         # query i of a sequence sits at context position ctx_len - Q + i and sees keys up to it
         last_visible = group.context_lens[:, None] - q_len + torch.arange(q_len, device=kv.device)[None, :]
-        visible = key_pos[None, None, :] <= last_visible[:, :, None]  # [B, Q, L]
-        scores = scores.float().mul_(self.softmax_scale).masked_fill_(~visible[:, None], float("-inf"))
-        probs = scores.softmax(dim=-1).to(latent.dtype)
-        return torch.einsum("bhqk,bkl->bqhl", probs, latent)
+        hidden = key_pos[None, None, :] > last_visible[:, :, None]  # [B, Q, L]
+        scores = scores.float().mul_(self.softmax_scale).masked_fill_(hidden[:, :, None], float("-inf"))
+        probs = scores.softmax(dim=-1).to(latent.dtype).view(batch, q_len * heads, -1)
+        return torch.bmm(probs, latent).view(batch, q_len, heads, -1)

@@ -1,0 +1,200 @@
+"""Decode speed of the moecloud engine vs transformers' ``generate`` on the same DeepSeek-V3-shaped checkpoint.
+
+Prints, per checkpoint and batch size: decode tokens/s and peak RSS for both, and for batch 1 the machine's
+memory-read roofline (measured read bandwidth / bytes of weights one decode token reads).
+
+    python benchmarks/engine.py                 # the ~70M checkpoint, fp32, batch 1/8/32
+    python benchmarks/engine.py --sizes 70m,500m --batches 1,8,16,32 --tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from moecloud.engine import LLM, SamplingParams
+from moecloud.engine.model_config import load_model_config
+from moecloud.engine.random_checkpoint import write_random_checkpoint
+
+SHAPES = {
+    # DeepSeek-V3 shape, scaled down: MLA, q LoRA, sigmoid + noaux_tc gate, 1 dense layer then MoE
+    "70m": dict(
+        hidden_size=512,
+        intermediate_size=1024,
+        moe_intermediate_size=224,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        q_lora_rank=192,
+        kv_lora_rank=128,
+        qk_nope_head_dim=64,
+        qk_rope_head_dim=32,
+        v_head_dim=64,
+        n_routed_experts=32,
+        num_experts_per_tok=4,
+        n_group=4,
+        topk_group=2,
+        vocab_size=8192,
+        rope_scaling=None,
+    ),
+    "500m": dict(
+        hidden_size=1024,
+        intermediate_size=2816,
+        moe_intermediate_size=512,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        q_lora_rank=384,
+        kv_lora_rank=256,
+        qk_nope_head_dim=64,
+        qk_rope_head_dim=32,
+        v_head_dim=64,
+        n_routed_experts=48,
+        num_experts_per_tok=4,
+        n_group=4,
+        topk_group=2,
+        vocab_size=16384,
+        rope_scaling=None,
+    ),
+}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def read_bandwidth() -> float:
+    """Bytes/s of a streaming read over a buffer far larger than the caches (best of 5)."""
+    buf = torch.ones(64 * 1024 * 1024, dtype=torch.float32)  # 256 MiB
+    best = 0.0
+    for _ in range(5):
+        start = time.perf_counter()
+        buf.sum()
+        best = max(best, buf.numel() * 4 / (time.perf_counter() - start))
+    return best
+
+
+def active_bytes_per_token(path: Path, bytes_per_param: int) -> tuple[int, int]:
+    """(total params, params one decode token reads): attention + dense + shared + top-k experts + lm head."""
+    c = load_model_config(path)
+    h = c.hidden_size
+    q = (
+        h * c.num_attention_heads * c.qk_head_dim
+        if c.q_lora_rank is None
+        else (h * c.q_lora_rank + c.q_lora_rank * c.num_attention_heads * c.qk_head_dim)
+    )
+    attn = (
+        q
+        + h * c.latent_dim
+        + c.kv_lora_rank * c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim)
+        + (c.num_attention_heads * c.v_head_dim * h)
+    )
+    expert = 3 * h * c.moe_intermediate_size
+    total = active = 2 * c.vocab_size * h
+    active -= c.vocab_size * h  # one embedding row, not the table
+    for layer in range(c.num_hidden_layers):
+        total += attn
+        active += attn
+        if c.is_moe_layer(layer):
+            total += expert * (c.n_routed_experts + (c.n_shared_experts or 0)) + h * c.n_routed_experts
+            active += expert * (c.num_experts_per_tok + (c.n_shared_experts or 0)) + h * c.n_routed_experts
+        else:
+            total += 3 * h * c.intermediate_size
+            active += 3 * h * c.intermediate_size
+    return total, active * bytes_per_param
+
+
+def prompts(batch: int, vocab: int) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(batch)
+    return [torch.randint(3, vocab, (16,), generator=gen).tolist() for _ in range(batch)]
+
+
+def bench_moecloud(path: Path, batch: int, tokens: int, dtype: str) -> float:
+    llm = LLM(str(path), dtype=dtype, device="cpu", max_num_seqs=max(batch, 1))
+    params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
+    llm.generate(prompts(batch, 1000), SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm up
+    prefill = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
+    start = time.perf_counter()
+    llm.generate(prompts(batch, 1000), prefill)
+    prefill_time = time.perf_counter() - start
+    start = time.perf_counter()
+    llm.generate(prompts(batch, 1000), params)
+    return batch * (tokens - 1) / max(time.perf_counter() - start - prefill_time, 1e-9)
+
+
+def bench_transformers(path: Path, batch: int, tokens: int, dtype: str) -> float:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+    ids = torch.tensor(prompts(batch, 1000))
+    mask = torch.ones_like(ids)
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return time.perf_counter() - start
+
+    run(4)
+    prefill_time = run(1)
+    return batch * (tokens - 1) / max(run(tokens) - prefill_time, 1e-9)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="70m")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--skip-transformers", action="store_true")
+    args = parser.parse_args()
+    console = Console(width=170)
+    bandwidth = read_bandwidth()
+    bytes_per_param = torch.tensor([], dtype=getattr(torch, args.dtype)).element_size()
+    table = Table(
+        title=f"decode tokens/s, {args.dtype}, {torch.get_num_threads()} threads, "
+        f"read bandwidth {bandwidth / 1e9:.1f} GB/s"
+    )
+    for col in (
+        "checkpoint",
+        "batch",
+        "moecloud tok/s",
+        "transformers tok/s",
+        "speed-up",
+        "roofline tok/s",
+        "% of roofline",
+        "peak RSS MB",
+    ):
+        table.add_column(col, justify="right")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes.split(","):
+            path = write_random_checkpoint(Path(tmp) / size, "v3", seed=0, **SHAPES[size])
+            total, active = active_bytes_per_token(path, bytes_per_param)
+            roofline = bandwidth / active
+            console.print(f"{size}: {total / 1e6:.0f}M parameters, {active / 1e6:.0f} MB read per decode token")
+            for batch in (int(b) for b in args.batches.split(",")):
+                ours = bench_moecloud(path, batch, args.tokens, args.dtype)
+                gc.collect()
+                ref = None if args.skip_transformers else bench_transformers(path, batch, args.tokens, args.dtype)
+                gc.collect()
+                table.add_row(
+                    size,
+                    str(batch),
+                    f"{ours:.1f}",
+                    "-" if ref is None else f"{ref:.1f}",
+                    "-" if ref is None else f"{ours / ref:.2f}x",
+                    f"{roofline:.0f}" if batch == 1 else "",
+                    f"{100 * ours / roofline:.0f}%" if batch == 1 else "",
+                    f"{peak_rss_mb():.0f}",
+                )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
