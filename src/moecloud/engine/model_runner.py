@@ -75,8 +75,13 @@ class ModelRunner:
         width = max(-(-n // self.block_size) for n in context_lens)
         tables = [s.block_table[:width] + [0] * (width - min(width, len(s.block_table))) for s in seqs]
         token_index = torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(q_len)[None, :]
+        lens = torch.tensor(context_lens, dtype=torch.long)
+        # query i of a sequence sits at context position ctx_len - Q + i and sees keys up to it
+        last_visible = lens[:, None] - q_len + torch.arange(q_len)[None, :]
+        masked = torch.arange(width * self.block_size)[None, None, :] > last_visible[:, :, None]
         return AttentionGroup(
             token_index=token_index.to(self.device),
             block_tables=torch.tensor(tables, dtype=torch.long, device=self.device),
-            context_lens=torch.tensor(context_lens, dtype=torch.long, device=self.device),
+            context_lens=lens.to(self.device),
+            masked=masked[:, :, None].to(self.device),
         )

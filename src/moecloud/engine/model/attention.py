@@ -24,6 +24,7 @@ class AttentionGroup:
     token_index: torch.Tensor  # [B, Q] rows of the flat token batch
     block_tables: torch.Tensor  # [B, max_blocks] cache block ids (padding rows point at any block)
     context_lens: torch.Tensor  # [B] tokens in context, the new ones included
+    masked: torch.Tensor  # [B, Q, 1, L] True where a query may not see a key (future or padding)
 
 
 @dataclass
@@ -94,10 +95,6 @@ class MLA(nn.Module):
             q_latent.reshape(batch, q_len * heads, -1),
             latent.transpose(1, 2),
         ).view(batch, q_len, heads, -1)
-        key_pos = torch.arange(kv.shape[1], device=kv.device)
-        # query i of a sequence sits at context position ctx_len - Q + i and sees keys up to it
-        last_visible = group.context_lens[:, None] - q_len + torch.arange(q_len, device=kv.device)[None, :]
-        hidden = key_pos[None, None, :] > last_visible[:, :, None]  # [B, Q, L]
-        scores = scores.float().mul_(self.softmax_scale).masked_fill_(hidden[:, :, None], float("-inf"))
+        scores = scores.float().mul_(self.softmax_scale).masked_fill_(group.masked, float("-inf"))
         probs = scores.softmax(dim=-1).to(latent.dtype).view(batch, q_len * heads, -1)
         return torch.bmm(probs, latent).view(batch, q_len, heads, -1)

@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from moecloud.engine.model_config import RopeConfig, yarn_mscale
 
@@ -17,10 +18,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        if x.dtype == torch.float32:  # one fused kernel; same math as below
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        normed = F.rms_norm(x.float(), self.weight.shape, None, self.eps)
+        return self.weight * normed.to(x.dtype)
 
 
 class Linear(nn.Module):
@@ -82,15 +83,13 @@ class RotaryEmbedding(nn.Module):
         shape = [positions.shape[0]] + [1] * (x.dim() - 2) + [-1]
         cos = self.cos[positions].view(shape)
         sin = self.sin[positions].view(shape)
+        if self.interleave:  # pairs (x0, x1), (x2, x3), ... as complex numbers
+            pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
+            return torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2).to(x.dtype)
         xf = x.float()
-        if self.interleave:
-            x1, x2 = xf[..., 0::2], xf[..., 1::2]
-            out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-        else:
-            half = x.shape[-1] // 2
-            x1, x2 = xf[..., :half], xf[..., half:]
-            out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-        return out.to(x.dtype)
+        half = x.shape[-1] // 2
+        x1, x2 = xf[..., :half], xf[..., half:]
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
 
 
 def _yarn_inv_freq(inv_freq: torch.Tensor, dim: int, rope: RopeConfig) -> torch.Tensor:
