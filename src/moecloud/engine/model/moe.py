@@ -90,19 +90,18 @@ class Experts(nn.Module):
         order = flat.argsort(stable=True)
         token_of = order // top_k  # token row of each (token, slot) pair, grouped by expert
         counts = torch.bincount(flat, minlength=self.w13.shape[0]).tolist()
-        pair_weights = weights.flatten()[order].to(x.dtype)
-        out = torch.zeros_like(x)
+        routed = x[token_of]  # [T * top_k, hidden], grouped by expert
+        outputs = []
         start = 0
         for expert, count in enumerate(counts):
             if count == 0:
                 continue
-            rows = token_of[start : start + count]
-            h = self._project(x[rows], self.w13, self.w13_scale, expert)
+            h = self._project(routed[start : start + count], self.w13, self.w13_scale, expert)
             gate, up = h.split(self.intermediate, dim=-1)
-            y = self._project(F.silu(gate) * up, self.w2, self.w2_scale, expert)
-            out.index_add_(0, rows, y * pair_weights[start : start + count, None])
+            outputs.append(self._project(F.silu(gate) * up, self.w2, self.w2_scale, expert))
             start += count
-        return out
+        weighted = torch.cat(outputs) * weights.flatten()[order].to(x.dtype)[:, None]
+        return torch.zeros_like(x).index_add_(0, token_of, weighted)
 
     @staticmethod
     def _project(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, expert: int) -> torch.Tensor:
