@@ -1,0 +1,1 @@
+"""The OpenAI-compatible API around one engine (`moecloud worker`) and the one-command launcher (`serve`)."""

@@ -1,0 +1,125 @@
+"""The OpenAI-compatible routes of one engine worker. Routes parse, hand off to a run, and shape the reply."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from moecloud.serving.chat import ChatRun
+from moecloud.serving.completions import CompletionRun
+from moecloud.serving.errors import ClientDisconnected, install_error_handlers
+from moecloud.serving.metrics import ServingMetrics
+from moecloud.serving.protocol import ChatCompletionRequest, CompletionRequest
+from moecloud.serving.sse import event_stream
+from moecloud.serving.state import ServingState, State
+
+T = TypeVar("T")
+router = APIRouter()
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_COUNTED_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/models"}
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it if the client goes away first (which aborts its engine requests)."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch_task.cancel()
+        if not work_task.done():
+            work_task.cancel()
+    if not work_task.done():
+        raise ClientDisconnected()
+    return work_task.result()
+
+
+async def _respond(request: Request, run: ChatRun | CompletionRun, stream: bool) -> Response:
+    try:
+        await _unless_disconnected(request, run.start())
+    except BaseException:
+        run.generation.close()
+        raise
+    if stream:
+        return StreamingResponse(event_stream(run.chunks(), run.generation), media_type="text/event-stream",
+                                 headers=_SSE_HEADERS)
+    return JSONResponse(await _unless_disconnected(request, run.response()))
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request, state: State) -> Response:
+    return await _respond(request, ChatRun(state, body), bool(body.stream))
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request, state: State) -> Response:
+    return await _respond(request, CompletionRun(state, body), bool(body.stream))
+
+
+@router.get("/v1/models")
+async def models(state: State) -> dict[str, object]:
+    card = {"id": state.served_model_name, "object": "model", "created": state.created, "owned_by": "moecloud",
+            "root": state.client.model_name, "max_model_len": state.client.max_model_len}
+    return {"object": "list", "data": [card]}
+
+
+@router.get("/health")
+async def health(state: State) -> JSONResponse:
+    if not state.client.healthy():
+        return JSONResponse({"status": "engine_dead"}, status_code=503)
+    if state.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
+    return JSONResponse({"status": "ok", "model": state.served_model_name})
+
+
+@router.get("/metrics")
+async def metrics(state: State) -> Response:
+    stats = await state.client.stats()
+    body = state.metrics.render(stats, state.client.num_aborted())
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+class _CountRequests:
+    """Counts finished HTTP requests by endpoint and status (pure ASGI, so streams and disconnects pass through)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            endpoint = scope["path"] if scope["path"] in _COUNTED_PATHS else "other"  # bounded label values
+            self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+
+
+def build_app(state: ServingState) -> FastAPI:
+    """The worker's FastAPI app around an already started engine client (the caller owns its lifetime)."""
+    app = FastAPI(title="moecloud worker", docs_url=None, redoc_url=None)
+    app.state.serving = state
+    app.include_router(router)
+    install_error_handlers(app)
+    app.add_middleware(_CountRequests, metrics=state.metrics)
+    return app

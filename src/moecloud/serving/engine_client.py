@@ -1,0 +1,268 @@
+"""How the API reaches an engine: the `EngineClient` interface and its in-process implementation.
+
+`ThreadEngineClient` gives the engine one dedicated thread, because `LLMEngine` is not thread-safe: every
+`add_request`, `abort` and `step` runs there, fed by a command queue. Outputs come back to the event loop
+through `call_soon_threadsafe`. Each request keeps only its latest output: outputs are cumulative, so a slow
+reader just sees bigger deltas and never makes the engine wait or memory grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+from moecloud.engine import EngineStats, LLMEngine, PromptTooLong, RequestOutput, SamplingParams
+from moecloud.serving.errors import ContextLengthExceeded, EngineDead, InvalidRequest, QueueFull, ServingError
+
+log = logging.getLogger(__name__)
+
+
+class RequestStream(AsyncIterator[RequestOutput]):
+    """One engine request's outputs, coalesced to the latest; `close()` aborts the request if unfinished."""
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop, on_close: Callable[[str], None]) -> None:
+        self.request_id = request_id
+        self.loop = loop
+        self._on_close = on_close
+        self._latest: RequestOutput | None = None
+        self._ended = False
+        self._error: ServingError | None = None
+        self._ready = asyncio.Event()
+        self.finished = False
+        self.aborted = False
+
+    def push(self, output: RequestOutput) -> None:
+        self._latest = output
+        self._ready.set()
+
+    def end(self, error: ServingError | None = None) -> None:
+        """End the stream early: with an error, or (None) as aborted; outputs already pushed are still read."""
+        self._error = error
+        self._ended = True
+        self.aborted = error is None
+        self._ready.set()
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self.finished:
+            raise StopAsyncIteration
+        while self._latest is None and not self._ended:
+            self._ready.clear()
+            await self._ready.wait()
+        if self._latest is not None:
+            latest, self._latest = self._latest, None
+            self.finished = latest.finished
+            return latest
+        self.finished = True
+        if self._error is not None:
+            raise self._error
+        raise StopAsyncIteration
+
+    def close(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self._on_close(self.request_id)
+
+
+class EngineClient(Protocol):
+    """What the routes need from an engine, wherever it runs."""
+
+    tokenizer: Any
+    model_name: str
+    max_model_len: int
+
+    async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> RequestStream:
+        """Queue a request (raising QueueFull, ContextLengthExceeded, InvalidRequest) and stream its outputs."""
+        ...
+
+    async def stats(self) -> EngineStats: ...
+
+    def num_active(self) -> int: ...
+
+    def num_aborted(self) -> int: ...
+
+    def healthy(self) -> bool: ...
+
+    def abort_all(self) -> None: ...
+
+    def start(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class ThreadEngineClient:
+    """`EngineClient` over an `LLMEngine` owned by one background thread in this process."""
+
+    def __init__(self, engine: LLMEngine, max_waiting_requests: int) -> None:
+        self._engine = engine
+        self._max_waiting = max_waiting_requests
+        self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._streams: dict[str, RequestStream] = {}  # engine thread only
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._active = 0
+        self._aborted = 0
+        self._error: BaseException | None = None
+        self.tokenizer = engine.tokenizer
+        self.model_name = engine.model_name
+        self.max_model_len = engine.max_model_len
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        if self._thread.is_alive():
+            self._commands.put(("stop",))
+            self._thread.join(timeout=30)
+
+    def healthy(self) -> bool:
+        return self._error is None and self._thread.is_alive()
+
+    def num_active(self) -> int:
+        return self._active
+
+    def num_aborted(self) -> int:
+        return self._aborted
+
+    async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> RequestStream:
+        if not self.healthy():
+            raise EngineDead(f"the engine is not running: {self._error!r}")
+        loop = asyncio.get_running_loop()
+        stream = RequestStream(request_id, loop, lambda rid: self._commands.put(("abort", rid)))
+        accepted: asyncio.Future[None] = loop.create_future()
+        self._commands.put(("add", stream, prompt, params, accepted))
+        try:
+            await accepted
+        except asyncio.CancelledError:
+            self._commands.put(("abort", request_id))
+            raise
+        return stream
+
+    async def stats(self) -> EngineStats:
+        if not self.healthy():
+            raise EngineDead(f"the engine is not running: {self._error!r}")
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[EngineStats] = loop.create_future()
+        self._commands.put(("stats", result))
+        return await result
+
+    def abort_all(self) -> None:
+        self._commands.put(("abort_all",))
+
+    # ---- everything below runs on the engine thread ----
+
+    def _run(self) -> None:
+        try:
+            while True:
+                block = not self._engine.has_unfinished_requests()
+                if not self._drain_commands(block):
+                    break
+                if self._engine.has_unfinished_requests():
+                    for output in self._engine.step():
+                        self._deliver(output)
+        except BaseException as exc:  # noqa: BLE001 - any engine failure must end every open stream
+            log.exception("engine loop failed")
+            self._error = exc
+            for stream in list(self._streams.values()):
+                self._end(stream, EngineDead(f"the engine failed: {exc!r}"))
+        finally:
+            for stream in list(self._streams.values()):
+                self._end(stream, None)
+            self._refuse_pending()
+
+    def _refuse_pending(self) -> None:
+        """Answer commands that arrived after the loop stopped, so no caller waits forever."""
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if command[0] in ("add", "stats"):
+                future = command[-1]
+                _notify(future.get_loop(), _settle, future, None, EngineDead("the engine stopped"))
+
+    def _drain_commands(self, block: bool) -> bool:
+        """Apply queued commands (waiting for one if `block`); False once asked to stop."""
+        while True:
+            try:
+                command = self._commands.get(timeout=0.5) if block else self._commands.get_nowait()
+            except queue.Empty:
+                return True
+            block = False
+            kind = command[0]
+            if kind == "stop":
+                return False
+            if kind == "add":
+                self._add(*command[1:])
+            elif kind == "abort":
+                self._abort(command[1])
+            elif kind == "abort_all":
+                for request_id in list(self._streams):
+                    self._abort(request_id)
+            elif kind == "stats":
+                self._resolve(command[1], self._engine.stats())
+
+    def _add(self, stream: RequestStream, prompt: str | list[int], params: SamplingParams,
+             accepted: asyncio.Future[None]) -> None:
+        waiting = self._engine.num_waiting()
+        error: ServingError | None = None
+        if waiting >= self._max_waiting:
+            error = QueueFull(waiting)
+        else:
+            try:
+                self._engine.add_request(stream.request_id, prompt, params)
+            except PromptTooLong as exc:
+                error = ContextLengthExceeded(str(exc), param="prompt")
+            except ValueError as exc:
+                error = InvalidRequest(str(exc))
+        if error is None:
+            self._streams[stream.request_id] = stream
+            self._active += 1
+        _notify(stream.loop, _settle, accepted, None, error)
+
+    def _abort(self, request_id: str) -> None:
+        stream = self._streams.get(request_id)
+        if stream is not None:
+            self._engine.abort(request_id)
+            self._aborted += 1
+            self._end(stream, None)
+
+    def _deliver(self, output: RequestOutput) -> None:
+        stream = self._streams.get(output.request_id)
+        if stream is None:
+            return
+        _notify(stream.loop, stream.push, output)
+        if output.finished:
+            del self._streams[output.request_id]
+            self._active -= 1
+
+    def _end(self, stream: RequestStream, error: ServingError | None) -> None:
+        if self._streams.pop(stream.request_id, None) is not None:
+            self._active -= 1
+        _notify(stream.loop, stream.end, error)
+
+    def _resolve(self, future: asyncio.Future[Any], value: Any) -> None:
+        _notify(future.get_loop(), _settle, future, value, None)
+
+
+def _notify(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    """Hand a result to the caller's event loop; a caller whose loop has closed no longer listens."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        if not loop.is_closed():
+            raise
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(value)
+    else:
+        future.set_exception(error)

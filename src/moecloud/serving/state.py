@@ -1,0 +1,57 @@
+"""What the routes share: the engine client, metrics, the served name and whether the server is draining."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from moecloud.serving.engine_client import EngineClient
+from moecloud.serving.errors import InvalidRequest, ModelNotFound, ShuttingDown, UnsupportedParameter
+from moecloud.serving.metrics import ServingMetrics
+from moecloud.serving.protocol import SamplingRequest
+
+
+@dataclass
+class ServingState:
+    client: EngineClient
+    served_model_name: str
+    max_tokens_default: int
+    metrics: ServingMetrics = field(default_factory=ServingMetrics)
+    draining: bool = False
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def admit(self, body: SamplingRequest) -> None:
+        """Refuse a request before any work: draining, unknown model, or a parameter we cannot honour."""
+        if self.draining:
+            raise ShuttingDown()
+        if body.model != self.served_model_name:
+            raise ModelNotFound(body.model)
+        unsupported = body.unsupported_parameter()
+        if unsupported is not None:
+            raise UnsupportedParameter(unsupported)
+
+    def token_text(self, token_id: int) -> str:
+        return self.client.tokenizer.id_to_token(token_id)
+
+    async def encode(self, text: str, add_special_tokens: bool) -> list[int]:
+        """Tokenize off the event loop: a huge prompt must not stall every other stream."""
+        ids = await asyncio.to_thread(self.client.tokenizer.encode, text, add_special_tokens=add_special_tokens)
+        if not ids:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        return list(ids)
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def _state(request: Request) -> ServingState:
+    return request.app.state.serving
+
+
+State = Annotated[ServingState, Depends(_state)]

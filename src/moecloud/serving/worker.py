@@ -1,0 +1,139 @@
+"""`moecloud worker`: one engine behind the OpenAI API, served by uvicorn, drained gracefully on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from moecloud.config import Settings
+from moecloud.engine import EngineConfig, LLMEngine
+from moecloud.serving.api import build_app
+from moecloud.serving.engine_client import ThreadEngineClient
+from moecloud.serving.state import ServingState
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(model: str | Path, settings: Settings) -> LLMEngine:
+    engine = settings.engine
+    return LLMEngine(EngineConfig(
+        model=str(model), dtype=engine.dtype, device=engine.device, max_num_seqs=engine.max_num_seqs,
+        max_num_batched_tokens=engine.max_num_batched_tokens, kv_cache_tokens=engine.kv_cache_tokens,
+        block_size=engine.block_size, enable_prefix_caching=engine.enable_prefix_caching,
+        max_model_len=engine.max_model_len,
+    ))
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server whose first SIGTERM/SIGINT drains instead of stopping at once.
+
+    Draining: new requests get 503 (the port stays open so a gateway sees why), in-flight requests run to
+    completion for up to `grace` seconds, then the rest are aborted and their streams ended with
+    finish_reason "abort" and `[DONE]`; only then does uvicorn stop. A second signal stops at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ServingState, grace: float) -> None:
+        super().__init__(config)
+        self.state = state
+        self.grace = grace
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.state.draining or self._loop is None:
+            self.should_exit = self.force_exit = True
+            return
+        self.state.draining = True
+        log.info("signal %s: draining for up to %.1fs", sig, self.grace)
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain = asyncio.ensure_future(self.drain())
+
+    async def drain(self) -> None:
+        client = self.state.client
+        deadline = time.monotonic() + self.grace
+        while client.num_active() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if client.num_active():
+            log.warning("grace period over: aborting %d requests", client.num_active())
+            client.abort_all()
+            while client.num_active():
+                await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # let the last chunks and [DONE] reach the sockets
+        self.should_exit = True
+
+
+def create_server(client: ThreadEngineClient, settings: Settings, host: str, port: int,
+                  served_model_name: str | None = None) -> DrainingServer:
+    """The worker's uvicorn server around a started engine client (its owner shuts the client down)."""
+    state = ServingState(client=client, served_model_name=served_model_name or client.model_name,
+                         max_tokens_default=settings.serving.max_tokens_default)
+    config = uvicorn.Config(build_app(state), host=host, port=port, log_level="warning",
+                            timeout_graceful_shutdown=5, access_log=False)
+    return DrainingServer(config, state, grace=settings.serving.shutdown_grace_seconds)
+
+
+def run_worker(model: str | Path, settings: Settings, host: str | None = None, port: int | None = None,
+               served_model_name: str | None = None) -> None:
+    """Load the model, serve it until a signal, drain, and stop the engine."""
+    client = ThreadEngineClient(build_engine(model, settings), settings.engine.max_waiting_requests)
+    client.start()
+    server = create_server(client, settings, host or settings.serving.host,
+                           settings.serving.port if port is None else port,
+                           served_model_name or settings.serving.served_model_name)
+    try:
+        server.run()
+    finally:
+        client.shutdown()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningWorker:
+    base_url: str
+    server: DrainingServer
+    client: ThreadEngineClient
+    thread: threading.Thread
+
+
+@contextmanager
+def background_worker(model: str | Path, settings: Settings, served_model_name: str | None = None,
+                      host: str = "127.0.0.1") -> Iterator[RunningWorker]:
+    """A worker on a free port, served from a thread of this process (tests, benchmarks, notebooks)."""
+    client = ThreadEngineClient(build_engine(model, settings), settings.engine.max_waiting_requests)
+    client.start()
+    port = free_port(host)
+    server = create_server(client, settings, host, port, served_model_name)
+    thread = threading.Thread(target=server.run, name="worker-http", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the worker did not start on {host}:{port}")
+            time.sleep(0.02)
+        yield RunningWorker(f"http://{host}:{port}", server, client, thread)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        client.shutdown()

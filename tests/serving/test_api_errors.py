@@ -1,0 +1,126 @@
+"""Bad input gets a 4xx in OpenAI's error shape, never a 500 or a hang."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+from moecloud.serving.worker import RunningWorker
+
+MODEL = "tiny"  # the served name conftest gives the worker
+
+
+def post(worker: RunningWorker, path: str, **kwargs: object) -> httpx.Response:
+    return httpx.post(worker.base_url + path, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def error_of(response: httpx.Response, status: int) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    return error
+
+
+def test_malformed_json(worker: RunningWorker) -> None:
+    response = post(worker, "/v1/chat/completions", content=b'{"model": "tiny", "messages": [',
+                    headers={"content-type": "application/json"})
+    assert error_of(response, 400)["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+    ({"model": MODEL}, "messages"),
+    ({"model": MODEL, "messages": []}, "messages"),
+    ({"model": MODEL, "messages": "hello"}, "messages"),
+    ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_p": 0}, "top_p"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "n": 0}, "n"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 50}, "top_logprobs"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stop": [""]}, "stop"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
+])
+def test_wrong_types_and_ranges_are_400(worker: RunningWorker, body: dict[str, object], param: str) -> None:
+    assert error_of(post(worker, "/v1/chat/completions", json=body), 400)["param"] == param
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"prompt": []}, "prompt"),
+    ({"prompt": [[]]}, "prompt"),
+    ({"prompt": [1, "a"]}, "prompt"),
+    ({"prompt": [10**9]}, "prompt"),
+    ({"prompt": "x", "logprobs": 99}, "logprobs"),
+    ({"prompt": "x", "suffix": "tail"}, "suffix"),
+    ({"prompt": "x", "best_of": 3}, "best_of"),
+    ({"prompt": "x", "logit_bias": {"5": 10}}, "logit_bias"),
+])
+def test_bad_completion_requests_are_400(worker: RunningWorker, body: dict[str, object], param: str) -> None:
+    error = error_of(post(worker, "/v1/completions", json={"model": MODEL, **body}), 400)
+    assert error["param"] is None or str(error["param"]).startswith(param)
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"logit_bias": {"42": 5}}, "logit_bias"),
+])
+def test_unsupported_parameters_are_named(client: openai.OpenAI, extra: dict[str, object], param: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=2,
+                                       extra_body=extra)
+    assert caught.value.body["param"] == param and param in caught.value.body["message"]
+
+
+def test_image_content_and_tool_messages_are_rejected(worker: RunningWorker) -> None:
+    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}
+    tool = {"role": "tool", "content": "42", "tool_call_id": "t1"}
+    for message, param in ((image, "messages[0].content[0].type"), (tool, "messages[0].role")):
+        body = {"model": MODEL, "messages": [message]}
+        assert error_of(post(worker, "/v1/chat/completions", json=body), 400)["param"] == param
+
+
+def test_unknown_model_is_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-5", messages=[{"role": "user", "content": "x"}])
+    assert caught.value.body["code"] == "model_not_found" and caught.value.body["param"] == "model"
+
+
+def test_prompt_longer_than_context_states_both_lengths(client: openai.OpenAI, worker: RunningWorker) -> None:
+    limit = worker.client.max_model_len
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt="hello " * 5000, max_tokens=1)
+    message = caught.value.body["message"]
+    assert caught.value.body["code"] == "context_length_exceeded" and str(limit) in message and "tokens" in message
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt="hello", max_tokens=limit)
+    assert str(limit) in caught.value.body["message"] and caught.value.body["param"] == "max_tokens"
+
+
+def test_unknown_route_and_method_keep_the_shape(worker: RunningWorker) -> None:
+    error_of(httpx.get(worker.base_url + "/v1/nothing"), 404)
+    error_of(httpx.get(worker.base_url + "/v1/chat/completions"), 405)
+
+
+def test_full_waiting_queue_is_429(start_worker, model_name: str, async_client_for) -> None:
+    async def main(worker: RunningWorker) -> list[BaseException | object]:
+        async with async_client_for(worker) as client:
+            calls = [client.completions.create(model=model_name, prompt=f"p{i}", max_tokens=40,
+                                               extra_body={"ignore_eos": True}) for i in range(8)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    with start_worker(engine={"max_num_seqs": 1, "max_waiting_requests": 1}) as worker:
+        results = asyncio.run(main(worker))
+    limited = [r for r in results if isinstance(r, openai.RateLimitError)]
+    assert limited and all(r.body["code"] == "queue_full" for r in limited)
+    assert all(isinstance(r, openai.RateLimitError) or r.choices for r in results)

@@ -1,0 +1,45 @@
+"""`moecloud serve`: a fresh home gets a default model, a worker process and the pass-through gateway."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from moecloud.serving.launcher import wait_healthy
+from moecloud.serving.worker import free_port
+
+
+def test_serve_starts_gateway_and_worker_and_stops_both(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MOECLOUD_HOME": str(tmp_path), "MOECLOUD_ENGINE__DEVICE": "cpu",
+           "MOECLOUD_SERVING__SHUTDOWN_GRACE_SECONDS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "moecloud.cli", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, text=True)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base_url + "/health", 120, process)
+        assert (tmp_path / "models" / "tiny-random" / "config.json").is_file()
+        client = openai.OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
+        model = client.models.list().data[0].id
+        assert model == "tiny-random"
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=4)
+        assert reply.usage.completion_tokens >= 1
+        chunks = list(client.completions.create(model=model, prompt="hi", max_tokens=4, stream=True,
+                                                stream_options={"include_usage": True}))
+        assert chunks[-1].usage.completion_tokens == 4
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="missing", prompt="x")
+        assert httpx.get(base_url + "/metrics").status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert f"{base_url}/v1" in output and "curl" in output and "OpenAI(" in output
