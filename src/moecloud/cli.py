@@ -37,8 +37,11 @@ def worker(
 @app.command()
 def serve(
     model: Annotated[str | None, typer.Option(help="checkpoint directory; default: a tiny model made here")] = None,
+    host: Annotated[str, typer.Option(help="gateway address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="gateway port")] = 8000,
     served_model_name: Annotated[str | None, typer.Option(help="model id clients send")] = None,
 ) -> None:
+    """Start the gateway and one engine worker, and print how to call them."""
     from moecloud.config import load_settings
     from moecloud.serving.launcher import LaunchError
     from moecloud.serving.launcher import serve as launch
