@@ -28,3 +28,21 @@ def test_template_errors_are_clear(tiny_checkpoint, tmp_path):
     tok.chat_template = "{{ raise_exception('roles must alternate') }}"
     with pytest.raises(ChatTemplateError, match="roles must alternate"):
         tok.apply_chat_template([{"role": "user", "content": "x"}])
+
+
+def test_token_bytes_are_raw_even_for_partial_characters(tiny_checkpoint):
+    tok = Tokenizer(tiny_checkpoint)
+    text = "snow ☃ and 🙂"
+    ids = tok.encode(text, add_special_tokens=False)
+    pieces = [tok.token_bytes(i) for i in ids]
+    assert b"".join(pieces) == text.encode("utf-8")
+    assert any(not _decodes(p) for p in pieces)  # some token is only part of a character
+    assert tok.token_bytes(tok.bos_token_id) == tok.bos_token.encode()
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

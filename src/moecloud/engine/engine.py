@@ -219,8 +219,12 @@ class LLMEngine:
             request.prompt_logprobs.append(self._logprob_dict(choice))
 
     def _logprob_dict(self, choice: TokenChoice) -> dict[int, Logprob]:
-        entries = {t: Logprob(lp, rank + 1, self.tokenizer.id_to_token(t)) for rank, (t, lp) in enumerate(choice.top)}
-        entries[choice.token_id] = Logprob(choice.logprob, choice.rank, self.tokenizer.id_to_token(choice.token_id))
+        def entry(token: int, logprob: float, rank: int) -> Logprob:
+            tok = self.tokenizer
+            return Logprob(logprob, rank, tok.id_to_token(token), tok.token_bytes(token))
+
+        entries = {t: entry(t, lp, rank + 1) for rank, (t, lp) in enumerate(choice.top)}
+        entries[choice.token_id] = entry(choice.token_id, choice.logprob, choice.rank)
         return entries
 
     def _append(self, request: _Request, sample: _Sample, choice: TokenChoice, now: float) -> None:

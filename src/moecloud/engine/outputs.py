@@ -10,6 +10,7 @@ class Logprob:
     logprob: float
     rank: int  # 1 = most likely
     decoded_token: str
+    token_bytes: bytes = b""  # the token's own bytes: part of a UTF-8 character for some byte-level tokens
 
 
 # one position: {token_id: Logprob}, holding the chosen token plus the top alternatives

@@ -11,6 +11,19 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
 
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte <-> printable character table used by byte-level BPE vocabularies (inverted)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
 class ChatTemplateError(ValueError):
     """The messages could not be rendered by the checkpoint's chat template."""
 
@@ -40,6 +53,8 @@ class Tokenizer:
         self.add_bos_token = bool(cfg.get("add_bos_token", self.bos_token_id is not None))
         self.chat_template = self._find_template(model_dir, cfg)
         self.special_ids = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        decoder = json.loads(path.read_text(encoding="utf-8")).get("decoder") or {}
+        self._byte_alphabet = _byte_level_alphabet() if decoder.get("type") == "ByteLevel" else None
         self._env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self._env.globals["raise_exception"] = _raise
 
@@ -69,6 +84,16 @@ class Tokenizer:
 
     def id_to_token(self, token_id: int) -> str:
         return self.decode([token_id], skip_special_tokens=False)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes a token stands for (a byte-level token may hold half a character)."""
+        token = self._tok.id_to_token(token_id)
+        if token is None:
+            return b""
+        alphabet = self._byte_alphabet
+        if alphabet and token_id not in self.special_ids and all(c in alphabet for c in token):
+            return bytes(alphabet[c] for c in token)
+        return self.decode([token_id], skip_special_tokens=False).encode("utf-8")
 
     def apply_chat_template(
         self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any

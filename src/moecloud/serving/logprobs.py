@@ -44,8 +44,8 @@ def merge_completion_logprobs(first: dict[str, list[object]], second: dict[str, 
         first[key].extend(values)
 
 
-def _chat_token(token: str, logprob: float) -> dict[str, object]:
-    return {"token": token, "logprob": _finite(logprob), "bytes": list(token.encode("utf-8"))}
+def _chat_token(token: str, logprob: float, raw: bytes = b"") -> dict[str, object]:
+    return {"token": token, "logprob": _finite(logprob), "bytes": list(raw or token.encode("utf-8"))}
 
 
 def chat_logprobs(token_ids: Sequence[int], entries: Sequence[PositionLogprobs | None], top: int,
@@ -54,8 +54,9 @@ def chat_logprobs(token_ids: Sequence[int], entries: Sequence[PositionLogprobs |
     content = []
     for token_id, entry in zip(token_ids, entries, strict=False):
         token, logprob = _chosen(entry, token_id, token_text)
-        record = _chat_token(token, logprob if logprob is not None else _FLOOR)
+        raw = entry[token_id].token_bytes if entry is not None and token_id in entry else b""
+        record = _chat_token(token, logprob if logprob is not None else _FLOOR, raw)
         alternatives = _ranked(entry)[:top] if entry is not None else []
-        record["top_logprobs"] = [_chat_token(lp.decoded_token, lp.logprob) for lp in alternatives]
+        record["top_logprobs"] = [_chat_token(lp.decoded_token, lp.logprob, lp.token_bytes) for lp in alternatives]
         content.append(record)
     return content
