@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from moecloud.gateway.cli import register as register_gateway_commands
 
 app = typer.Typer(help="moecloud: a self-hosted MoE model cloud in one package.", no_args_is_help=True)
 
@@ -54,6 +55,7 @@ def serve(
         raise typer.Exit(1) from exc
 
 
+register_gateway_commands(app)
 
 if __name__ == "__main__":
     app()

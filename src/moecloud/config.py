@@ -5,9 +5,10 @@ Nested sections read ``MOECLOUD_<SECTION>__<FIELD>``, e.g. ``MOECLOUD_ENGINE__DT
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +33,67 @@ class ServingSettings(BaseModel):
     max_tokens_default: int = Field(256, ge=1, description="max_tokens when a request gives none")
 
 
+_WEAK_SECRETS = {"admin", "secret", "changeme", "change-me", "password", "test", "default", "moecloud"}
+
+
+def _refuse_weak_secret(value: SecretStr | None) -> SecretStr | None:
+    if value is not None:
+        raw = value.get_secret_value()
+        if len(raw) < 16 or raw.lower() in _WEAK_SECRETS:
+            raise ValueError("refusing a weak secret: use at least 16 random characters, or leave it unset")
+    return value
+
+
+class GatewaySettings(BaseModel):
+    """The multi-tenant gateway. Limits of ``None`` mean "unlimited"; a key or tenant row may override."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    db_url: str | None = Field(None, description="SQLAlchemy URL; default: sqlite file <home>/moecloud.db")
+    admin_key: SecretStr | None = Field(
+        None, description="guards /admin; unset: generated once and kept in <home>/secrets/admin_key"
+    )
+    audit_key: SecretStr | None = Field(
+        None, description="HMAC key of the audit chain; unset: generated once in <home>/secrets/audit_key"
+    )
+    key_rpm: int | None = Field(600, ge=1, description="requests per minute per API key")
+    key_tpm: int | None = Field(1_000_000, ge=1, description="tokens per minute per API key")
+    key_max_concurrency: int | None = Field(32, ge=1, description="in-flight requests per API key")
+    tenant_rpm: int | None = Field(3000, ge=1, description="requests per minute per tenant")
+    tenant_tpm: int | None = Field(5_000_000, ge=1, description="tokens per minute per tenant")
+    auth_cache_seconds: float = Field(2.0, ge=0, description="how long a key lookup is reused")
+    catalog_cache_seconds: float = Field(2.0, ge=0, description="how long deployments and prices are reused")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest accepted request body")
+    upstream_connect_timeout_seconds: float = Field(5.0, gt=0)
+    upstream_read_timeout_seconds: float = Field(600.0, gt=0, description="longest silence from upstream")
+    upstream_max_connections: int = Field(1000, ge=1)
+
+    _check_admin = field_validator("admin_key")(_refuse_weak_secret)
+    _check_audit = field_validator("audit_key")(_refuse_weak_secret)
+
+
+class BillingSettings(BaseModel):
+    """Money is Decimal, prices per million tokens. Holds bound a request's cost before it runs."""
+
+    currency: str = "USD"
+    trial_credit: Decimal = Field(Decimal("1.00"), ge=0, decimal_places=9, description="credit for each new tenant")
+    hold_ttl_seconds: float = Field(900.0, gt=0, description="a hold older than this is released")
+    reconcile_interval_seconds: float = Field(60.0, gt=0, description="how often expired holds are released")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens sent upstream when a request has none")
+    max_tokens_limit: int = Field(131072, ge=1, description="largest max_tokens a request may ask for")
+    hold_bytes_per_token: float = Field(
+        1.0, gt=0, description="prompt bytes per token for the hold (1.0: byte-level BPE worst case)"
+    )
+    estimate_bytes_per_token: float = Field(
+        4.0, gt=0, description="prompt bytes per token billed when the upstream reported no usage"
+    )
+    message_overhead_tokens: int = Field(8, ge=0, description="template tokens counted per chat message")
+    # Prices per million tokens for a model that has no row in the prices table.
+    default_input_miss_price: Decimal = Field(Decimal("0.27"), ge=0, decimal_places=9, description="input, cache miss")
+    default_input_hit_price: Decimal = Field(Decimal("0.07"), ge=0, decimal_places=9, description="input, cache hit")
+    default_output_price: Decimal = Field(Decimal("1.10"), ge=0, decimal_places=9, description="output")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOECLOUD_", env_nested_delimiter="__", extra="ignore")
 
@@ -39,6 +101,11 @@ class Settings(BaseSettings):
     model: str | None = Field(None, description="default model path for `moecloud serve`")
     engine: EngineSettings = EngineSettings()
     serving: ServingSettings = ServingSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    billing: BillingSettings = BillingSettings()
+
+    def database_url(self) -> str:
+        return self.gateway.db_url or f"sqlite:///{self.home / 'moecloud.db'}"
 
 
 def load_settings(**overrides: object) -> Settings:

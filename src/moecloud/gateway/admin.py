@@ -1,0 +1,143 @@
+"""/admin: the CLI's commands over HTTP, one route per command, guarded by the admin key.
+
+Routes are plain functions (FastAPI runs them in its thread pool) over ``operations.Admin``.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from moecloud.gateway.operations import Admin
+from moecloud.gateway.schemas import (
+    AuditEntryOut,
+    AuditVerifyOut,
+    BalanceOut,
+    CountOut,
+    CreditIn,
+    DeploymentIn,
+    DeploymentOut,
+    KeyIn,
+    KeyOut,
+    NewKeyOut,
+    PriceIn,
+    PriceOut,
+    TenantIn,
+    TenantLimitsIn,
+    TenantOut,
+    UsageOut,
+)
+from moecloud.gateway.state import AdminDep, State
+
+router = APIRouter(prefix="/admin")
+
+
+def get_admin(state: State, actor: AdminDep) -> Admin:
+    return Admin(state.database, state.settings, state.secrets.audit_key, actor=actor)
+
+
+AdminOps = Annotated[Admin, Depends(get_admin)]
+
+
+@router.post("/tenants", status_code=201)
+def create_tenant(spec: TenantIn, admin: AdminOps) -> TenantOut:
+    return admin.create_tenant(spec)
+
+
+@router.get("/tenants")
+def list_tenants(admin: AdminOps) -> list[TenantOut]:
+    return admin.list_tenants()
+
+
+@router.patch("/tenants/{name}")
+def set_tenant_limits(name: str, limits: TenantLimitsIn, admin: AdminOps, state: State) -> TenantOut:
+    tenant = admin.set_tenant_limits(name, limits.rpm, limits.tpm)
+    state.authenticator.forget()
+    return tenant
+
+
+@router.post("/keys", status_code=201)
+def create_key(spec: KeyIn, admin: AdminOps) -> NewKeyOut:
+    return admin.create_key(spec)
+
+
+@router.get("/keys")
+def list_keys(admin: AdminOps, tenant: str | None = None) -> list[KeyOut]:
+    return admin.list_keys(tenant)
+
+
+@router.post("/keys/{key_id}/revoke")
+def revoke_key(key_id: str, admin: AdminOps, state: State) -> KeyOut:
+    key = admin.revoke_key(key_id)
+    state.authenticator.forget()
+    return key
+
+
+@router.post("/credits")
+def add_credit(credit: CreditIn, admin: AdminOps) -> BalanceOut:
+    return admin.add_credit(credit.tenant, credit.amount, credit.note)
+
+
+@router.get("/credits/{tenant}")
+def balance(tenant: str, admin: AdminOps, entries: Annotated[int, Query(ge=0, le=10_000)] = 20) -> BalanceOut:
+    return admin.balance(tenant, entries=entries)
+
+
+@router.post("/credits/reconcile")
+def release_expired_holds(admin: AdminOps) -> CountOut:
+    return CountOut(count=admin.release_expired_holds())
+
+
+@router.get("/usage")
+def usage(
+    admin: AdminOps,
+    tenant: str | None = None,
+    key: str | None = None,
+    model: str | None = None,
+    since: date | None = None,
+    until: date | None = None,
+) -> UsageOut:
+    return UsageOut(data=admin.usage(tenant=tenant, key=key, model=model, since=since, until=until))
+
+
+@router.get("/prices")
+def list_prices(admin: AdminOps) -> list[PriceOut]:
+    return admin.list_prices()
+
+
+@router.put("/prices/{model}")
+def set_price(model: str, spec: PriceIn, admin: AdminOps, state: State) -> PriceOut:
+    price = admin.set_price(model, spec)
+    state.catalog.forget()
+    return price
+
+
+@router.get("/deployments")
+def list_deployments(admin: AdminOps) -> list[DeploymentOut]:
+    return admin.list_deployments()
+
+
+@router.post("/deployments", status_code=201)
+def add_deployment(spec: DeploymentIn, admin: AdminOps, state: State) -> DeploymentOut:
+    deployment = admin.add_deployment(spec)
+    state.catalog.forget()
+    return deployment
+
+
+@router.delete("/deployments/{name}")
+def remove_deployment(name: str, admin: AdminOps, state: State) -> DeploymentOut:
+    deployment = admin.remove_deployment(name)
+    state.catalog.forget()
+    return deployment
+
+
+@router.get("/audit")
+def audit_entries(admin: AdminOps, limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> list[AuditEntryOut]:
+    return admin.audit_entries(limit)
+
+
+@router.get("/audit/verify")
+def verify_audit(admin: AdminOps) -> AuditVerifyOut:
+    return admin.verify_audit()

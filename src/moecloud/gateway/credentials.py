@@ -1,0 +1,51 @@
+"""The gateway's own secrets: the admin key and the audit-chain key.
+
+Settings may supply them; otherwise each is generated once, kept in ``<home>/secrets/`` (mode 0600) and
+reused. There is no default value anyone could guess.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from moecloud.config import Settings
+
+
+@dataclass(frozen=True)
+class GatewaySecrets:
+    admin_key: str
+    audit_key: bytes
+    admin_key_created: bool  # True the first time: the caller shows it once
+
+
+def load_secrets(settings: Settings) -> GatewaySecrets:
+    folder = settings.home / "secrets"
+    configured_admin = settings.gateway.admin_key
+    configured_audit = settings.gateway.audit_key
+    if configured_admin is not None:
+        admin_key, created = configured_admin.get_secret_value(), False
+    else:
+        admin_key, created = _load_or_create(folder / "admin_key", prefix="mc-admin-")
+    audit_key = (
+        configured_audit.get_secret_value()
+        if configured_audit is not None
+        else _load_or_create(folder / "audit_key", prefix="")[0]
+    )
+    return GatewaySecrets(admin_key=admin_key, audit_key=audit_key.encode(), admin_key_created=created)
+
+
+def _load_or_create(path: Path, *, prefix: str) -> tuple[str, bool]:
+    if path.exists():
+        return path.read_text().strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = prefix + secrets.token_urlsafe(32)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return path.read_text().strip(), False
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value + "\n")
+    return value, True

@@ -1,0 +1,150 @@
+"""The OpenAI-compatible routes tenants call: parse, authorise, limit, hold, forward, settle."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import date
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from moecloud.gateway.auth import Caller
+from moecloud.gateway.billing import MeteredRequest
+from moecloud.gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied
+from moecloud.gateway.metering import TokenUsage, measure_prompt
+from moecloud.gateway.schemas import UsageOut, usage_rows
+from moecloud.gateway.state import CallerDep, GatewayState, State
+from moecloud.gateway.streaming import MeteredStreamingResponse, StreamRelay
+
+router = APIRouter()
+_MAX_CHOICES = 16
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, caller: CallerDep, state: State) -> Response:
+    return await _forward(request, caller, state, "/chat/completions", prompt_field="messages")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, caller: CallerDep, state: State) -> Response:
+    return await _forward(request, caller, state, "/completions", prompt_field="prompt")
+
+
+@router.get("/v1/models")
+async def models(caller: CallerDep, state: State) -> dict[str, Any]:
+    names = [name for name in await state.catalog.models() if caller.may_use(name)]
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "moecloud"} for name in names]
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/usage")
+async def own_usage(
+    caller: CallerDep, state: State, since: date | None = None, until: date | None = None, model: str | None = None
+) -> UsageOut:
+    """A tenant's own usage per day, key and model; the tenant is the key's, whatever the query says."""
+    return await usage_rows(state.database, tenant_id=caller.tenant_id, model=model, since=since, until=until)
+
+
+async def _forward(request: Request, caller: Caller, state: GatewayState, path: str, *, prompt_field: str) -> Response:
+    body = await _read_json(request, state.settings.gateway.max_body_bytes)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string", param="model")
+    _check_prompt(body, prompt_field)
+    if not caller.may_use(model):
+        raise PermissionDenied(f"this API key may not use the model {model!r}", param="model")
+    route = (await state.catalog.routes(model))[0]
+    billing = state.settings.billing
+    stream = _flag(body, "stream")
+    max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
+    max_tokens = max_tokens or billing.default_max_tokens
+    if max_tokens > billing.max_tokens_limit:
+        raise InvalidRequest(f"'max_tokens' may be at most {billing.max_tokens_limit}", param="max_tokens")
+    choices = _positive_int(body, "n") or 1
+    if choices > _MAX_CHOICES:
+        raise InvalidRequest(f"'n' may be at most {_MAX_CHOICES}", param="n")
+    prompt = measure_prompt(body)
+    expected = prompt.tokens(billing.estimate_bytes_per_token, billing.message_overhead_tokens)
+    admission = state.limiter.admit(caller, expected + max_tokens * choices)
+    meter = await MeteredRequest.open(
+        state.database, billing, caller, route, prompt, max_tokens * choices, admission
+    )
+    headers = {"x-request-id": meter.request_id, **admission.headers}
+    upstream_body = {**body, "model": route.upstream_model, "max_tokens": max_tokens}
+    upstream_body.pop("max_completion_tokens", None)
+    client_options = body.get("stream_options")
+    if stream:
+        upstream_body["stream_options"] = {**(client_options if isinstance(client_options, dict) else {}),
+                                           "include_usage": True}
+    try:
+        if stream:
+            response = await state.upstream.open(route, path, upstream_body, meter.request_id, stream=True)
+            wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
+            relay = StreamRelay(response, meter, client_wants_usage=wants_usage)
+            return MeteredStreamingResponse(relay, headers)
+        payload = await state.upstream.post(route, path, upstream_body, meter.request_id)
+    except BaseException:
+        await meter.finish(None, "error")
+        raise
+    usage = TokenUsage.from_openai(payload.get("usage"))
+    usage = usage or meter.estimated_usage(_output_estimate(payload, billing.estimate_bytes_per_token))
+    await meter.finish(usage, "ok")
+    payload["model"] = model
+    return JSONResponse(payload, headers=headers)
+
+
+async def _read_json(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except (ValueError, RecursionError) as error:
+        raise InvalidRequest("the request body is not valid JSON") from error
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def _check_prompt(body: dict[str, Any], field: str) -> None:
+    value = body.get(field)
+    if field == "messages":
+        if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+            raise InvalidRequest("'messages' must be a non-empty list of message objects", param=field)
+    elif not isinstance(value, str | list) or (isinstance(value, list) and not value):
+        raise InvalidRequest("'prompt' must be a string or a non-empty list", param=field)
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool) and value is not None:
+        raise InvalidRequest(f"'{name}' must be a boolean", param=name)
+    return bool(value)
+
+
+def _positive_int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequest(f"'{name}' must be a positive integer", param=name)
+    return value
+
+
+def _output_estimate(payload: dict[str, Any], bytes_per_token: float) -> int:
+    """Without reported usage, output is billed by its size, like the prompt."""
+    text = 0
+    for choice in payload.get("choices") or []:
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            content = message.get("content") if isinstance(message, dict) else choice.get("text")
+            text += len(content.encode()) if isinstance(content, str) else 0
+    return math.ceil(text / bytes_per_token)

@@ -1,0 +1,152 @@
+"""Admin and usage API shapes (kept apart from the tables). The CLI prints the same objects."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import anyio
+from pydantic import BaseModel, Field
+
+from moecloud.store import Database
+from moecloud.store.usage import usage_by_day
+
+
+class TenantIn(BaseModel):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    trial_credit: Decimal | None = Field(
+        None, ge=0, max_digits=18, decimal_places=9, description="default: billing.trial_credit"
+    )
+
+
+class TenantLimitsIn(BaseModel):
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+
+
+class TenantOut(BaseModel):
+    name: str
+    balance: Decimal
+    rpm: int | None
+    tpm: int | None
+    created_at: datetime
+
+
+class KeyIn(BaseModel):
+    tenant: str
+    name: str = Field(min_length=1, max_length=100)
+    models: list[str] | None = Field(None, description="models the key may use; default: all")
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_concurrency: int | None = Field(None, ge=1)
+    expires_at: datetime | None = None
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    prefix: str
+    models: list[str] | None
+    rpm: int | None
+    tpm: int | None
+    max_concurrency: int | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_at: datetime
+
+
+class NewKeyOut(KeyOut):
+    key: str = Field(description="the secret; shown this once and never again")
+
+
+class CreditIn(BaseModel):
+    tenant: str
+    amount: Decimal = Field(gt=0, max_digits=18, decimal_places=9)
+    note: str | None = Field(None, max_length=500)
+
+
+class LedgerEntryOut(BaseModel):
+    kind: str
+    amount: Decimal
+    request_id: str | None
+    note: str | None
+    created_at: datetime
+
+
+class BalanceOut(BaseModel):
+    tenant: str
+    balance: Decimal = Field(description="available now: credits - usage - open holds")
+    held: Decimal = Field(description="reserved by requests in flight")
+    currency: str
+    entries: list[LedgerEntryOut] = Field(description="newest first")
+
+
+class PriceIn(BaseModel):
+    input_miss: Decimal = Field(ge=0, max_digits=18, decimal_places=9, description="per 1M input tokens")
+    input_hit: Decimal = Field(ge=0, max_digits=18, decimal_places=9, description="per 1M cached input tokens")
+    output: Decimal = Field(ge=0, max_digits=18, decimal_places=9, description="per 1M output tokens")
+
+
+class PriceOut(PriceIn):
+    model: str
+
+
+class DeploymentIn(BaseModel):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: str = Field(min_length=1, max_length=200)
+    base_url: str = Field(pattern=r"^https?://", description="OpenAI-compatible base URL, e.g. http://h:8001/v1")
+    upstream_model: str | None = Field(None, description="the name the upstream knows; default: model")
+    priority: int = Field(0, description="lower is tried first")
+    weight: int = Field(1, ge=1)
+
+
+class DeploymentOut(DeploymentIn):
+    created_at: datetime
+
+
+class UsageRowOut(BaseModel):
+    day: str
+    tenant: str
+    key: str
+    model: str
+    requests: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    cost: Decimal
+
+
+class UsageOut(BaseModel):
+    object: str = "list"
+    data: list[UsageRowOut]
+
+
+class AuditEntryOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    details: str
+
+
+class AuditVerifyOut(BaseModel):
+    ok: bool
+    rows: int
+    problems: list[str]
+
+
+class CountOut(BaseModel):
+    count: int
+
+
+async def usage_rows(database: Database, **filters: object) -> UsageOut:
+    def load() -> UsageOut:
+        with database.read() as session:
+            rows = usage_by_day(session, **filters)  # type: ignore[arg-type]
+        return UsageOut(data=[UsageRowOut(**vars(row)) for row in rows])
+
+    return await anyio.to_thread.run_sync(load)

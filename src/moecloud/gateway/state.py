@@ -1,0 +1,50 @@
+"""Everything a gateway process holds, built once at start and reached through FastAPI dependencies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from moecloud.config import Settings
+from moecloud.gateway.auth import Authenticator, Caller, bearer_token, is_admin
+from moecloud.gateway.catalog import Catalog
+from moecloud.gateway.credentials import GatewaySecrets
+from moecloud.gateway.errors import AuthenticationFailed
+from moecloud.gateway.limits import RateLimiter
+from moecloud.gateway.upstream import Upstream
+from moecloud.store import Database
+
+
+@dataclass
+class GatewayState:
+    settings: Settings
+    database: Database
+    secrets: GatewaySecrets
+    authenticator: Authenticator
+    limiter: RateLimiter
+    catalog: Catalog
+    upstream: Upstream
+
+
+def get_state(request: Request) -> GatewayState:
+    return request.app.state.gateway
+
+
+State = Annotated[GatewayState, Depends(get_state)]
+
+
+async def get_caller(state: State, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    return await state.authenticator.authenticate(bearer_token(authorization))
+
+
+def require_admin(state: State, authorization: Annotated[str | None, Header()] = None) -> str:
+    """Returns the actor name written to the audit log."""
+    if not is_admin(bearer_token(authorization), state.secrets.admin_key):
+        raise AuthenticationFailed("this endpoint needs the admin key")
+    return "admin-api"
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+AdminDep = Annotated[str, Depends(require_admin)]

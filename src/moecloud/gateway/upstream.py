@@ -1,0 +1,89 @@
+"""Speaking OpenAI's protocol to a deployment: one pooled HTTP client, upstream failures as typed errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from moecloud.config import GatewaySettings
+from moecloud.gateway.catalog import Route
+from moecloud.gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    RateLimited,
+    UpstreamFailed,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+
+class Upstream:
+    def __init__(self, settings: GatewaySettings) -> None:
+        timeout = httpx.Timeout(
+            settings.upstream_read_timeout_seconds, connect=settings.upstream_connect_timeout_seconds
+        )
+        limits = httpx.Limits(
+            max_connections=settings.upstream_max_connections,
+            max_keepalive_connections=settings.upstream_max_connections,
+        )
+        self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
+
+    async def post(self, route: Route, path: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
+        response = await self.open(route, path, body, request_id, stream=False)
+        try:
+            payload = response.json()
+        except ValueError as error:
+            raise UpstreamFailed(f"deployment {route.deployment!r} answered with invalid JSON") from error
+        if not isinstance(payload, dict):
+            raise UpstreamFailed(f"deployment {route.deployment!r} answered with a non-object")
+        return payload
+
+    async def open(
+        self, route: Route, path: str, body: dict[str, Any], request_id: str, *, stream: bool
+    ) -> httpx.Response:
+        """Send the request; a non-2xx answer is raised as a typed error (and its stream closed)."""
+        request = self._client.build_request(
+            "POST", route.base_url + path, json=body, headers={"x-request-id": request_id}
+        )
+        try:
+            response = await self._client.send(request, stream=stream)
+        except httpx.TimeoutException as error:
+            raise UpstreamTimeout(f"deployment {route.deployment!r} did not answer in time") from error
+        except httpx.HTTPError as error:
+            raise UpstreamUnavailable(f"deployment {route.deployment!r} is unreachable: {error}") from error
+        if response.is_success:
+            return response
+        try:
+            await response.aread()
+        except httpx.HTTPError:
+            pass
+        finally:
+            await response.aclose()
+        raise _refusal(route, response)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _refusal(route: Route, response: httpx.Response) -> GatewayError:
+    message = _upstream_message(response)
+    if response.status_code == 429:
+        return RateLimited(
+            f"deployment {route.deployment!r} is busy: {message}",
+            headers={"retry-after": response.headers.get("retry-after", "1")},
+        )
+    if response.status_code in (400, 413, 422):
+        return InvalidRequest(message)
+    return UpstreamFailed(f"deployment {route.deployment!r} failed ({response.status_code}): {message}")
+
+
+def _upstream_message(response: httpx.Response) -> str:
+    try:
+        error = json.loads(response.content).get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return error["message"]
+    except (ValueError, AttributeError):
+        pass
+    return response.text[:200] or response.reason_phrase

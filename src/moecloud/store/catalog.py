@@ -1,0 +1,50 @@
+"""What can be served and what it costs: deployments (upstreams) and per-model prices."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from moecloud.store.errors import AlreadyExists, NotFound
+from moecloud.store.tables import Deployment, Price
+from moecloud.store.types import utcnow
+
+
+def set_price(session: Session, model: str, *, input_miss: Decimal, input_hit: Decimal, output: Decimal) -> Price:
+    price = session.get(Price, model)
+    if price is None:
+        price = Price(model=model, input_miss=input_miss, input_hit=input_hit, output=output)
+        session.add(price)
+    else:
+        price.input_miss, price.input_hit, price.output = input_miss, input_hit, output
+        price.updated_at = utcnow()
+    session.flush()
+    return price
+
+
+def list_prices(session: Session) -> list[Price]:
+    return list(session.scalars(select(Price).order_by(Price.model)))
+
+
+def add_deployment(session: Session, deployment: Deployment) -> Deployment:
+    if session.get(Deployment, deployment.name) is not None:
+        raise AlreadyExists("deployment", deployment.name)
+    session.add(deployment)
+    session.flush()
+    return deployment
+
+
+def remove_deployment(session: Session, name: str) -> Deployment:
+    deployment = session.get(Deployment, name)
+    if deployment is None:
+        raise NotFound("deployment", name)
+    session.delete(deployment)
+    return deployment
+
+
+def list_deployments(session: Session) -> list[Deployment]:
+    """Ordered as the router tries them: by model, then priority (lower first), then name."""
+    query = select(Deployment).order_by(Deployment.model, Deployment.priority, Deployment.name)
+    return list(session.scalars(query))

@@ -1,0 +1,31 @@
+"""What the store refuses. The gateway maps these to HTTP at its edge; the CLI prints them."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+
+class StoreError(Exception):
+    pass
+
+
+class NotFound(StoreError):
+    def __init__(self, kind: str, name: object) -> None:
+        super().__init__(f"{kind} {name!r} not found")
+        self.kind = kind
+
+
+class AlreadyExists(StoreError):
+    def __init__(self, kind: str, name: object) -> None:
+        super().__init__(f"{kind} {name!r} already exists")
+        self.kind = kind
+
+
+class InsufficientCredit(StoreError):
+    def __init__(self, needed: Decimal, available: Decimal) -> None:
+        super().__init__(
+            f"insufficient credit: this request may cost up to {needed} but the balance available is "
+            f"{available}; add credit or lower max_tokens"
+        )
+        self.needed = needed
+        self.available = available

@@ -1,0 +1,134 @@
+"""Credits, holds and settlement.
+
+Invariant: ``tenant.balance == sum(ledger.amount) - sum(open holds)``. Every balance change is one
+conditional UPDATE, which takes the tenant's row lock on PostgreSQL and runs under the global write lock on
+SQLite, so concurrent holds cannot both pass the same balance check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from moecloud.store.errors import InsufficientCredit, NotFound
+from moecloud.store.tables import Hold, LedgerEntry, Tenant, UsageRecord
+from moecloud.store.types import utcnow
+
+
+@dataclass(frozen=True)
+class RequestOutcome:
+    """What a finished request consumed, as the gateway measured it."""
+
+    request_id: str
+    tenant_id: int
+    key_id: int
+    model: str
+    deployment: str | None
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    latency_ms: int
+    status: str  # ok | error | cancelled
+    cost: Decimal
+
+
+def add_credit(session: Session, tenant_id: int, amount: Decimal, *, note: str | None = None) -> LedgerEntry:
+    _change_balance(session, tenant_id, amount)
+    entry = LedgerEntry(tenant_id=tenant_id, kind="credit", amount=amount, note=note)
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def ledger_entries(session: Session, tenant_id: int, *, limit: int = 100) -> list[LedgerEntry]:
+    query = select(LedgerEntry).where(LedgerEntry.tenant_id == tenant_id)
+    return list(session.scalars(query.order_by(LedgerEntry.id.desc()).limit(limit)))
+
+
+def open_holds_total(session: Session, tenant_id: int) -> Decimal:
+    amounts = session.scalars(select(Hold.amount).where(Hold.tenant_id == tenant_id, Hold.status == "held"))
+    return sum(amounts, Decimal(0))
+
+
+# The per-request statements are built once: constructing them costs more than running them on SQLite.
+_HOLDS, _TENANTS, _USAGE, _LEDGER = Hold.__table__, Tenant.__table__, UsageRecord.__table__, LedgerEntry.__table__
+_TAKE = (
+    update(_TENANTS)
+    .where(_TENANTS.c.id == bindparam("tenant"), _TENANTS.c.balance >= bindparam("amount"))
+    .values(balance=_TENANTS.c.balance - bindparam("amount"))
+)
+_ADD = (
+    update(_TENANTS)
+    .where(_TENANTS.c.id == bindparam("tenant"))
+    .values(balance=_TENANTS.c.balance + bindparam("delta"))
+)
+_CLAIM = (
+    update(_HOLDS)
+    .where(_HOLDS.c.request_id == bindparam("request"), _HOLDS.c.status == "held")
+    .values(status=bindparam("new_status"))
+    .returning(_HOLDS.c.amount)
+)
+_SETTLED = select(_USAGE.c.id).where(_USAGE.c.request_id == bindparam("request"))
+
+
+def place_hold(
+    session: Session, tenant_id: int, request_id: str, amount: Decimal, *, ttl: timedelta
+) -> None:
+    """Reserve ``amount``; raises ``InsufficientCredit`` when the balance cannot cover it."""
+    connection = session.connection()
+    if connection.execute(_TAKE, {"tenant": tenant_id, "amount": amount}).rowcount != 1:
+        available = session.scalar(select(Tenant.balance).where(Tenant.id == tenant_id))
+        if available is None:
+            raise NotFound("tenant", tenant_id)
+        raise InsufficientCredit(amount, available)
+    now = utcnow()
+    connection.execute(
+        insert(_HOLDS),
+        {"request_id": request_id, "tenant_id": tenant_id, "amount": amount, "status": "held",
+         "created_at": now, "expires_at": now + ttl},
+    )
+
+
+def finish_request(session: Session, outcome: RequestOutcome) -> bool:
+    """Settle a request exactly once: release its hold, charge its cost, write its usage record.
+
+    Returns False (and changes nothing) when the request id was already settled. A request whose hold has
+    expired is still charged; the balance may then dip below zero by at most that cost.
+    """
+    connection = session.connection()
+    claim = {"request": outcome.request_id, "new_status": "settled" if outcome.cost else "released"}
+    held = connection.execute(_CLAIM, claim).scalar_one_or_none()
+    if held is None and connection.execute(_SETTLED, {"request": outcome.request_id}).first() is not None:
+        return False
+    _change_balance(session, outcome.tenant_id, (held or Decimal(0)) - outcome.cost)
+    now = utcnow()
+    connection.execute(insert(_USAGE), {**vars(outcome), "day": now.date().isoformat(), "created_at": now})
+    if outcome.cost:
+        connection.execute(
+            insert(_LEDGER),
+            {"tenant_id": outcome.tenant_id, "kind": "usage", "amount": -outcome.cost,
+             "request_id": outcome.request_id, "note": None, "created_at": now},
+        )
+    return True
+
+
+def release_expired_holds(session: Session, *, now: datetime | None = None) -> int:
+    """Give back holds whose request never finished (a crash); returns how many were released."""
+    expired = session.execute(
+        update(Hold)
+        .where(Hold.status == "held", Hold.expires_at < (now or utcnow()))
+        .values(status="expired")
+        .returning(Hold.tenant_id, Hold.amount)
+    ).all()
+    for tenant_id, amount in expired:
+        _change_balance(session, tenant_id, amount)
+    return len(expired)
+
+
+def _change_balance(session: Session, tenant_id: int, delta: Decimal) -> None:
+    if delta and session.connection().execute(_ADD, {"tenant": tenant_id, "delta": delta}).rowcount != 1:
+        raise NotFound("tenant", tenant_id)

@@ -1,0 +1,132 @@
+"""Database tables. API schemas live with the routes; these classes are storage only."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from moecloud.store.types import Money, UTCDateTime, utcnow
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Tenant(Base):
+    """``balance`` is what the tenant can still spend: credits minus settled usage minus open holds."""
+
+    __tablename__ = "tenants"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    balance: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """Only the sha256 of a key is kept; ``public_id`` names it in lists, logs and usage."""
+
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_prefix: Mapped[str] = mapped_column(String(16))
+    models: Mapped[str | None] = mapped_column(Text)  # comma-separated scope; NULL: every model
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(Integer)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Price(Base):
+    """Per million tokens, per model."""
+
+    __tablename__ = "prices"
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    input_miss: Mapped[Decimal] = mapped_column(Money)
+    input_hit: Mapped[Decimal] = mapped_column(Money)
+    output: Mapped[Decimal] = mapped_column(Money)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Deployment(Base):
+    """An OpenAI-compatible upstream serving ``model``; several per model are ranked by priority."""
+
+    __tablename__ = "deployments"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), index=True)
+    base_url: Mapped[str] = mapped_column(Text)
+    upstream_model: Mapped[str | None] = mapped_column(String(200))  # NULL: same as ``model``
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Hold(Base):
+    """Worst-case cost reserved before a request is forwarded. held -> settled | released | expired."""
+
+    __tablename__ = "holds"
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    amount: Mapped[Decimal] = mapped_column(Money)
+    status: Mapped[str] = mapped_column(String(16), default="held")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    __table_args__ = (Index("ix_holds_status_expires", "status", "expires_at"),)
+
+
+class LedgerEntry(Base):
+    """Every change to what a tenant owns: credits (+) and settled usage (-). Holds are not entries."""
+
+    __tablename__ = "ledger"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # trial | credit | usage
+    amount: Mapped[Decimal] = mapped_column(Money)
+    request_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsageRecord(Base):
+    __tablename__ = "usage"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64))
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    model: Mapped[str] = mapped_column(String(200))
+    deployment: Mapped[str | None] = mapped_column(String(100))
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    cached_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    latency_ms: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # ok | error | cancelled
+    cost: Mapped[Decimal] = mapped_column(Money)
+    day: Mapped[str] = mapped_column(String(10))  # UTC YYYY-MM-DD, for portable grouping
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    __table_args__ = (
+        UniqueConstraint("request_id", name="uq_usage_request_id"),
+        Index("ix_usage_tenant_day", "tenant_id", "day"),
+    )
+
+
+class AuditEntry(Base):
+    """Append-only; ``digest`` = HMAC(audit key, prev_digest + canonical row), so edits break the chain."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200))
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON
+    prev_digest: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,107 @@
+"""A deterministic OpenAI-compatible upstream for the gateway's tests.
+
+The last user message (or the prompt) steers it:
+- ``FAIL`` -> 500; ``BUSY`` -> 429; ``HANG`` -> never answers;
+- ``SLOW`` -> waits 0.4 s before answering;
+- ``NOUSAGE`` -> no usage in the answer or the stream;
+- ``HANG_AFTER_3`` -> streams 3 tokens then goes silent; ``DIE_AFTER_2`` -> streams 2 tokens then drops;
+- ``CACHE`` -> half the prompt tokens are reported as prefix-cache hits.
+Otherwise it answers ``max_tokens`` tokens. Usage: prompt = 5 + number of words, completion = tokens sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    if isinstance(body.get("messages"), list):
+        return " ".join(str(m.get("content", "")) for m in body["messages"] if isinstance(m, dict))
+    prompt = body.get("prompt", "")
+    return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+
+
+def usage_for(body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
+    text = prompt_text(body)
+    prompt_tokens = 5 + len(text.split())
+    cached = prompt_tokens // 2 if "CACHE" in text else 0
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def create_fake_upstream() -> FastAPI:
+    app = FastAPI()
+    app.state.received = []
+
+    async def handle(request: Request, chat: bool) -> Response:
+        body = await request.json()
+        app.state.received.append({"body": body, "request_id": request.headers.get("x-request-id")})
+        text = prompt_text(body)
+        if "FAIL" in text:
+            return JSONResponse({"error": {"message": "engine exploded", "type": "server_error"}}, 500)
+        if "BUSY" in text:
+            return JSONResponse({"error": {"message": "queue full", "type": "rate_limit"}}, 429,
+                                headers={"retry-after": "7"})
+        if "HANG" in text and "HANG_AFTER" not in text:
+            await asyncio.sleep(3600)
+        if "SLOW" in text:
+            await asyncio.sleep(0.4)
+        tokens = body.get("max_tokens") or 16
+        if body.get("stream"):
+            return StreamingResponse(_stream(body, text, tokens, chat), media_type="text/event-stream")
+        content = "tok " * tokens
+        choice = (
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "length"}
+            if chat
+            else {"index": 0, "text": content, "finish_reason": "length"}
+        )
+        answer: dict[str, Any] = {
+            "id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion", "created": 1,
+            "model": body["model"], "choices": [choice],
+        }
+        if "NOUSAGE" not in text:
+            answer["usage"] = usage_for(body, tokens)
+        return JSONResponse(answer)
+
+    async def _stream(body: dict[str, Any], text: str, tokens: int, chat: bool) -> AsyncIterator[bytes]:
+        def event(payload: Any) -> bytes:
+            return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+        def chunk(i: int) -> dict[str, Any]:
+            choice = {"index": 0, "delta": {"content": f"t{i} "}} if chat else {"index": 0, "text": f"t{i} "}
+            kind = "chat.completion.chunk" if chat else "text_completion"
+            return {"id": "cmpl-fake", "object": kind, "created": 1, "model": body["model"], "choices": [choice]}
+
+        limit = 3 if "HANG_AFTER_3" in text else 2 if "DIE_AFTER_2" in text else tokens
+        for i in range(limit):
+            yield event(chunk(i))
+        if "HANG_AFTER_3" in text:
+            await asyncio.sleep(3600)
+        if "DIE_AFTER_2" in text:
+            raise RuntimeError("worker died mid-stream")
+        options = body.get("stream_options") or {}
+        if options.get("include_usage") and "NOUSAGE" not in text:
+            kind = "chat.completion.chunk" if chat else "text_completion"
+            yield event({"id": "cmpl-fake", "object": kind, "created": 1, "model": body["model"], "choices": [],
+                         "usage": usage_for(body, tokens)})
+        yield b"data: [DONE]\n\n"
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handle(request, chat=False)
+
+    return app

@@ -1,0 +1,60 @@
+"""Malformed or hostile requests get a 4xx in OpenAI's error shape, never a 500."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from conftest import MODEL, Gateway
+
+BAD_BODIES = [
+    b"not json",
+    b"[1, 2]",
+    b'{"model": 5, "messages": []}',
+    b'{"model": "fake-model"}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1e400}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "max_tokens": 99999999999999999999}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+    b'{"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "n": 1000}',
+    b'{"model": "fake-model", "messages": "' + b"[" * 100_000 + b'"}',
+    b"[" * 100_000,
+    b'{"model": "fake-model", "prompt": [[1, 2], 3, {"x": 1}], "max_tokens": true}',
+]
+
+
+@pytest.fixture
+def key(gateway: Gateway) -> str:
+    gateway.tenant("acme")
+    return gateway.key("acme")
+
+
+def test_bad_bodies_are_400s(gateway: Gateway, key: str) -> None:
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        for body in BAD_BODIES:
+            response = httpx.post(gateway.url + path, content=body,
+                                  headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+            assert 400 <= response.status_code < 500, (path, body[:80], response.text)
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert gateway.balance("acme") == 10
+
+
+def test_oversized_body_and_bad_admin_input(gateway: Gateway, key: str) -> None:
+    huge = b'{"model": "fake-model", "prompt": "' + b"a" * (5 * 1024 * 1024) + b'"}'
+    response = httpx.post(gateway.url + "/v1/completions", content=huge, headers={"authorization": f"Bearer {key}"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    for method, path, payload in [
+        ("POST", "/admin/tenants", {"name": "../../etc"}),
+        ("POST", "/admin/tenants", {"name": "acme"}),
+        ("POST", "/admin/credits", {"tenant": "acme", "amount": "0.0000000001"}),
+        ("POST", "/admin/credits", {"tenant": "nobody", "amount": "1"}),
+        ("POST", "/admin/keys", {"tenant": "acme", "name": "x", "rpm": 0}),
+        ("PUT", "/admin/prices/m", {"input_miss": "-1", "input_hit": "0", "output": "0"}),
+        ("POST", "/admin/keys/key_nope/revoke", None),
+        ("GET", "/admin/nothing-here", None),
+    ]:
+        answer = gateway.admin.request(method, path, json=payload)
+        assert 400 <= answer.status_code < 500, (path, answer.text)
+        assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+    assert gateway.admin.get("/admin/tenants", headers={"authorization": f"Bearer {key}"}).status_code == 401
+    assert httpx.get(gateway.url + "/admin/tenants").status_code == 401
+    assert httpx.get(gateway.url + f"/v1/models?model={MODEL}", headers={"authorization": "Basic x"}).status_code == 401

@@ -1,0 +1,1 @@
+from databases import database_url  # noqa: F401  (the sqlite/postgresql fixture)
