@@ -63,6 +63,8 @@ class ModelRunner:
                     [batch[i].seq.num_computed_tokens + 1 for i in decodes],
                 )
             )
+        if len(groups) == 1:
+            groups[0].in_order = groups[0].token_index.numel() == len(ids)
         fb = ForwardBatch(
             positions=torch.tensor(positions, dtype=torch.long, device=self.device),
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=self.device),

@@ -25,6 +25,7 @@ class AttentionGroup:
     block_tables: torch.Tensor  # [B, max_blocks] cache block ids (padding rows point at any block)
     context_lens: torch.Tensor  # [B] tokens in context, the new ones included
     masked: torch.Tensor  # [B, Q, 1, L] True where a query may not see a key (future or padding)
+    in_order: bool = False  # token_index covers the whole batch as 0..T-1
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ForwardBatch:
     positions: torch.Tensor  # [T]
     slot_mapping: torch.Tensor  # [T] flat cache slot each new token's latent is written to
     groups: list[AttentionGroup]
+    rope: torch.Tensor | None = None  # per-token rotation, set once per forward (RotaryEmbedding.table)
 
 
 class MLA(nn.Module):
@@ -65,20 +67,26 @@ class MLA(nn.Module):
         tokens = x.shape[0]
         q = self._query(x).view(tokens, self.num_heads, -1)
         q_nope, q_pe = q.split([self.nope_dim, self.rope_dim], dim=-1)
-        q_pe = self.rotary(q_pe, batch.positions)  # [T, heads, rope]
+        q_pe = self.rotary.apply(q_pe, batch.rope)  # [T, heads, rope]
         latent, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.rope_dim], dim=-1)
         latent = self.kv_a_layernorm(latent)
-        k_pe = self.rotary(k_pe, batch.positions)  # [T, rope]
+        k_pe = self.rotary.apply(k_pe[:, None], batch.rope)[:, 0]  # [T, rope]
         cache.view(-1, cache.shape[-1]).index_copy_(0, batch.slot_mapping, torch.cat((latent, k_pe), dim=-1))
 
         w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
         w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim :]
         q_latent = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)  # [T, heads, kv_lora]
-        out_latent = q_latent.new_empty(q_latent.shape)
-        for group in batch.groups:
-            out_latent[group.token_index] = self._attend(
-                q_latent[group.token_index], q_pe[group.token_index], group, cache
-            )
+        if len(batch.groups) == 1 and batch.groups[0].in_order:  # all decodes (or one prefill): no reshuffle
+            shape = batch.groups[0].token_index.shape
+            out_latent = self._attend(
+                q_latent.view(*shape, *q_latent.shape[1:]), q_pe.view(*shape, *q_pe.shape[1:]), batch.groups[0], cache
+            ).flatten(0, 1)
+        else:
+            out_latent = q_latent.new_empty(q_latent.shape)
+            for group in batch.groups:
+                out_latent[group.token_index] = self._attend(
+                    q_latent[group.token_index], q_pe[group.token_index], group, cache
+                )
         out = torch.bmm(out_latent.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1).reshape(tokens, -1)
         return self.o_proj(out)
 

@@ -34,8 +34,8 @@ class DeepseekModel(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.embed_tokens.weight.requires_grad_(False)
-        rotary = RotaryEmbedding(config.qk_rope_head_dim, config.rope, max_positions)
-        self.layers = nn.ModuleList(Block(config, i, rotary) for i in range(config.num_hidden_layers))
+        self.rotary = RotaryEmbedding(config.qk_rope_head_dim, config.rope, max_positions)
+        self.layers = nn.ModuleList(Block(config, i, self.rotary) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
@@ -52,6 +52,7 @@ class DeepseekForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, batch: ForwardBatch, caches: list[torch.Tensor]) -> torch.Tensor:
         """``input_ids`` [T] -> final hidden states [T, hidden]."""
         x = self.model.embed_tokens(input_ids)
+        batch.rope = self.model.rotary.table(batch.positions)
         for layer, cache in zip(self.model.layers, caches, strict=True):
             x = layer(x, batch, cache)
         return self.model.norm(x)

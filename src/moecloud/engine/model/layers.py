@@ -78,17 +78,22 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", freqs.cos() * attention_scaling, persistent=False)
         self.register_buffer("sin", freqs.sin() * attention_scaling, persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` [tokens, ..., dim] by each token's position."""
-        shape = [positions.shape[0]] + [1] * (x.dim() - 2) + [-1]
-        cos = self.cos[positions].view(shape)
-        sin = self.sin[positions].view(shape)
+    def table(self, positions: torch.Tensor) -> torch.Tensor:
+        """The rotation of each token, computed once per step and shared by every layer.
+
+        Interleaved: complex ``cos + i sin`` [T, 1, dim/2]; otherwise ``(cos, sin)`` stacked [2, T, 1, dim/2].
+        """
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        return torch.complex(cos, sin) if self.interleave else torch.stack((cos, sin))
+
+    def apply(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x`` [T, heads, dim] by its tokens' positions (``table`` from :meth:`table`)."""
         if self.interleave:  # pairs (x0, x1), (x2, x3), ... as complex numbers
             pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
-            return torch.view_as_real(pairs * torch.complex(cos, sin)).flatten(-2).to(x.dtype)
-        xf = x.float()
+            return torch.view_as_real(pairs * table).flatten(-2).to(x.dtype)
+        cos, sin = table
         half = x.shape[-1] // 2
-        x1, x2 = xf[..., :half], xf[..., half:]
+        x1, x2 = x[..., :half].float(), x[..., half:].float()
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
 
 
