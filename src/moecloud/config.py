@@ -5,8 +5,10 @@ Nested sections read ``MOECLOUD_<SECTION>__<FIELD>``, e.g. ``MOECLOUD_ENGINE__DT
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,6 +69,7 @@ class GatewaySettings(BaseModel):
     upstream_connect_timeout_seconds: float = Field(5.0, gt=0)
     upstream_read_timeout_seconds: float = Field(600.0, gt=0, description="longest silence from upstream")
     upstream_max_connections: int = Field(1000, ge=1)
+    default_tenant: str = Field("default", description="the tenant `moecloud serve` creates with a local key")
 
     _check_admin = field_validator("admin_key")(_refuse_weak_secret)
     _check_audit = field_validator("audit_key")(_refuse_weak_secret)
@@ -94,6 +97,42 @@ class BillingSettings(BaseModel):
     default_output_price: Decimal = Field(Decimal("1.10"), ge=0, decimal_places=9, description="output")
 
 
+class AdmissionSettings(BaseModel):
+    """When every replica of a model is busy, requests wait in a per-model queue instead of failing."""
+
+    queue_limit: int = Field(1000, ge=1, description="requests waiting per model; one more gets 429 at once")
+    default_deadline_seconds: float = Field(30.0, gt=0, description="longest wait for a replica, then 429")
+    max_deadline_seconds: float = Field(300.0, gt=0, description="cap on the x-moecloud-deadline header")
+    default_priority: int = Field(1, ge=0, description="tier of a key that has none; lower tiers are served first")
+
+
+class RoutingSettings(BaseModel):
+    """How a request picks a replica, and how failing replicas are taken out and probed back."""
+
+    strategy: Literal["least_outstanding", "prefix_affinity", "cost_aware"] = "least_outstanding"
+    replica_max_concurrency: int = Field(64, ge=1, description="in-flight requests per replica (unless the "
+                                                               "deployment sets its own); more wait in the queue")
+    max_attempts: int = Field(3, ge=1, description="replicas tried for one request before its first token")
+    affinity_prefix_bytes: int = Field(512, ge=1, description="prompt bytes that pick a replica (prefix_affinity)")
+    breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a replica's circuit")
+    breaker_open_seconds: float = Field(10.0, gt=0, description="rest of an open circuit before one probe")
+    health_interval_seconds: float = Field(5.0, gt=0, description="active health checks of every replica")
+    health_timeout_seconds: float = Field(2.0, gt=0)
+
+
+class ScalingSettings(BaseModel):
+    """Local replicas (engine worker processes) run by the gateway, and their autoscaler."""
+
+    manage_local_replicas: bool = Field(True, description="start and stop local workers in this gateway")
+    tick_seconds: float = Field(1.0, gt=0, description="how often replicas are reconciled and autoscaled")
+    scale_up_queue_per_replica: int = Field(4, ge=1, description="queued requests per replica that add one")
+    scale_up_wait_seconds: float = Field(2.0, gt=0, description="oldest queued wait that adds a replica")
+    scale_up_cooldown_seconds: float = Field(10.0, ge=0, description="least time between two scale-ups")
+    scale_down_idle_seconds: float = Field(300.0, gt=0, description="idle time that removes a replica")
+    cold_start_timeout_seconds: float = Field(600.0, gt=0, description="a worker not healthy by then is killed")
+    stop_grace_seconds: float = Field(30.0, ge=0, description="drain time of a stopped worker, then SIGKILL")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOECLOUD_", env_nested_delimiter="__", extra="ignore")
 
@@ -103,6 +142,9 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     gateway: GatewaySettings = GatewaySettings()
     billing: BillingSettings = BillingSettings()
+    admission: AdmissionSettings = AdmissionSettings()
+    routing: RoutingSettings = RoutingSettings()
+    scaling: ScalingSettings = ScalingSettings()
 
     def database_url(self) -> str:
         return self.gateway.db_url or f"sqlite:///{self.home / 'moecloud.db'}"
@@ -110,3 +152,8 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     return Settings(**overrides)
+
+
+def provider_api_key(variable: str) -> str | None:
+    """An external provider's key, read from the variable its deployment names (never stored)."""
+    return os.environ.get(variable) or None

@@ -7,6 +7,7 @@ The last user message (or the prompt) steers it:
 - ``HANG_AFTER_3`` -> streams 3 tokens then goes silent; ``DIE_AFTER_2`` -> streams 2 tokens then drops;
 - ``CACHE`` -> half the prompt tokens are reported as prefix-cache hits.
 Otherwise it answers ``max_tokens`` tokens. Usage: prompt = 5 + number of words, completion = tokens sent.
+Whole-replica failures: ``app.state.down = True`` answers 503 to everything (health checks included).
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ def usage_for(body: dict[str, Any], completion_tokens: int) -> dict[str, Any]:
 def create_fake_upstream() -> FastAPI:
     app = FastAPI()
     app.state.received = []
+    app.state.down = False
 
     async def handle(request: Request, chat: bool) -> Response:
+        if app.state.down:
+            return JSONResponse({"error": {"message": "replica down", "type": "server_error"}}, 503)
         body = await request.json()
         app.state.received.append({"body": body, "request_id": request.headers.get("x-request-id")})
         text = prompt_text(body)
@@ -95,6 +99,13 @@ def create_fake_upstream() -> FastAPI:
             yield event({"id": "cmpl-fake", "object": kind, "created": 1, "model": body["model"], "choices": [],
                          "usage": usage_for(body, tokens)})
         yield b"data: [DONE]\n\n"
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        if app.state.down:
+            return JSONResponse({"error": {"message": "replica down"}}, 503)
+        model = {"id": "fake", "object": "model", "created": 0, "owned_by": "fake"}
+        return JSONResponse({"object": "list", "data": [model]})
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

@@ -1,4 +1,7 @@
-"""A real gateway (uvicorn on a free port) in front of a fake upstream, driven with httpx and the openai SDK."""
+"""The gateway test harness: a real gateway (uvicorn on a free port) in front of a fake upstream.
+
+Kept out of conftest.py so tests can import it by a name no other test folder uses.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from fastapi import FastAPI
 
 from moecloud.config import BillingSettings, GatewaySettings, Settings, load_settings
 from moecloud.gateway.app import create_app
+from moecloud.gateway.replicas import Launcher
 from moecloud.store import Database
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"
@@ -104,7 +108,9 @@ def make_gateway(
 ) -> Iterator[Callable[..., Gateway]]:
     started: list[tuple[Any, Database]] = []
 
-    def make(gateway: dict[str, Any] | None = None, billing: dict[str, Any] | None = None) -> Gateway:
+    def make(gateway: dict[str, Any] | None = None, billing: dict[str, Any] | None = None, *,
+             launcher: Launcher | None = None, **sections: dict[str, Any]) -> Gateway:
+        """``sections``: other settings sections (admission, routing, scaling) as dicts."""
         settings = load_settings(
             home=tmp_path,
             gateway=GatewaySettings(**{
@@ -112,9 +118,10 @@ def make_gateway(
                 "auth_cache_seconds": 0, "catalog_cache_seconds": 0, **(gateway or {}),
             }),
             billing=BillingSettings(**(billing or {})),
+            **sections,
         )
         database = Database.open(database_url)
-        server = serve(create_app(settings, database))
+        server = serve(create_app(settings, database, launcher=launcher))
         url = server.__enter__()
         started.append((server, database))
         harness = Gateway(url, settings, database, upstream[1])

@@ -6,7 +6,7 @@ import csv
 import io
 from decimal import Decimal
 
-from conftest import ADMIN_KEY, AUDIT_KEY, MODEL, Gateway
+from harness import ADMIN_KEY, AUDIT_KEY, MODEL, Gateway
 from sqlalchemy import delete, update
 from typer.testing import CliRunner
 

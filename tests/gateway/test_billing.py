@@ -8,7 +8,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import httpx
 import openai
 import pytest
-from conftest import MODEL, PRICES, Gateway
+from harness import MODEL, PRICES, Gateway
 
 QUANTUM = Decimal("0.000000001")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import MODEL, Gateway
+from harness import MODEL, Gateway
 
 BAD_BODIES = [
     b"not json",

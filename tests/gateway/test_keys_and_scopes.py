@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import openai
 import pytest
-from conftest import MODEL, Gateway
+from harness import MODEL, Gateway
 from sqlalchemy import select
 
 from moecloud.store.tables import ApiKey

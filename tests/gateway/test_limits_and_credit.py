@@ -8,7 +8,7 @@ from decimal import Decimal
 import httpx
 import openai
 import pytest
-from conftest import MODEL, PRICES, Gateway
+from harness import MODEL, PRICES, Gateway
 
 from moecloud.gateway.metering import PriceSheet, measure_prompt
 

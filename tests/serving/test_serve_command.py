@@ -1,4 +1,4 @@
-"""`moecloud serve`: a fresh home gets a default model, a worker process and the pass-through gateway."""
+"""`moecloud serve`: a fresh home gets a default model, the gateway, its worker, a default tenant and key."""
 
 from __future__ import annotations
 
@@ -26,7 +26,12 @@ def test_serve_starts_gateway_and_worker_and_stops_both(tmp_path: Path) -> None:
     try:
         wait_healthy(base_url + "/health", 120, process)
         assert (tmp_path / "models" / "tiny-random" / "config.json").is_file()
-        client = openai.OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
+        key_file = tmp_path / "secrets" / "default_api_key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        api_key = key_file.read_text().strip()
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=base_url + "/v1", api_key="mc-wrong", max_retries=0).models.list()
+        client = openai.OpenAI(base_url=base_url + "/v1", api_key=api_key, max_retries=0)
         model = client.models.list().data[0].id
         assert model == "tiny-random"
         reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
@@ -37,9 +42,11 @@ def test_serve_starts_gateway_and_worker_and_stops_both(tmp_path: Path) -> None:
         assert chunks[-1].usage.completion_tokens == 4
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model="missing", prompt="x")
-        assert httpx.get(base_url + "/metrics").status_code == 200
+        metrics = httpx.get(base_url + "/metrics")
+        assert metrics.status_code == 200
+        assert 'moecloud_gateway_requests_total{model="tiny-random",status="200"}' in metrics.text
     finally:
         process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
+        output, _ = process.communicate(timeout=60)
     assert process.returncode == 0
-    assert f"{base_url}/v1" in output and "curl" in output and "OpenAI(" in output
+    assert f"{base_url}/v1" in output and "curl" in output and "OpenAI(" in output and api_key in output

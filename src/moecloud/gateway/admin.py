@@ -24,6 +24,7 @@ from moecloud.gateway.schemas import (
     NewKeyOut,
     PriceIn,
     PriceOut,
+    ScaleIn,
     TenantIn,
     TenantLimitsIn,
     TenantOut,
@@ -115,8 +116,24 @@ def set_price(model: str, spec: PriceIn, admin: AdminOps, state: State) -> Price
 
 
 @router.get("/deployments")
-def list_deployments(admin: AdminOps) -> list[DeploymentOut]:
-    return admin.list_deployments()
+def list_deployments(admin: AdminOps, state: State) -> list[DeploymentOut]:
+    """With what this gateway sees live: ready replicas of local deployments and their recent scale events."""
+    control = state.control
+    counts = control.replicas.counts() if control.replicas else {}
+    return [
+        deployment.model_copy(update={
+            "ready_replicas": counts.get(deployment.name, (0, 0))[1] if deployment.kind == "local" else None,
+            "scale_events": list(control.events.get(deployment.name, ())),
+        })
+        for deployment in admin.list_deployments()
+    ]
+
+
+@router.post("/deployments/{name}/scale")
+def scale_deployment(name: str, spec: ScaleIn, admin: AdminOps, state: State) -> DeploymentOut:
+    deployment = admin.scale_deployment(name, spec)
+    state.catalog.forget()
+    return deployment
 
 
 @router.post("/deployments", status_code=201)

@@ -2,31 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from moecloud import __version__
 from moecloud.config import Settings
 from moecloud.gateway import admin, proxy
+from moecloud.gateway.admission import Dispatcher
 from moecloud.gateway.auth import Authenticator
-from moecloud.gateway.catalog import Catalog
-from moecloud.gateway.credentials import load_secrets
-from moecloud.gateway.errors import install_error_handlers
+from moecloud.gateway.autoscale import Autoscaler
+from moecloud.gateway.catalog import Catalog, Route
+from moecloud.gateway.control import ControlLoop
+from moecloud.gateway.credentials import GatewaySecrets, load_secrets
+from moecloud.gateway.errors import GatewayError, install_error_handlers
+from moecloud.gateway.failover import Failover
 from moecloud.gateway.limits import RateLimiter
+from moecloud.gateway.metrics import GatewayMetrics, RequestMetrics
+from moecloud.gateway.operations import Admin
+from moecloud.gateway.replicas import Launcher, ReplicaSet
 from moecloud.gateway.state import GatewayState
 from moecloud.gateway.upstream import Upstream
+from moecloud.gateway.workers import WorkerLauncher
 from moecloud.store import Database
 from moecloud.store.ledger import release_expired_holds
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
-    """The gateway as an ASGI app. Opens (and migrates) the database unless one is given."""
+def create_app(settings: Settings, database: Database | None = None, *, launcher: Launcher | None = None) -> FastAPI:
+    """The gateway as an ASGI app. Opens (and migrates) the database unless one is given. Local replicas are
+    started by ``launcher`` (default: `moecloud worker` processes) unless ``scaling.manage_local_replicas`` is off.
+    """
     database = database or Database.open(settings.database_url())
     secrets = load_secrets(settings)
     if secrets.admin_key_created:
@@ -35,24 +48,22 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
             settings.home / "secrets" / "admin_key",
             secrets.admin_key,
         )
-    state = GatewayState(
-        settings=settings,
-        database=database,
-        secrets=secrets,
-        authenticator=Authenticator(database, settings.gateway),
-        limiter=RateLimiter(),
-        catalog=Catalog(database, settings),
-        upstream=Upstream(settings.gateway),
-    )
+    state = _build_state(settings, database, secrets, launcher)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        async with anyio.create_task_group() as group:
-            group.start_soon(_reconcile_forever, state)
-            try:
-                yield
-            finally:
-                group.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(_reconcile_forever, state)
+                group.start_soon(state.control.run_forever)
+                try:
+                    yield
+                finally:
+                    group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):  # local workers are stopped (drained) even on cancellation
+                if state.control.replicas is not None:
+                    await state.control.replicas.aclose()
                 await state.upstream.aclose()
 
     app = FastAPI(title="moecloud gateway", version=__version__, lifespan=lifespan)
@@ -60,12 +71,54 @@ def create_app(settings: Settings, database: Database | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(proxy.router)
     app.include_router(admin.router)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     return app
+
+
+def _build_state(
+    settings: Settings, database: Database, secrets: GatewaySecrets, launcher: Launcher | None
+) -> GatewayState:
+    dispatcher = Dispatcher(settings)
+    wake = asyncio.Event()  # a replica came or went: the control loop hands out its capacity at once
+    replicas = (
+        ReplicaSet(launcher or WorkerLauncher(settings.scaling), on_change=wake.set)
+        if settings.scaling.manage_local_replicas else None
+    )
+    catalog = Catalog(database, settings, local=replicas)
+    metrics = GatewayMetrics(dispatcher, replicas.counts if replicas else dict)
+    upstream = Upstream(settings.gateway)
+    control = ControlLoop(
+        settings=settings, catalog=catalog, dispatcher=dispatcher, upstream=upstream, metrics=metrics,
+        admin=Admin(database, settings, secrets.audit_key, actor="autoscaler"), replicas=replicas,
+        autoscaler=Autoscaler(settings.scaling), wake=wake,
+    )
+
+    def on_retry(route: Route, error: GatewayError) -> None:
+        log.warning("retrying a request that failed on %s before its first token: %s", route.replica, error)
+        metrics.retries.labels(route.model, route.replica).inc()
+
+    return GatewayState(
+        settings=settings,
+        database=database,
+        secrets=secrets,
+        authenticator=Authenticator(database, settings.gateway, default_priority=settings.admission.default_priority),
+        limiter=RateLimiter(),
+        catalog=catalog,
+        upstream=upstream,
+        dispatcher=dispatcher,
+        failover=Failover(dispatcher, catalog, settings.routing, on_retry),
+        metrics=metrics,
+        control=control,
+    )
 
 
 async def _reconcile_forever(state: GatewayState) -> None:

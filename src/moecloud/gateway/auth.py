@@ -41,6 +41,8 @@ class Caller:
     revoked: bool
     key_limits: Limits
     tenant_limits: Limits
+    priority: int = 1  # admission tier, lower first
+    tenant_weight: int = 1  # share of busy capacity
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -71,9 +73,10 @@ class Authenticator:
     """Resolves keys, remembering each answer for ``auth_cache_seconds`` (revocation takes effect within it
     in other processes, at once in this one)."""
 
-    def __init__(self, database: Database, settings: GatewaySettings) -> None:
+    def __init__(self, database: Database, settings: GatewaySettings, *, default_priority: int = 1) -> None:
         self._database = database
         self._settings = settings
+        self._default_priority = default_priority
         self._cache: dict[str, tuple[float, Caller | None]] = {}
 
     async def authenticate(self, token: str) -> Caller:
@@ -120,4 +123,6 @@ class Authenticator:
                 max_concurrency=key.max_concurrency or defaults.key_max_concurrency,
             ),
             tenant_limits=Limits(rpm=tenant.rpm or defaults.tenant_rpm, tpm=tenant.tpm or defaults.tenant_tpm),
+            priority=self._default_priority if key.priority is None else key.priority,
+            tenant_weight=tenant.weight or 1,
         )

@@ -14,7 +14,7 @@ from moecloud.config import BillingSettings
 from moecloud.gateway.auth import Caller
 from moecloud.gateway.catalog import Route
 from moecloud.gateway.limits import Admission
-from moecloud.gateway.metering import PromptSize, TokenUsage
+from moecloud.gateway.metering import PriceSheet, PromptSize, TokenUsage
 from moecloud.store import Database
 from moecloud.store.ledger import RequestOutcome, finish_request, place_hold
 
@@ -32,10 +32,12 @@ class MeteredRequest:
     database: Database
     billing: BillingSettings
     caller: Caller
-    route: Route
+    model: str
+    price: PriceSheet
     request_id: str
     prompt: PromptSize
     admission: Admission
+    route: Route | None = None  # where it was served, once a replica took it
     started: float = field(default_factory=time.monotonic)
     finished: bool = False
 
@@ -45,14 +47,15 @@ class MeteredRequest:
         database: Database,
         billing: BillingSettings,
         caller: Caller,
-        route: Route,
+        model: str,
+        price: PriceSheet,
         prompt: PromptSize,
         completion_budget: int,
         admission: Admission,
     ) -> MeteredRequest:
         """Place the worst-case hold; on refusal the admission is given back and the error propagates."""
         request_id = new_request_id()
-        worst = route.price.worst_case(
+        worst = price.worst_case(
             prompt.tokens(billing.hold_bytes_per_token, billing.message_overhead_tokens), completion_budget
         )
         ttl = timedelta(seconds=billing.hold_ttl_seconds)
@@ -66,7 +69,7 @@ class MeteredRequest:
         except BaseException:
             admission.settle(0)
             raise
-        return cls(database, billing, caller, route, request_id, prompt, admission)
+        return cls(database, billing, caller, model, price, request_id, prompt, admission)
 
     def estimated_usage(self, completion_tokens: int) -> TokenUsage:
         """Used when the upstream reported no usage (a dropped stream): the prompt by size, output as counted."""
@@ -84,14 +87,14 @@ class MeteredRequest:
             request_id=self.request_id,
             tenant_id=self.caller.tenant_id,
             key_id=self.caller.key_id,
-            model=self.route.model,
-            deployment=self.route.deployment,
+            model=self.model,
+            deployment=self.route.deployment if self.route else None,
             prompt_tokens=usage.prompt_tokens,
             cached_tokens=usage.cached_tokens,
             completion_tokens=usage.completion_tokens,
             latency_ms=round((time.monotonic() - self.started) * 1000),
             status=status,
-            cost=self.route.price.cost(usage),
+            cost=self.price.cost(usage),
         )
 
         def settle() -> None:

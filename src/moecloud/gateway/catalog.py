@@ -1,48 +1,110 @@
-"""Model name -> where to send it and what it costs, read from the store and reused for a few seconds."""
+"""Model name -> its deployments and what it costs, read from the store and reused for a few seconds.
+
+A remote deployment is one route; a local deployment is one route per ready replica, which the replica set
+(``LocalReplicas``) reports.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
 
 import anyio
 
-from moecloud.config import Settings
+from moecloud.config import Settings, provider_api_key
 from moecloud.gateway.errors import ModelNotFound
 from moecloud.gateway.metering import PriceSheet
 from moecloud.store import Database
 from moecloud.store.catalog import list_deployments, list_prices
+from moecloud.store.tables import Deployment
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    name: str
+    model: str
+    kind: str  # remote | local
+    base_url: str | None
+    checkpoint: str | None
+    upstream_model: str
+    priority: int
+    weight: int
+    replicas: int
+    min_replicas: int
+    max_replicas: int
+    max_concurrency: int
+    cost: Decimal  # input + output per 1M tokens: what cost-aware routing compares
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
 class Route:
+    """One place a request can go: a remote deployment, or one replica of a local deployment."""
+
     model: str
     deployment: str
+    replica: str  # unique: the deployment's name, or ``name/N`` for a local replica
     base_url: str
     upstream_model: str
     price: PriceSheet
+    priority: int = 0
+    weight: int = 1
+    cost: Decimal = Decimal(0)
+    max_concurrency: int = 1
+    api_key: str | None = field(default=None, repr=False)
+
+
+class LocalReplicas(Protocol):
+    def ready(self, deployment: str) -> list[tuple[str, str]]:
+        """(replica id, base URL) of each ready replica of a local deployment."""
 
 
 @dataclass(frozen=True)
 class _Snapshot:
     expires: float
-    routes: dict[str, list[Route]]  # in the order the router tries them
+    deployments: dict[str, list[DeploymentSpec]]  # by model, in the order the router prefers them
+    prices: dict[str, PriceSheet]
 
 
 class Catalog:
-    def __init__(self, database: Database, settings: Settings) -> None:
+    def __init__(self, database: Database, settings: Settings, local: LocalReplicas | None = None) -> None:
         self._database = database
         self._settings = settings
+        self._local = local
         self._snapshot: _Snapshot | None = None
 
-    async def routes(self, model: str) -> list[Route]:
-        routes = (await self._current()).routes.get(model)
-        if not routes:
+    async def price(self, model: str) -> PriceSheet:
+        """What ``model`` costs tenants; an unknown model (no deployment) is a 404."""
+        snapshot = await self._current()
+        if not snapshot.deployments.get(model):
             raise ModelNotFound(f"the model {model!r} does not exist or has no deployment", param="model")
+        return snapshot.prices.get(model) or self._default_price()
+
+    async def routes(self, model: str) -> list[Route]:
+        """Every route of ``model`` now (possibly none while local replicas start); unknown model: 404."""
+        price = await self.price(model)
+        specs = (await self._current()).deployments[model]
+        routes: list[Route] = []
+        for spec in specs:
+            if spec.kind == "local":
+                ready = self._local.ready(spec.name) if self._local else []
+                routes.extend(_route(spec, price, replica, url) for replica, url in ready)
+            elif spec.base_url:
+                routes.append(_route(spec, price, spec.name, spec.base_url))
         return routes
 
+    async def may_grow(self, model: str) -> bool:
+        """Has ``model`` a local deployment that can start replicas (so a request may wait for one)?"""
+        specs = (await self._current()).deployments.get(model, [])
+        return any(spec.kind == "local" and spec.max_replicas > 0 for spec in specs)
+
+    async def deployments(self) -> list[DeploymentSpec]:
+        return [spec for specs in (await self._current()).deployments.values() for spec in specs]
+
     async def models(self) -> list[str]:
-        return sorted((await self._current()).routes)
+        return sorted((await self._current()).deployments)
 
     def forget(self) -> None:
         self._snapshot = None
@@ -53,17 +115,32 @@ class Catalog:
             snapshot = self._snapshot = await anyio.to_thread.run_sync(self._load)
         return snapshot
 
-    def _load(self) -> _Snapshot:
+    def _default_price(self) -> PriceSheet:
         billing = self._settings.billing
-        default = PriceSheet(
-            billing.default_input_miss_price, billing.default_input_hit_price, billing.default_output_price
-        )
+        return PriceSheet(billing.default_input_miss_price, billing.default_input_hit_price,
+                          billing.default_output_price)
+
+    def _load(self) -> _Snapshot:
         with self._database.read() as session:
             prices = {p.model: PriceSheet(p.input_miss, p.input_hit, p.output) for p in list_prices(session)}
-            deployments = list_deployments(session)
-        routes: dict[str, list[Route]] = {}
-        for d in deployments:
-            route = Route(d.model, d.name, d.base_url.rstrip("/"), d.upstream_model or d.model,
-                          prices.get(d.model, default))
-            routes.setdefault(d.model, []).append(route)
-        return _Snapshot(time.monotonic() + self._settings.gateway.catalog_cache_seconds, routes)
+            rows = list_deployments(session)
+        deployments: dict[str, list[DeploymentSpec]] = {}
+        for row in rows:
+            deployments.setdefault(row.model, []).append(self._spec(row))
+        return _Snapshot(time.monotonic() + self._settings.gateway.catalog_cache_seconds, deployments, prices)
+
+    def _spec(self, row: Deployment) -> DeploymentSpec:
+        return DeploymentSpec(
+            name=row.name, model=row.model, kind=row.kind, base_url=(row.base_url or "").rstrip("/") or None,
+            checkpoint=row.checkpoint, upstream_model=row.upstream_model or row.model, priority=row.priority,
+            weight=row.weight, replicas=row.replicas, min_replicas=row.min_replicas, max_replicas=row.max_replicas,
+            max_concurrency=row.max_concurrency or self._settings.routing.replica_max_concurrency,
+            cost=(row.cost_input or Decimal(0)) + (row.cost_output or Decimal(0)),
+            api_key=provider_api_key(row.api_key_env) if row.api_key_env else None,
+        )
+
+
+def _route(spec: DeploymentSpec, price: PriceSheet, replica: str, base_url: str) -> Route:
+    return Route(model=spec.model, deployment=spec.name, replica=replica, base_url=base_url,
+                 upstream_model=spec.upstream_model, price=price, priority=spec.priority, weight=spec.weight,
+                 cost=spec.cost, max_concurrency=spec.max_concurrency, api_key=spec.api_key)

@@ -65,7 +65,8 @@ def _keep_db(app: typer.Typer) -> None:
 
 
 for _sub in SUB_APPS.values():
-    _keep_db(_sub)
+    if _sub is not deployments_app:
+        _keep_db(_sub)
 
 
 def _table(rows: list[BaseModel], columns: list[str] | None = None) -> None:
@@ -99,10 +100,11 @@ def tenants_create(
     rpm: int | None = typer.Option(None, help="requests per minute (default: gateway.tenant_rpm)"),
     tpm: int | None = typer.Option(None, help="tokens per minute (default: gateway.tenant_tpm)"),
     trial_credit: str | None = typer.Option(None, help="free credit (default: billing.trial_credit)"),
+    weight: int = typer.Option(1, min=1, help="share of busy capacity against other tenants"),
 ) -> None:
     with _admin(ctx) as admin:
         credit = Decimal(trial_credit) if trial_credit is not None else None
-        _table([admin.create_tenant(TenantIn(name=name, rpm=rpm, tpm=tpm, trial_credit=credit))])
+        _table([admin.create_tenant(TenantIn(name=name, rpm=rpm, tpm=tpm, trial_credit=credit, weight=weight))])
 
 
 @tenants_app.command("list")
@@ -128,12 +130,13 @@ def keys_create(
     max_concurrency: int | None = typer.Option(None, help="in-flight requests (default: gateway.key_max_concurrency)"),
     models: str | None = typer.Option(None, help="comma-separated models the key may use (default: all)"),
     expires: str | None = typer.Option(None, help="30d, 12h, or an ISO date/datetime"),
+    priority: int | None = typer.Option(None, min=0, help="admission tier, 0 first (default: admission setting)"),
 ) -> None:
     with _admin(ctx) as admin:
         spec = KeyIn(
             tenant=tenant, name=name, rpm=rpm, tpm=tpm, max_concurrency=max_concurrency,
             models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
-            expires_at=parse_expiry(expires),
+            expires_at=parse_expiry(expires), priority=priority,
         )
         created = admin.create_key(spec)
         _table([created], ["id", "tenant", "name", "models", "expires_at"])
@@ -224,6 +227,14 @@ def prices_list(ctx: typer.Context) -> None:
         _table(list(admin.list_prices()))
 
 
+@deployments_app.callback(invoke_without_command=True)
+def deployments_options(ctx: typer.Context, db: str | None = DbOption) -> None:
+    """Alone: list the deployments."""
+    ctx.obj = {"db": db}
+    if ctx.invoked_subcommand is None:
+        deployments_list(ctx)
+
+
 @deployments_app.command("add")
 def deployments_add(
     ctx: typer.Context,
@@ -243,7 +254,8 @@ def deployments_add(
 @deployments_app.command("list")
 def deployments_list(ctx: typer.Context) -> None:
     with _admin(ctx) as admin:
-        _table(list(admin.list_deployments()))
+        _table(list(admin.list_deployments()), ["name", "model", "kind", "replicas", "min_replicas", "max_replicas",
+                                                "base_url", "checkpoint", "upstream_model", "priority", "weight"])
 
 
 @deployments_app.command("remove")
@@ -286,6 +298,9 @@ def gateway_run(
 
 def register(app: typer.Typer) -> None:
     """Attach the gateway's commands to the main CLI."""
+    from moecloud.gateway import deploy_cli
+
     for name, sub in SUB_APPS.items():
         app.add_typer(sub, name=name)
     app.command("usage")(usage)
+    deploy_cli.register(app)

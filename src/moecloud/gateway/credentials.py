@@ -49,3 +49,18 @@ def _load_or_create(path: Path, *, prefix: str) -> tuple[str, bool]:
     with os.fdopen(descriptor, "w") as handle:
         handle.write(value + "\n")
     return value, True
+
+
+def read_secret(path: Path) -> str | None:
+    return path.read_text().strip() or None if path.exists() else None
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Replace the secret at ``path``; the file is created with mode 0600 and never readable by others."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".new")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(value + "\n")
+    temporary.replace(path)

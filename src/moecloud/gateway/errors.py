@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from moecloud.store.errors import AlreadyExists, InsufficientCredit, NotFound, StoreError
+from moecloud.store.errors import AlreadyExists, InsufficientCredit, InvalidValue, NotFound, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ def from_store_error(error: StoreError) -> GatewayError:
         return ResourceNotFound(str(error))
     if isinstance(error, AlreadyExists):
         return Conflict(str(error))
+    if isinstance(error, InvalidValue):
+        return InvalidRequest(str(error))
     return GatewayError(str(error))
 
 

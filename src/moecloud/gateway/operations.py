@@ -22,6 +22,7 @@ from moecloud.gateway.schemas import (
     NewKeyOut,
     PriceIn,
     PriceOut,
+    ScaleIn,
     TenantIn,
     TenantOut,
     UsageRowOut,
@@ -42,7 +43,9 @@ class Admin:
     def create_tenant(self, spec: TenantIn) -> TenantOut:
         trial = self._settings.billing.trial_credit if spec.trial_credit is None else spec.trial_credit
         with self._database.write() as session:
-            tenant = tenants.create_tenant(session, spec.name, trial_credit=trial, rpm=spec.rpm, tpm=spec.tpm)
+            tenant = tenants.create_tenant(
+                session, spec.name, trial_credit=trial, rpm=spec.rpm, tpm=spec.tpm, weight=spec.weight
+            )
             self._audit(session, "tenant.create", spec.name, {**spec.model_dump(), "trial_credit": trial})
             return _tenant_out(tenant)
 
@@ -72,6 +75,7 @@ class Admin:
                     rpm=spec.rpm,
                     tpm=spec.tpm,
                     max_concurrency=spec.max_concurrency,
+                    priority=spec.priority,
                     expires_at=spec.expires_at,
                 ),
             )
@@ -151,6 +155,8 @@ class Admin:
     def add_deployment(self, spec: DeploymentIn) -> DeploymentOut:
         with self._database.write() as session:
             deployment = catalog.add_deployment(session, Deployment(**spec.model_dump()))
+            if spec.kind == "remote":
+                deployment.replicas = deployment.min_replicas = deployment.max_replicas = 1
             self._audit(session, "deployment.add", spec.name, spec.model_dump())
             return _deployment_out(deployment)
 
@@ -158,6 +164,17 @@ class Admin:
         with self._database.write() as session:
             deployment = catalog.remove_deployment(session, name)
             self._audit(session, "deployment.remove", name, {})
+            return _deployment_out(deployment)
+
+    def scale_deployment(self, name: str, spec: ScaleIn, *, reason: str = "manual") -> DeploymentOut:
+        """Set a local deployment's wanted replicas; the running gateway starts or stops workers to match."""
+        with self._database.write() as session:
+            deployment, before = catalog.scale_deployment(
+                session, name, spec.replicas, min_replicas=spec.min_replicas, max_replicas=spec.max_replicas
+            )
+            self._audit(session, "deployment.scale", name, {"from": before, "to": spec.replicas, "reason": reason,
+                                                             "min": deployment.min_replicas,
+                                                             "max": deployment.max_replicas})
             return _deployment_out(deployment)
 
     def list_deployments(self) -> list[DeploymentOut]:
@@ -183,7 +200,7 @@ class Admin:
 
 def _tenant_out(tenant: Tenant) -> TenantOut:
     return TenantOut(name=tenant.name, balance=tenant.balance, rpm=tenant.rpm, tpm=tenant.tpm,
-                     created_at=tenant.created_at)
+                     weight=tenant.weight, created_at=tenant.created_at)
 
 
 def _key_out(key: ApiKey, tenant_name: str) -> KeyOut:
@@ -196,6 +213,7 @@ def _key_out(key: ApiKey, tenant_name: str) -> KeyOut:
         rpm=key.rpm,
         tpm=key.tpm,
         max_concurrency=key.max_concurrency,
+        priority=key.priority,
         expires_at=key.expires_at,
         revoked_at=key.revoked_at,
         created_at=key.created_at,
@@ -203,7 +221,10 @@ def _key_out(key: ApiKey, tenant_name: str) -> KeyOut:
 
 
 def _deployment_out(d: Deployment) -> DeploymentOut:
-    return DeploymentOut(
-        name=d.name, model=d.model, base_url=d.base_url, upstream_model=d.upstream_model,
-        priority=d.priority, weight=d.weight, created_at=d.created_at,
+    return DeploymentOut.model_construct(
+        name=d.name, model=d.model, kind=d.kind, base_url=d.base_url, checkpoint=d.checkpoint,
+        upstream_model=d.upstream_model, priority=d.priority, weight=d.weight, replicas=d.replicas,
+        min_replicas=d.min_replicas, max_replicas=d.max_replicas, max_concurrency=d.max_concurrency,
+        api_key_env=d.api_key_env, cost_input=d.cost_input, cost_output=d.cost_output, created_at=d.created_at,
+        ready_replicas=None, scale_events=[],
     )

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Awaitable
 from datetime import date
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from moecloud.config import AdmissionSettings
+from moecloud.gateway.admission import Ticket
 from moecloud.gateway.auth import Caller
 from moecloud.gateway.billing import MeteredRequest
+from moecloud.gateway.catalog import Route
 from moecloud.gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied
 from moecloud.gateway.metering import TokenUsage, measure_prompt
+from moecloud.gateway.router import affinity_key
 from moecloud.gateway.schemas import UsageOut, usage_rows
 from moecloud.gateway.state import CallerDep, GatewayState, State
 from moecloud.gateway.streaming import MeteredStreamingResponse, StreamRelay
 
 router = APIRouter()
 _MAX_CHOICES = 16
+DEADLINE_HEADER = "x-moecloud-deadline"
 
 
 @router.post("/v1/chat/completions")
@@ -55,7 +61,9 @@ async def _forward(request: Request, caller: Caller, state: GatewayState, path: 
     _check_prompt(body, prompt_field)
     if not caller.may_use(model):
         raise PermissionDenied(f"this API key may not use the model {model!r}", param="model")
-    route = (await state.catalog.routes(model))[0]
+    price = await state.catalog.price(model)
+    request.state.model = model
+    deadline = _deadline(request, state.settings.admission)
     billing = state.settings.billing
     stream = _flag(body, "stream")
     max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
@@ -69,30 +77,57 @@ async def _forward(request: Request, caller: Caller, state: GatewayState, path: 
     expected = prompt.tokens(billing.estimate_bytes_per_token, billing.message_overhead_tokens)
     admission = state.limiter.admit(caller, expected + max_tokens * choices)
     meter = await MeteredRequest.open(
-        state.database, billing, caller, route, prompt, max_tokens * choices, admission
+        state.database, billing, caller, model, price, prompt, max_tokens * choices, admission
     )
     headers = {"x-request-id": meter.request_id, **admission.headers}
-    upstream_body = {**body, "model": route.upstream_model, "max_tokens": max_tokens}
+    upstream_body = {**body, "max_tokens": max_tokens}
     upstream_body.pop("max_completion_tokens", None)
     client_options = body.get("stream_options")
     if stream:
         upstream_body["stream_options"] = {**(client_options if isinstance(client_options, dict) else {}),
                                            "include_usage": True}
-    try:
+    ticket = Ticket(model, caller.tenant_id, caller.tenant_weight, caller.priority,
+                    deadline=state.dispatcher.clock() + deadline,
+                    affinity=affinity_key(body, state.settings.routing.affinity_prefix_bytes))
+
+    def send(route: Route) -> Awaitable[Any]:
+        routed = {**upstream_body, "model": route.upstream_model}
         if stream:
-            response = await state.upstream.open(route, path, upstream_body, meter.request_id, stream=True)
-            wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
-            relay = StreamRelay(response, meter, client_wants_usage=wants_usage)
-            return MeteredStreamingResponse(relay, headers)
-        payload = await state.upstream.post(route, path, upstream_body, meter.request_id)
+            return state.upstream.open(route, path, routed, meter.request_id, stream=True)
+        return state.upstream.post(route, path, routed, meter.request_id)
+
+    try:
+        lease, answer = await state.failover.first_answer(ticket, send)
     except BaseException:
         await meter.finish(None, "error")
         raise
-    usage = TokenUsage.from_openai(payload.get("usage"))
-    usage = usage or meter.estimated_usage(_output_estimate(payload, billing.estimate_bytes_per_token))
+    meter.route = lease.route
+    state.metrics.queue_wait.labels(model).observe(lease.waited)
+    if stream:
+        wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
+        relay = StreamRelay(answer, meter, lease.route, client_wants_usage=wants_usage,
+                            on_close=lambda status: state.dispatcher.release(lease, ok=status != "error"))
+        return MeteredStreamingResponse(relay, headers)
+    state.dispatcher.release(lease, ok=True)
+    usage = TokenUsage.from_openai(answer.get("usage"))
+    usage = usage or meter.estimated_usage(_output_estimate(answer, billing.estimate_bytes_per_token))
     await meter.finish(usage, "ok")
-    payload["model"] = model
-    return JSONResponse(payload, headers=headers)
+    answer["model"] = model
+    return JSONResponse(answer, headers=headers)
+
+
+def _deadline(request: Request, settings: AdmissionSettings) -> float:
+    """Seconds this request may wait for a replica: ``x-moecloud-deadline`` (capped), else the default."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return settings.default_deadline_seconds
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < math.inf:
+        raise InvalidRequest(f"the {DEADLINE_HEADER} header must be a positive number of seconds")
+    return min(seconds, settings.max_deadline_seconds)
 
 
 async def _read_json(request: Request, limit: int) -> dict[str, Any]:

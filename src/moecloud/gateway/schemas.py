@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Literal
 
 import anyio
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from moecloud.store import Database
 from moecloud.store.usage import usage_by_day
@@ -19,6 +20,7 @@ class TenantIn(BaseModel):
     trial_credit: Decimal | None = Field(
         None, ge=0, max_digits=18, decimal_places=9, description="default: billing.trial_credit"
     )
+    weight: int = Field(1, ge=1, description="share of busy capacity against other tenants")
 
 
 class TenantLimitsIn(BaseModel):
@@ -31,6 +33,7 @@ class TenantOut(BaseModel):
     balance: Decimal
     rpm: int | None
     tpm: int | None
+    weight: int
     created_at: datetime
 
 
@@ -41,6 +44,7 @@ class KeyIn(BaseModel):
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
     max_concurrency: int | None = Field(None, ge=1)
+    priority: int | None = Field(None, ge=0, description="admission tier, lower first; default: admission setting")
     expires_at: datetime | None = None
 
 
@@ -53,6 +57,7 @@ class KeyOut(BaseModel):
     rpm: int | None
     tpm: int | None
     max_concurrency: int | None
+    priority: int | None
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime
@@ -97,14 +102,49 @@ class PriceOut(PriceIn):
 class DeploymentIn(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: str = Field(min_length=1, max_length=200)
-    base_url: str = Field(pattern=r"^https?://", description="OpenAI-compatible base URL, e.g. http://h:8001/v1")
+    kind: Literal["remote", "local"] = Field("remote", description="a base URL, or workers the gateway runs")
+    base_url: str | None = Field(None, pattern=r"^https?://", description="remote: e.g. http://h:8001/v1")
+    checkpoint: str | None = Field(None, description="local: the checkpoint directory the workers load")
     upstream_model: str | None = Field(None, description="the name the upstream knows; default: model")
     priority: int = Field(0, description="lower is tried first")
     weight: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=0, description="local: replicas wanted now")
+    min_replicas: int = Field(0, ge=0)
+    max_replicas: int | None = Field(None, ge=0, description="default: replicas")
+    max_concurrency: int | None = Field(None, ge=1, description="in-flight requests per replica")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="provider key variable")
+    cost_input: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=9, description="our cost per 1M in")
+    cost_output: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=9, description="per 1M out")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DeploymentIn:
+        if self.kind == "remote" and not self.base_url:
+            raise ValueError("a remote deployment needs base_url")
+        if self.kind == "local" and not self.checkpoint:
+            raise ValueError("a local deployment needs checkpoint")
+        self.max_replicas = max(self.replicas, 1) if self.max_replicas is None else self.max_replicas
+        if not self.min_replicas <= self.replicas <= self.max_replicas:
+            raise ValueError("replicas must lie between min_replicas and max_replicas")
+        return self
+
+
+class ScaleEventOut(BaseModel):
+    at: datetime
+    replicas_from: int
+    replicas_to: int
+    reason: str
 
 
 class DeploymentOut(DeploymentIn):
     created_at: datetime
+    ready_replicas: int | None = Field(None, description="local: replicas serving now (gateway API only)")
+    scale_events: list[ScaleEventOut] = Field(default_factory=list, description="newest first (gateway API only)")
+
+
+class ScaleIn(BaseModel):
+    replicas: int = Field(ge=0)
+    min_replicas: int | None = Field(None, ge=0, description="default: unchanged")
+    max_replicas: int | None = Field(None, ge=0, description="default: unchanged")
 
 
 class UsageRowOut(BaseModel):

@@ -8,11 +8,15 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from moecloud.config import Settings
+from moecloud.gateway.admission import Dispatcher
 from moecloud.gateway.auth import Authenticator, Caller, bearer_token, is_admin
 from moecloud.gateway.catalog import Catalog
+from moecloud.gateway.control import ControlLoop
 from moecloud.gateway.credentials import GatewaySecrets
 from moecloud.gateway.errors import AuthenticationFailed
+from moecloud.gateway.failover import Failover
 from moecloud.gateway.limits import RateLimiter
+from moecloud.gateway.metrics import GatewayMetrics
 from moecloud.gateway.upstream import Upstream
 from moecloud.store import Database
 
@@ -26,6 +30,10 @@ class GatewayState:
     limiter: RateLimiter
     catalog: Catalog
     upstream: Upstream
+    dispatcher: Dispatcher
+    failover: Failover
+    metrics: GatewayMetrics
+    control: ControlLoop
 
 
 def get_state(request: Request) -> GatewayState:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -18,16 +18,22 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from moecloud.gateway.billing import MeteredRequest
+from moecloud.gateway.catalog import Route
 from moecloud.gateway.errors import error_body
 from moecloud.gateway.metering import TokenUsage
 
 
 class StreamRelay:
-    def __init__(self, upstream: httpx.Response, meter: MeteredRequest, *, client_wants_usage: bool) -> None:
+    """``on_close(status)`` runs once the stream is over (the replica's slot is given back there)."""
+
+    def __init__(self, upstream: httpx.Response, meter: MeteredRequest, route: Route, *, client_wants_usage: bool,
+                 on_close: Callable[[str], None]) -> None:
         self._upstream = upstream
         self._meter = meter
+        self._route = route
         self._client_wants_usage = client_wants_usage
-        self._rename = meter.route.upstream_model != meter.route.model
+        self._on_close = on_close
+        self._rename = route.upstream_model != route.model
         self.usage: TokenUsage | None = None
         self.content_chunks = 0
         self.status = "cancelled"
@@ -44,7 +50,7 @@ class StreamRelay:
                 self.status = "ok"
         except httpx.HTTPError:
             self.status = "error"
-            message = f"deployment {self._meter.route.deployment!r} dropped the stream"
+            message = f"deployment {self._route.deployment!r} dropped the stream"
             yield b"data: " + json.dumps(error_body(message, "api_error", "upstream_error")).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
 
@@ -68,13 +74,14 @@ class StreamRelay:
         if usage is not None and not choices and not self._client_wants_usage:
             return None
         if self._rename:
-            chunk["model"] = self._meter.route.model
+            chunk["model"] = self._route.model
             return json.dumps(chunk).encode()
         return data.encode()
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
             await self._upstream.aclose()
+            self._on_close(self.status)
             usage = self.usage or self._meter.estimated_usage(self.content_chunks)
             await self._meter.finish(usage, self.status)
 

@@ -44,9 +44,10 @@ class Upstream:
         self, route: Route, path: str, body: dict[str, Any], request_id: str, *, stream: bool
     ) -> httpx.Response:
         """Send the request; a non-2xx answer is raised as a typed error (and its stream closed)."""
-        request = self._client.build_request(
-            "POST", route.base_url + path, json=body, headers={"x-request-id": request_id}
-        )
+        headers = {"x-request-id": request_id}
+        if route.api_key:
+            headers["authorization"] = f"Bearer {route.api_key}"
+        request = self._client.build_request("POST", route.base_url + path, json=body, headers=headers)
         try:
             response = await self._client.send(request, stream=stream)
         except httpx.TimeoutException as error:
@@ -62,6 +63,15 @@ class Upstream:
         finally:
             await response.aclose()
         raise _refusal(route, response)
+
+    async def healthy(self, route: Route, timeout: float) -> bool:
+        """An active health check: does ``GET {base_url}/models`` answer 2xx within ``timeout``?"""
+        headers = {"authorization": f"Bearer {route.api_key}"} if route.api_key else {}
+        try:
+            response = await self._client.get(route.base_url + "/models", headers=headers, timeout=timeout)
+        except httpx.HTTPError:
+            return False
+        return response.is_success
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -1,10 +1,10 @@
-"""`moecloud serve`: one engine worker process plus the gateway in front of it, ready in one command."""
+"""`moecloud serve`: the gateway, with the model as a local deployment whose engine worker it runs itself,
+ready in one command: a default tenant and API key are made on first start and shown at every start."""
 
 from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import FrameType
@@ -13,8 +13,13 @@ import httpx
 import uvicorn
 
 from moecloud.config import Settings
-from moecloud.serving.passthrough import build_passthrough_app
-from moecloud.serving.worker import free_port
+from moecloud.gateway.app import create_app
+from moecloud.gateway.bootstrap import ensure_default_key, ensure_local_deployment
+from moecloud.gateway.credentials import load_secrets
+from moecloud.gateway.operations import Admin
+from moecloud.gateway.state import GatewayState
+from moecloud.gateway.workers import worker_command
+from moecloud.store import Database
 
 
 class LaunchError(RuntimeError):
@@ -22,8 +27,8 @@ class LaunchError(RuntimeError):
 
 
 class _Gateway(uvicorn.Server):
-    """uvicorn re-raises a caught SIGTERM after shutting down, which would kill us before the worker is
-    stopped; this server only stops, so `serve` can end its worker first."""
+    """uvicorn re-raises a caught SIGTERM after shutting down; this server only stops, so the app's lifespan
+    stops its workers and `serve` returns normally."""
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.force_exit = self.should_exit
@@ -41,16 +46,16 @@ def default_model(settings: Settings) -> Path:
 
 
 def start_worker(model: str | Path, port: int, served_model_name: str) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "moecloud.cli", "worker", "--model", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--served-model-name", served_model_name]
-    return subprocess.Popen(command)
+    """One `moecloud worker` process on ``port`` (benchmarks compare it with the gateway)."""
+    return subprocess.Popen(worker_command(str(model), "127.0.0.1", port, served_model_name))
 
 
-def wait_healthy(url: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_healthy(url: str, timeout: float, process: subprocess.Popen[bytes] | subprocess.Popen[str] | None = None
+                 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise LaunchError(f"the engine worker exited with status {process.returncode}")
+            raise LaunchError(f"the process exited with status {process.returncode}")
         try:
             if httpx.get(url, timeout=2.0).status_code == 200:
                 return
@@ -60,15 +65,16 @@ def wait_healthy(url: str, timeout: float, process: subprocess.Popen[bytes] | No
     raise LaunchError(f"{url} was not healthy within {timeout:.0f}s")
 
 
-def usage_snippets(base_url: str, model: str) -> str:
+def usage_snippets(base_url: str, model: str, api_key: str) -> str:
     return f"""
-moecloud is serving {model!r} at {base_url}/v1
+moecloud is serving {model!r} at {base_url}/v1  (API key of the default tenant: {api_key})
 
   curl {base_url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -H 'Authorization: Bearer {api_key}' \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}'
 
   from openai import OpenAI
-  client = OpenAI(base_url="{base_url}/v1", api_key="unused")
+  client = OpenAI(base_url="{base_url}/v1", api_key="{api_key}")
   reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello!"}}])
   print(reply.choices[0].message.content)
 
@@ -76,36 +82,35 @@ Press Ctrl+C to stop.
 """
 
 
-async def _announce_when_ready(server: uvicorn.Server, base_url: str, model: str) -> None:
-    while not server.started:
-        await asyncio.sleep(0.05)
-    await asyncio.to_thread(wait_healthy, f"{base_url}/health", 30.0)
-    print(usage_snippets(base_url, model), flush=True)
-
-
 def serve(settings: Settings, model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
-          served_model_name: str | None = None, startup_timeout: float = 600.0) -> None:
-    """Start the worker, wait for it, then run the gateway in this process until a signal; stop both."""
+          served_model_name: str | None = None) -> None:
+    """Register the model as a local deployment, run the gateway (which starts the worker) until a signal."""
     model_path = Path(model or settings.model or default_model(settings))
+    if not (model_path / "config.json").is_file():
+        raise LaunchError(f"{model_path} is not a checkpoint directory (no config.json)")
     name = served_model_name or settings.serving.served_model_name or model_path.name
-    worker_port = free_port()
-    worker = start_worker(model_path, worker_port, name)
+    database = Database.open(settings.database_url())
     try:
-        wait_healthy(f"http://127.0.0.1:{worker_port}/health", startup_timeout, worker)
-        app = build_passthrough_app(f"http://127.0.0.1:{worker_port}")
-        server = _Gateway(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        asyncio.run(_serve_and_announce(server, f"http://{shown_host}:{port}", name))
+        admin = Admin(database, settings, load_secrets(settings).audit_key, actor="serve")
+        deployment = ensure_local_deployment(admin, name, model_path.resolve())
+        api_key = ensure_default_key(admin, database, settings)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=settings.serving.shutdown_grace_seconds + 10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        database.dispose()
+    app = create_app(settings)
+    server = _Gateway(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    announcement = usage_snippets(f"http://{shown_host}:{port}", name, api_key)
+    asyncio.run(_serve_and_announce(server, app.state.gateway, deployment, announcement))
 
 
-async def _serve_and_announce(server: uvicorn.Server, base_url: str, model: str) -> None:
-    announce = asyncio.create_task(_announce_when_ready(server, base_url, model))
+async def _serve_and_announce(server: uvicorn.Server, state: GatewayState, deployment: str, text: str) -> None:
+    async def announce_when_ready() -> None:
+        replicas = state.control.replicas
+        while not server.started or (replicas is not None and not replicas.ready(deployment)):
+            await asyncio.sleep(0.1)
+        print(text, flush=True)
+
+    announce = asyncio.create_task(announce_when_ready())
     try:
         await server.serve()
     finally:

@@ -7,7 +7,7 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from moecloud.store.errors import AlreadyExists, NotFound
+from moecloud.store.errors import AlreadyExists, InvalidValue, NotFound
 from moecloud.store.tables import Deployment, Price
 from moecloud.store.types import utcnow
 
@@ -42,6 +42,25 @@ def remove_deployment(session: Session, name: str) -> Deployment:
         raise NotFound("deployment", name)
     session.delete(deployment)
     return deployment
+
+
+def scale_deployment(
+    session: Session, name: str, replicas: int, *, min_replicas: int | None = None, max_replicas: int | None = None
+) -> tuple[Deployment, int]:
+    """Set a local deployment's wanted replicas (and bounds); returns it and the count it had."""
+    deployment = session.get(Deployment, name)
+    if deployment is None:
+        raise NotFound("deployment", name)
+    low = deployment.min_replicas if min_replicas is None else min_replicas
+    high = deployment.max_replicas if max_replicas is None else max_replicas
+    if deployment.kind != "local":
+        raise InvalidValue(f"deployment {name!r} is remote: only local deployments have replicas")
+    if not low <= replicas <= high:
+        raise InvalidValue(f"replicas must lie between min_replicas ({low}) and max_replicas ({high})")
+    before = deployment.replicas
+    deployment.replicas, deployment.min_replicas, deployment.max_replicas = replicas, low, high
+    session.flush()
+    return deployment, before
 
 
 def list_deployments(session: Session) -> list[Deployment]:

@@ -29,3 +29,7 @@ class InsufficientCredit(StoreError):
         )
         self.needed = needed
         self.available = available
+
+
+class InvalidValue(StoreError):
+    """A change the store refuses because of what it already holds (e.g. replicas outside their bounds)."""

@@ -24,6 +24,7 @@ class Tenant(Base):
     balance: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
     rpm: Mapped[int | None] = mapped_column(Integer)
     tpm: Mapped[int | None] = mapped_column(Integer)
+    weight: Mapped[int] = mapped_column(Integer, default=1)  # share of busy capacity against other tenants
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -41,6 +42,7 @@ class ApiKey(Base):
     rpm: Mapped[int | None] = mapped_column(Integer)
     tpm: Mapped[int | None] = mapped_column(Integer)
     max_concurrency: Mapped[int | None] = mapped_column(Integer)
+    priority: Mapped[int | None] = mapped_column(Integer)  # admission tier, lower first; NULL: the default
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -58,15 +60,29 @@ class Price(Base):
 
 
 class Deployment(Base):
-    """An OpenAI-compatible upstream serving ``model``; several per model are ranked by priority."""
+    """Where ``model`` is served; several per model are ranked by priority.
+
+    ``remote``: one OpenAI-compatible base URL (a worker run elsewhere, or an external provider whose key is
+    read from the variable ``api_key_env``). ``local``: ``replicas`` engine workers of ``checkpoint`` that the
+    gateway starts itself, autoscaled between ``min_replicas`` and ``max_replicas``.
+    """
 
     __tablename__ = "deployments"
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     model: Mapped[str] = mapped_column(String(200), index=True)
-    base_url: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16), default="remote")  # remote | local
+    base_url: Mapped[str | None] = mapped_column(Text)  # remote only
+    checkpoint: Mapped[str | None] = mapped_column(Text)  # local only
     upstream_model: Mapped[str | None] = mapped_column(String(200))  # NULL: same as ``model``
     priority: Mapped[int] = mapped_column(Integer, default=0)
     weight: Mapped[int] = mapped_column(Integer, default=1)
+    replicas: Mapped[int] = mapped_column(Integer, default=1)  # wanted now (local)
+    min_replicas: Mapped[int] = mapped_column(Integer, default=0)
+    max_replicas: Mapped[int] = mapped_column(Integer, default=1)
+    max_concurrency: Mapped[int | None] = mapped_column(Integer)  # per replica; NULL: routing default
+    api_key_env: Mapped[str | None] = mapped_column(String(200))
+    cost_input: Mapped[Decimal | None] = mapped_column(Money)  # what serving costs us, per 1M tokens
+    cost_output: Mapped[Decimal | None] = mapped_column(Money)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

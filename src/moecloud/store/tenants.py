@@ -13,11 +13,12 @@ from moecloud.store.tables import ApiKey, LedgerEntry, Tenant
 
 
 def create_tenant(
-    session: Session, name: str, *, trial_credit: Decimal, rpm: int | None = None, tpm: int | None = None
+    session: Session, name: str, *, trial_credit: Decimal, rpm: int | None = None, tpm: int | None = None,
+    weight: int = 1,
 ) -> Tenant:
     if session.scalar(select(Tenant.id).where(Tenant.name == name)) is not None:
         raise AlreadyExists("tenant", name)
-    tenant = Tenant(name=name, balance=trial_credit, rpm=rpm, tpm=tpm)
+    tenant = Tenant(name=name, balance=trial_credit, rpm=rpm, tpm=tpm, weight=weight)
     session.add(tenant)
     session.flush()
     if trial_credit:

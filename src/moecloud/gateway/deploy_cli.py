@@ -1,0 +1,103 @@
+"""`moecloud deploy | scale | providers`: local engine-worker deployments and external providers.
+
+They write the deployments table (with an audit row); a running gateway picks the change up within
+``gateway.catalog_cache_seconds`` and starts or stops workers to match.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import typer
+
+from moecloud.gateway.bootstrap import deployment_name
+from moecloud.gateway.cli import DbOption, _admin, _table
+from moecloud.gateway.schemas import DeploymentIn, ScaleIn
+
+providers_app = typer.Typer(help="External OpenAI-compatible providers serving a model.", no_args_is_help=True)
+_SHOWN = ["name", "model", "kind", "replicas", "min_replicas", "max_replicas", "base_url", "checkpoint", "priority"]
+
+
+def deploy(
+    ctx: typer.Context,
+    model: Path = typer.Argument(..., help="checkpoint directory"),
+    name: str | None = typer.Option(None, help="deployment name (default: the directory name)"),
+    served_model_name: str | None = typer.Option(None, help="model id clients send (default: the directory name)"),
+    replicas: int = typer.Option(1, min=0, help="replicas to run now"),
+    min_replicas: int | None = typer.Option(None, "--min", min=0, help="autoscaler floor (default: replicas)"),
+    max_replicas: int | None = typer.Option(None, "--max", min=0, help="autoscaler ceiling (default: replicas)"),
+    max_concurrency: int | None = typer.Option(None, help="in-flight requests per replica"),
+    priority: int = typer.Option(0, help="lower is tried first"),
+    db: str | None = DbOption,
+) -> None:
+    """Deploy a checkpoint as local engine-worker replicas run by the gateway."""
+    ctx.obj = {"db": db}
+    served = served_model_name or model.name
+    with _admin(ctx) as admin:
+        spec = DeploymentIn(
+            name=name or deployment_name(served), model=served, kind="local", checkpoint=str(model.resolve()),
+            replicas=replicas, min_replicas=replicas if min_replicas is None else min_replicas,
+            max_replicas=max_replicas, max_concurrency=max_concurrency, priority=priority,
+        )
+        _table([admin.add_deployment(spec)], _SHOWN)
+
+
+def scale(
+    ctx: typer.Context,
+    name: str,
+    replicas: int = typer.Argument(..., min=0),
+    min_replicas: int | None = typer.Option(None, "--min", min=0),
+    max_replicas: int | None = typer.Option(None, "--max", min=0),
+    db: str | None = DbOption,
+) -> None:
+    """Set how many replicas a local deployment runs (and optionally its autoscaling bounds)."""
+    ctx.obj = {"db": db}
+    with _admin(ctx) as admin:
+        spec = ScaleIn(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas)
+        _table([admin.scale_deployment(name, spec)], _SHOWN)
+
+
+@providers_app.command("add")
+def providers_add(
+    ctx: typer.Context,
+    name: str,
+    base_url: str = typer.Option(..., help="OpenAI-compatible base URL, e.g. https://api.example.com/v1"),
+    api_key_env: str | None = typer.Option(None, help="environment variable holding the provider's key"),
+    model: str = typer.Option(..., help="the model's name at the provider"),
+    serves: str | None = typer.Option(None, help="the model name clients ask for (default: --model)"),
+    price: str | None = typer.Option(None, help="what the provider charges per 1M tokens: INPUT,OUTPUT"),
+    priority: int = typer.Option(0, help="lower is tried first"),
+    max_concurrency: int | None = typer.Option(None, help="in-flight requests the gateway sends it"),
+) -> None:
+    """Route a model to an external provider (failover target, or cheaper/dearer capacity)."""
+    cost_input, cost_output = _price(price)
+    with _admin(ctx) as admin:
+        spec = DeploymentIn(
+            name=name, model=serves or model, base_url=base_url, upstream_model=model, api_key_env=api_key_env,
+            cost_input=cost_input, cost_output=cost_output, priority=priority, max_concurrency=max_concurrency,
+        )
+        _table([admin.add_deployment(spec)], ["name", "model", "base_url", "upstream_model", "api_key_env",
+                                              "cost_input", "cost_output", "priority"])
+
+
+@providers_app.command("list")
+def providers_list(ctx: typer.Context) -> None:
+    with _admin(ctx) as admin:
+        _table([d for d in admin.list_deployments() if d.kind == "remote"],
+               ["name", "model", "base_url", "upstream_model", "api_key_env", "cost_input", "cost_output"])
+
+
+def _price(value: str | None) -> tuple[Decimal | None, Decimal | None]:
+    if value is None:
+        return None, None
+    parts = [part.strip() for part in value.split(",")]
+    if len(parts) != 2:
+        raise typer.BadParameter("--price takes INPUT,OUTPUT per million tokens, e.g. 0.27,1.10")
+    return Decimal(parts[0]), Decimal(parts[1])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deploy")(deploy)
+    app.command("scale")(scale)
+    app.add_typer(providers_app, name="providers")

@@ -1,0 +1,1 @@
+from harness import database_url, gateway, make_gateway, upstream  # noqa: F401  (fixtures)

@@ -1,0 +1,175 @@
+"""Routing around failures through the real gateway: retries before the first token, circuit breakers,
+health checks, deadlines in the queue, metrics, and local replicas scaled from zero (a fake launcher)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fake_upstream import create_fake_upstream
+from fastapi import FastAPI
+from harness import MODEL, Gateway, serve
+
+from moecloud.gateway.catalog import DeploymentSpec
+from moecloud.gateway.replicas import Replica
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def broken_upstream() -> Iterator[tuple[str, FastAPI]]:
+    app = create_fake_upstream()
+    app.state.down = True
+    with serve(app) as url:
+        yield url, app
+
+
+def _add(gateway: Gateway, name: str, url: str, **fields: Any) -> None:
+    gateway.call("POST", "/admin/deployments", json={"name": name, "model": MODEL, "base_url": url + "/v1", **fields})
+
+
+def test_failure_before_the_first_token_is_retried_elsewhere_and_the_circuit_opens(
+    make_gateway: Callable[..., Gateway], broken_upstream: tuple[str, FastAPI]
+) -> None:
+    gateway = make_gateway(routing={"breaker_failures": 2, "breaker_open_seconds": 60})
+    _add(gateway, "broken", broken_upstream[0], priority=-1)  # tried first
+    client = gateway.client(gateway.key(gateway.tenant("t")))
+    for _ in range(4):
+        assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2).usage.completion_tokens == 2
+    chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=3, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "t0 t1 t2 "
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert 'moecloud_gateway_retries_total{model="fake-model",replica="broken"} 2.0' in metrics  # then it opened
+    assert 'moecloud_gateway_replica_up{deployment="broken",replica="broken"} 0.0' in metrics
+    assert 'moecloud_gateway_requests_total{model="fake-model",status="200"} 5.0' in metrics
+    rows = gateway.wait_for_usage("t", 5)
+    assert sum(r["requests"] for r in rows) == 5
+
+
+def test_a_client_error_is_not_retried_and_every_failing_deployment_gives_the_last_error(
+    gateway: Gateway, broken_upstream: tuple[str, FastAPI]
+) -> None:
+    _add(gateway, "broken", broken_upstream[0], priority=-1)
+    client = gateway.client(gateway.key(gateway.tenant("t")))
+    with pytest.raises(openai.InternalServerError) as failed:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "FAIL"}], max_tokens=2)
+    assert failed.value.status_code == 502
+    assert len(gateway.upstream_app.state.received) >= 1
+
+
+def test_health_checks_open_the_circuit_of_a_dead_replica(
+    make_gateway: Callable[..., Gateway], broken_upstream: tuple[str, FastAPI]
+) -> None:
+    gateway = make_gateway(routing={"health_interval_seconds": 0.05}, scaling={"tick_seconds": 0.05})
+    _add(gateway, "broken", broken_upstream[0], priority=-1)
+    deadline = time.monotonic() + 5
+    while 'replica_up{deployment="broken",replica="broken"} 0.0' not in httpx.get(gateway.url + "/metrics").text:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    before = len(broken_upstream[1].state.received)
+    gateway.client(gateway.key(gateway.tenant("t"))).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=1)
+    assert len(broken_upstream[1].state.received) == before  # never tried: its circuit was open
+
+
+def test_a_request_that_cannot_get_a_replica_before_its_deadline_gets_429_and_is_not_billed(
+    make_gateway: Callable[..., Gateway], upstream: tuple[str, FastAPI]
+) -> None:
+    gateway = make_gateway()
+    gateway.call("DELETE", "/admin/deployments/fake-1")
+    _add(gateway, "single", upstream[0], max_concurrency=1)
+    key = gateway.key(gateway.tenant("t"))
+    balance = gateway.balance("t")
+    hanging = threading.Thread(target=lambda: httpx.post(
+        gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, timeout=1.5,
+        json={"model": MODEL, "messages": [{"role": "user", "content": "SLOW"}], "max_tokens": 1}))
+    hanging.start()
+    time.sleep(0.15)
+    refused = httpx.post(gateway.url + "/v1/chat/completions", json={"model": MODEL, "messages": HELLO},
+                         headers={"authorization": f"Bearer {key}", "x-moecloud-deadline": "0.1"})
+    hanging.join()
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    waited = httpx.post(gateway.url + "/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 1},
+                        headers={"authorization": f"Bearer {key}", "x-moecloud-deadline": "5"})
+    assert waited.status_code == 200
+    rows = gateway.wait_for_usage("t", 3)
+    assert {r["requests"] for r in rows} == {3}
+    assert gateway.balance("t") < balance
+    bad = httpx.post(gateway.url + "/v1/chat/completions", json={"model": MODEL, "messages": HELLO},
+                     headers={"authorization": f"Bearer {key}", "x-moecloud-deadline": "soon"})
+    assert bad.status_code == 400
+
+
+class FakeLauncher:
+    """Each replica is a fake upstream served from a thread; a server put in ``dead`` looks dead."""
+
+    def __init__(self) -> None:
+        self.servers: dict[str, AbstractContextManager[str]] = {}
+        self.dead: set[AbstractContextManager[str]] = set()
+
+    async def start(self, spec: DeploymentSpec, replica_id: str) -> Replica:
+        server = serve(create_fake_upstream())
+        url = await asyncio.to_thread(server.__enter__)
+        self.servers[replica_id] = server
+        return Replica(replica_id, url + "/v1", server)
+
+    async def stop(self, replica: Replica) -> None:
+        await asyncio.to_thread(replica.handle.__exit__, None, None, None)
+        if self.servers.get(replica.id) is replica.handle:
+            del self.servers[replica.id]
+
+    def alive(self, replica: Replica) -> bool:
+        return replica.handle not in self.dead
+
+
+def test_local_deployment_scales_from_zero_for_a_waiting_request_and_back_down_when_idle(
+    make_gateway: Callable[..., Gateway]
+) -> None:
+    launcher = FakeLauncher()
+    gateway = make_gateway(launcher=launcher, scaling={"tick_seconds": 0.05, "scale_down_idle_seconds": 0.5,
+                                                       "scale_up_cooldown_seconds": 0})
+    gateway.call("DELETE", "/admin/deployments/fake-1")
+    gateway.call("POST", "/admin/deployments", json={"name": "local", "model": MODEL, "kind": "local",
+                                                     "checkpoint": "/unused", "replicas": 0, "max_replicas": 2})
+    client = gateway.client(gateway.key(gateway.tenant("t")))
+    reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)  # waits for the cold start
+    assert reply.usage.completion_tokens == 2
+    listed = {d["name"]: d for d in gateway.call("GET", "/admin/deployments")}["local"]
+    assert listed["ready_replicas"] == 1 and listed["scale_events"][0]["replicas_to"] == 1
+    _wait_for(lambda: gateway.call("GET", "/admin/deployments")[0]["ready_replicas"] == 0 and not launcher.servers)
+    scale_rows = [e for e in gateway.call("GET", "/admin/audit") if e["action"] == "deployment.scale"]
+    assert [e["actor"] for e in scale_rows] == ["autoscaler", "autoscaler"]
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert 'moecloud_gateway_scale_events_total{deployment="local",direction="up",reason="cold_start"} 1.0' in metrics
+    assert 'moecloud_gateway_scale_events_total{deployment="local",direction="down",reason="idle"} 1.0' in metrics
+
+
+def test_a_dead_local_replica_is_replaced_and_manual_scaling_is_audited(make_gateway: Callable[..., Gateway]) -> None:
+    launcher = FakeLauncher()
+    gateway = make_gateway(launcher=launcher, scaling={"tick_seconds": 0.05})
+    gateway.call("POST", "/admin/deployments", json={"name": "local", "model": "other", "kind": "local",
+                                                     "checkpoint": "/unused", "replicas": 1, "max_replicas": 3})
+    gateway.call("POST", "/admin/deployments/local/scale", json={"replicas": 2})
+    _wait_for(lambda: set(launcher.servers) == {"local/0", "local/1"})
+    dead = launcher.servers["local/0"]
+    launcher.dead.add(dead)
+    _wait_for(lambda: launcher.servers.get("local/0", dead) is not dead)  # reaped and replaced
+    assert gateway.call("GET", "/admin/deployments")[1]["ready_replicas"] == 2
+    refused = gateway.admin.post("/admin/deployments/local/scale", json={"replicas": 4})
+    assert refused.status_code == 400
+    assert [e["actor"] for e in gateway.call("GET", "/admin/audit") if e["action"] == "deployment.scale"] == [
+        "admin-api"]
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
