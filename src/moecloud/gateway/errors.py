@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import logging
+from fastapi import FastAPI
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
+from moecloud.openai_errors import APIError
+from moecloud.openai_errors import install_error_handlers as install_error_handlers_for
 from moecloud.store.errors import AlreadyExists, InsufficientCredit, InvalidValue, NotFound, StoreError
 
-log = logging.getLogger(__name__)
 
-
-class GatewayError(Exception):
-    status = 500
-    type = "server_error"
-    code: str | None = None
-
-    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.headers = headers or {}
+class GatewayError(APIError):
+    """Every error the gateway reports (500 unless a subclass says otherwise)."""
 
 
 class InvalidRequest(GatewayError):
@@ -74,11 +61,7 @@ class UpstreamTimeout(GatewayError):
     status, type, code = 504, "api_error", "upstream_timeout"
 
 
-def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, object]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def from_store_error(error: StoreError) -> GatewayError:
+def from_store_error(error: Exception) -> GatewayError:
     if isinstance(error, InsufficientCredit):
         return PaymentRequired(str(error))
     if isinstance(error, NotFound):
@@ -90,38 +73,7 @@ def from_store_error(error: StoreError) -> GatewayError:
     return GatewayError(str(error))
 
 
-def _respond(error: GatewayError) -> JSONResponse:
-    body = error_body(error.message, error.type, error.code, error.param)
-    return JSONResponse(body, status_code=error.status, headers=error.headers)
-
-
 def install_error_handlers(app: FastAPI) -> None:
-    async def gateway_error(_request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, GatewayError)
-        return _respond(error)
-
-    async def store_error(_request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, StoreError)
-        return _respond(from_store_error(error))
-
-    async def validation_error(_request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, RequestValidationError)
-        first = error.errors()[0] if error.errors() else {}
-        param = ".".join(str(part) for part in first.get("loc", ())[1:]) or None
-        return _respond(InvalidRequest(f"{param or 'request'}: {first.get('msg', 'invalid')}", param=param))
-
-    async def http_error(_request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, StarletteHTTPException)
-        kind = "not_found" if error.status_code == 404 else "http_error"
-        body = error_body(str(error.detail), "invalid_request_error", kind)
-        return JSONResponse(body, status_code=error.status_code, headers=getattr(error, "headers", None))
-
-    async def unexpected_error(_request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=error)
-        return _respond(GatewayError("internal error in the gateway"))
-
-    app.add_exception_handler(GatewayError, gateway_error)
-    app.add_exception_handler(StoreError, store_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected_error)
+    install_error_handlers_for(
+        app, lambda message, param: InvalidRequest(message, param=param), {StoreError: from_store_error}
+    )

@@ -19,8 +19,8 @@ from starlette.types import Receive, Scope, Send
 
 from moecloud.gateway.billing import MeteredRequest
 from moecloud.gateway.catalog import Route
-from moecloud.gateway.errors import error_body
 from moecloud.gateway.metering import TokenUsage
+from moecloud.openai_errors import error_body
 
 
 class StreamRelay:
@@ -51,7 +51,7 @@ class StreamRelay:
         except httpx.HTTPError:
             self.status = "error"
             message = f"deployment {self._route.deployment!r} dropped the stream"
-            yield b"data: " + json.dumps(error_body(message, "api_error", "upstream_error")).encode() + b"\n\n"
+            yield b"data: " + json.dumps(error_body(message, "api_error", code="upstream_error")).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
 
     def _relay(self, data: str) -> bytes | None:

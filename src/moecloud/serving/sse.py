@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from moecloud.serving.errors import ServingError, error_body
+from moecloud.openai_errors import error_body
+from moecloud.serving.errors import ServingError
 from moecloud.serving.generation import Generation
 
 DONE = "data: [DONE]\n\n"
