@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 
@@ -75,8 +77,26 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120)
     raise RuntimeError(f"{url} did not come up")
 
 
-def prepare_moecloud(home: Path, upstream: str) -> str:
-    """A tenant with plenty of credit and a key with generous limits; returns the key."""
+@contextmanager
+def scratch() -> Iterator[tuple[Path, list[subprocess.Popen[bytes]]]]:
+    """A temporary folder and a list to put started processes in; both are cleaned up on the way out."""
+    folder = Path(tempfile.mkdtemp(prefix="moecloud-bench-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        yield folder, processes
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def prepare_moecloud(
+    home: Path, upstream: str, tenants: Sequence[str] = ("bench",), max_concurrency: int | None = None
+) -> list[str]:
+    """Tenants of equal weight with plenty of credit, each with a key of generous limits; returns the keys.
+    ``max_concurrency``: in-flight requests the gateway sends the upstream (default: the routing setting)."""
     from moecloud.config import load_settings
     from moecloud.gateway.credentials import load_secrets
     from moecloud.gateway.operations import Admin
@@ -86,12 +106,16 @@ def prepare_moecloud(home: Path, upstream: str) -> str:
     settings = load_settings(home=home)
     database = Database.open(settings.database_url())
     admin = Admin(database, settings, load_secrets(settings).audit_key, actor="bench")
-    admin.create_tenant(TenantIn(name="bench", rpm=10**8, tpm=10**9, trial_credit=Decimal(10**6)))
-    key = admin.create_key(KeyIn(tenant="bench", name="bench", rpm=10**8, tpm=10**9, max_concurrency=10**4)).key
-    admin.add_deployment(DeploymentIn(name="stub", model=MODEL, base_url=upstream + "/v1"))
+    keys = []
+    for tenant in tenants:
+        admin.create_tenant(TenantIn(name=tenant, rpm=10**8, tpm=10**9, trial_credit=Decimal(10**6)))
+        keys.append(admin.create_key(KeyIn(tenant=tenant, name=tenant, rpm=10**8, tpm=10**9,
+                                           max_concurrency=10**4)).key)
+    admin.add_deployment(DeploymentIn(name="stub", model=MODEL, base_url=upstream + "/v1",
+                                      max_concurrency=max_concurrency))
     admin.set_price(MODEL, PriceIn(input_miss=Decimal("0.27"), input_hit=Decimal("0.07"), output=Decimal("1.1")))
     database.dispose()
-    return key
+    return keys
 
 
 def litellm_config(folder: Path, upstream: str, master_key: str) -> Path:
@@ -178,9 +202,7 @@ def run(args: argparse.Namespace) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     gateway_cpus, other_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}
     os.sched_setaffinity(0, other_cpus)
-    folder = Path(tempfile.mkdtemp(prefix="moecloud-bench-"))
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
+    with scratch() as (folder, processes):
         stub_port = free_port()
         stub_url = f"http://127.0.0.1:{stub_port}"
         processes.append(start([sys.executable, __file__, "--role", "stub", "--port", str(stub_port)], {},
@@ -188,7 +210,7 @@ def run(args: argparse.Namespace) -> None:
         wait_ready(stub_url, processes[-1])
         targets = [("direct to stub", stub_url + "/v1/chat/completions", "none")]
 
-        key = prepare_moecloud(folder, stub_url)
+        (key,) = prepare_moecloud(folder, stub_url)
         port = free_port()
         processes.append(start([sys.executable, __file__, "--role", "moecloud", "--port", str(port)],
                                {"MOECLOUD_HOME": str(folder)}, gateway_cpus))
@@ -216,12 +238,6 @@ def run(args: argparse.Namespace) -> None:
             rate, failed = asyncio.run(throughput(url, secret, args.seconds, args.concurrency))
             rows.append((name, percentile(samples, 50), percentile(samples, 99), rate, failed))
         print_table(rows, args)
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def print_table(rows: list[tuple[str, float, float, float, int]], args: argparse.Namespace) -> None:

@@ -133,6 +133,16 @@ class ScalingSettings(BaseModel):
     stop_grace_seconds: float = Field(30.0, ge=0, description="drain time of a stopped worker, then SIGKILL")
 
 
+class RaySettings(BaseModel):
+    """Where deployments with ``backend="ray"`` run their replicas (the ``ray`` extra must be installed)."""
+
+    address: str | None = Field(None, description="a Ray cluster to join (e.g. auto); None: start a local one")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray instance; None: all")
+    http_host: str = Field("127.0.0.1", description="where Ray Serve's HTTP proxy listens (the gateway calls it)")
+    http_port: int = Field(8100, ge=1, le=65535)
+    replica_cpus: float = Field(1.0, ge=0, description="CPUs reserved for each engine replica")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOECLOUD_", env_nested_delimiter="__", extra="ignore")
 
@@ -145,6 +155,7 @@ class Settings(BaseSettings):
     admission: AdmissionSettings = AdmissionSettings()
     routing: RoutingSettings = RoutingSettings()
     scaling: ScalingSettings = ScalingSettings()
+    ray: RaySettings = RaySettings()
 
     def database_url(self) -> str:
         return self.gateway.db_url or f"sqlite:///{self.home / 'moecloud.db'}"

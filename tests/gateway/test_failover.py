@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from harness import MODEL, Gateway, serve
 
 from moecloud.gateway.catalog import DeploymentSpec
-from moecloud.gateway.replicas import Replica
+from moecloud.gateway.replicas import BackendLauncher, Replica
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -166,6 +166,23 @@ def test_a_dead_local_replica_is_replaced_and_manual_scaling_is_audited(make_gat
     assert refused.status_code == 400
     assert [e["actor"] for e in gateway.call("GET", "/admin/audit") if e["action"] == "deployment.scale"] == [
         "admin-api"]
+
+
+def test_each_local_deployment_runs_its_replicas_with_its_backends_launcher(
+    make_gateway: Callable[..., Gateway]
+) -> None:
+    processes, ray = FakeLauncher(), FakeLauncher()
+    gateway = make_gateway(launcher=BackendLauncher({"process": processes, "ray": ray}), scaling={"tick_seconds": 0.05})
+    gateway.call("POST", "/admin/deployments", json={"name": "on-ray", "model": "other", "kind": "local",
+                                                     "backend": "ray", "checkpoint": "/unused", "replicas": 1})
+    _wait_for(lambda: set(ray.servers) == {"on-ray/0"})
+    assert not processes.servers
+    assert {d["name"]: d["backend"] for d in gateway.call("GET", "/admin/deployments")}["on-ray"] == "ray"
+    gateway.call("DELETE", "/admin/deployments/on-ray")
+    _wait_for(lambda: not ray.servers)  # stopped by the launcher that started it
+    remote_on_ray = gateway.admin.post("/admin/deployments", json={"name": "r", "model": MODEL, "backend": "ray",
+                                                                   "base_url": "http://127.0.0.1:1/v1"})
+    assert remote_on_ray.status_code in (400, 422)
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:

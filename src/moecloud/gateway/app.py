@@ -26,7 +26,8 @@ from moecloud.gateway.failover import Failover
 from moecloud.gateway.limits import RateLimiter
 from moecloud.gateway.metrics import GatewayMetrics, RequestMetrics
 from moecloud.gateway.operations import Admin
-from moecloud.gateway.replicas import Launcher, ReplicaSet
+from moecloud.gateway.ray_launcher import RayLauncher
+from moecloud.gateway.replicas import BackendLauncher, Launcher, ReplicaSet
 from moecloud.gateway.state import GatewayState
 from moecloud.gateway.upstream import Upstream
 from moecloud.gateway.workers import WorkerLauncher
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings, database: Database | None = None, *, launcher: Launcher | None = None) -> FastAPI:
     """The gateway as an ASGI app. Opens (and migrates) the database unless one is given. Local replicas are
-    started by ``launcher`` (default: `moecloud worker` processes) unless ``scaling.manage_local_replicas`` is off.
+    started by ``launcher`` (default: `moecloud worker` processes, or Ray Serve applications for a deployment
+    whose backend is ``ray``) unless ``scaling.manage_local_replicas`` is off.
     """
     database = database or Database.open(settings.database_url())
     secrets = load_secrets(settings)
@@ -90,7 +92,8 @@ def _build_state(
     dispatcher = Dispatcher(settings)
     wake = asyncio.Event()  # a replica came or went: the control loop hands out its capacity at once
     replicas = (
-        ReplicaSet(launcher or WorkerLauncher(settings.scaling), on_change=wake.set)
+        ReplicaSet(launcher or BackendLauncher({"process": WorkerLauncher(settings.scaling),
+                                                "ray": RayLauncher(settings)}), on_change=wake.set)
         if settings.scaling.manage_local_replicas else None
     )
     catalog = Catalog(database, settings, local=replicas)

@@ -37,6 +37,7 @@ class DeploymentSpec:
     max_concurrency: int
     cost: Decimal  # input + output per 1M tokens: what cost-aware routing compares
     api_key: str | None = field(default=None, repr=False)
+    backend: str = "process"  # local: process | ray
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ class Catalog:
             weight=row.weight, replicas=row.replicas, min_replicas=row.min_replicas, max_replicas=row.max_replicas,
             max_concurrency=row.max_concurrency or self._settings.routing.replica_max_concurrency,
             cost=(row.cost_input or Decimal(0)) + (row.cost_output or Decimal(0)),
-            api_key=provider_api_key(row.api_key_env) if row.api_key_env else None,
+            api_key=provider_api_key(row.api_key_env) if row.api_key_env else None, backend=row.backend,
         )
 
 

@@ -16,7 +16,8 @@ from moecloud.gateway.cli import DbOption, _admin, _table
 from moecloud.gateway.schemas import DeploymentIn, ScaleIn
 
 providers_app = typer.Typer(help="External OpenAI-compatible providers serving a model.", no_args_is_help=True)
-_SHOWN = ["name", "model", "kind", "replicas", "min_replicas", "max_replicas", "base_url", "checkpoint", "priority"]
+_SHOWN = ["name", "model", "kind", "backend", "replicas", "min_replicas", "max_replicas", "base_url", "checkpoint",
+          "priority"]
 
 
 def deploy(
@@ -29,6 +30,7 @@ def deploy(
     max_replicas: int | None = typer.Option(None, "--max", min=0, help="autoscaler ceiling (default: replicas)"),
     max_concurrency: int | None = typer.Option(None, help="in-flight requests per replica"),
     priority: int = typer.Option(0, help="lower is tried first"),
+    backend: str = typer.Option("process", help="process: worker processes; ray: Ray Serve (the ray extra)"),
     db: str | None = DbOption,
 ) -> None:
     """Deploy a checkpoint as local engine-worker replicas run by the gateway."""
@@ -38,7 +40,7 @@ def deploy(
         spec = DeploymentIn(
             name=name or deployment_name(served), model=served, kind="local", checkpoint=str(model.resolve()),
             replicas=replicas, min_replicas=replicas if min_replicas is None else min_replicas,
-            max_replicas=max_replicas, max_concurrency=max_concurrency, priority=priority,
+            max_replicas=max_replicas, max_concurrency=max_concurrency, priority=priority, backend=backend,
         )
         _table([admin.add_deployment(spec)], _SHOWN)
 

@@ -222,7 +222,7 @@ def _key_out(key: ApiKey, tenant_name: str) -> KeyOut:
 
 def _deployment_out(d: Deployment) -> DeploymentOut:
     return DeploymentOut.model_construct(
-        name=d.name, model=d.model, kind=d.kind, base_url=d.base_url, checkpoint=d.checkpoint,
+        name=d.name, model=d.model, kind=d.kind, base_url=d.base_url, checkpoint=d.checkpoint, backend=d.backend,
         upstream_model=d.upstream_model, priority=d.priority, weight=d.weight, replicas=d.replicas,
         min_replicas=d.min_replicas, max_replicas=d.max_replicas, max_concurrency=d.max_concurrency,
         api_key_env=d.api_key_env, cost_input=d.cost_input, cost_output=d.cost_output, created_at=d.created_at,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from moecloud.gateway.catalog import DeploymentSpec
@@ -18,11 +18,16 @@ from moecloud.gateway.catalog import DeploymentSpec
 log = logging.getLogger(__name__)
 
 
+class LaunchFailed(RuntimeError):
+    pass
+
+
 @dataclass
 class Replica:
     id: str  # ``deployment/N``
     base_url: str  # OpenAI-compatible, ending in /v1
-    handle: Any  # the launcher's (a process, a test server)
+    handle: Any  # the launcher's (a process, a Ray Serve application name, a test server)
+    backend: str = "process"  # its deployment's: which launcher of a ``BackendLauncher`` stops it
 
 
 class Launcher(Protocol):
@@ -32,6 +37,24 @@ class Launcher(Protocol):
     async def stop(self, replica: Replica) -> None: ...
 
     def alive(self, replica: Replica) -> bool: ...
+
+
+class BackendLauncher:
+    """Each replica by its deployment's backend's launcher (worker processes, Ray Serve)."""
+
+    def __init__(self, launchers: dict[str, Launcher]) -> None:
+        self._launchers = launchers
+
+    async def start(self, spec: DeploymentSpec, replica_id: str) -> Replica:
+        if spec.backend not in self._launchers:
+            raise LaunchFailed(f"deployment {spec.name!r} has an unknown backend {spec.backend!r}")
+        return replace(await self._launchers[spec.backend].start(spec, replica_id), backend=spec.backend)
+
+    async def stop(self, replica: Replica) -> None:
+        await self._launchers[replica.backend].stop(replica)
+
+    def alive(self, replica: Replica) -> bool:
+        return self._launchers[replica.backend].alive(replica)
 
 
 class ReplicaSet:

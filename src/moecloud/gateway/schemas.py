@@ -105,6 +105,7 @@ class DeploymentIn(BaseModel):
     kind: Literal["remote", "local"] = Field("remote", description="a base URL, or workers the gateway runs")
     base_url: str | None = Field(None, pattern=r"^https?://", description="remote: e.g. http://h:8001/v1")
     checkpoint: str | None = Field(None, description="local: the checkpoint directory the workers load")
+    backend: Literal["process", "ray"] = Field("process", description="local: worker processes or Ray Serve")
     upstream_model: str | None = Field(None, description="the name the upstream knows; default: model")
     priority: int = Field(0, description="lower is tried first")
     weight: int = Field(1, ge=1)
@@ -122,6 +123,8 @@ class DeploymentIn(BaseModel):
             raise ValueError("a remote deployment needs base_url")
         if self.kind == "local" and not self.checkpoint:
             raise ValueError("a local deployment needs checkpoint")
+        if self.kind == "remote" and self.backend != "process":
+            raise ValueError("only a local deployment has a backend")
         self.max_replicas = max(self.replicas, 1) if self.max_replicas is None else self.max_replicas
         if not self.min_replicas <= self.replicas <= self.max_replicas:
             raise ValueError("replicas must lie between min_replicas and max_replicas")

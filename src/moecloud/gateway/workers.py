@@ -6,16 +6,13 @@ import asyncio
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 
 import httpx
 
 from moecloud.config import ScalingSettings
 from moecloud.gateway.catalog import DeploymentSpec
-from moecloud.gateway.replicas import Replica
-
-
-class LaunchFailed(RuntimeError):
-    pass
+from moecloud.gateway.replicas import LaunchFailed, Replica
 
 
 class WorkerLauncher:
@@ -26,11 +23,12 @@ class WorkerLauncher:
     async def start(self, spec: DeploymentSpec, replica_id: str) -> Replica:
         if not spec.checkpoint:
             raise LaunchFailed(f"local deployment {spec.name!r} has no checkpoint")
-        port = _free_port(self._host)
+        port = free_port(self._host)
         process = subprocess.Popen(worker_command(spec.checkpoint, self._host, port, spec.upstream_model))
         replica = Replica(replica_id, f"http://{self._host}:{port}/v1", process)
         try:
-            await self._wait_healthy(f"http://{self._host}:{port}/health", process)
+            await wait_healthy(f"http://{self._host}:{port}/health", self._settings.cold_start_timeout_seconds,
+                               lambda: _exit_status(process))
         except BaseException:
             await self.stop(replica)
             raise
@@ -49,20 +47,26 @@ class WorkerLauncher:
     def alive(self, replica: Replica) -> bool:
         return replica.handle.poll() is None
 
-    async def _wait_healthy(self, url: str, process: subprocess.Popen[bytes]) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.cold_start_timeout_seconds
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while loop.time() < deadline:
-                if process.poll() is not None:
-                    raise LaunchFailed(f"the worker exited with status {process.returncode}")
-                try:
-                    if (await client.get(url)).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.25)
-        raise LaunchFailed(f"{url} was not healthy within {self._settings.cold_start_timeout_seconds:.0f}s")
+
+async def wait_healthy(url: str, timeout: float, failed: Callable[[], str | None]) -> None:
+    """Poll ``url`` until it answers 200; ``failed`` says why waiting is pointless (the replica is gone), or None."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while loop.time() < deadline:
+            if (reason := failed()) is not None:
+                raise LaunchFailed(reason)
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.25)
+    raise LaunchFailed(f"{url} was not healthy within {timeout:.0f}s")
+
+
+def _exit_status(process: subprocess.Popen[bytes]) -> str | None:
+    return None if process.poll() is None else f"the worker exited with status {process.returncode}"
 
 
 def worker_command(checkpoint: str, host: str, port: int, served_model_name: str) -> list[str]:
@@ -70,7 +74,7 @@ def worker_command(checkpoint: str, host: str, port: int, served_model_name: str
             "--port", str(port), "--served-model-name", served_model_name]
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])

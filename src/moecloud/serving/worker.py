@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from moecloud.config import Settings
 from moecloud.engine import EngineConfig, LLMEngine
@@ -32,6 +33,23 @@ def build_engine(model: str | Path, settings: Settings) -> LLMEngine:
         block_size=engine.block_size, enable_prefix_caching=engine.enable_prefix_caching,
         max_model_len=engine.max_model_len,
     ))
+
+
+def start_engine_client(model: str | Path, settings: Settings) -> ThreadEngineClient:
+    """The engine loaded and its loop running; the caller shuts the client down."""
+    client = ThreadEngineClient(build_engine(model, settings), settings.engine.max_waiting_requests)
+    client.start()
+    return client
+
+
+def serving_app(client: ThreadEngineClient, settings: Settings, served_model_name: str | None = None) -> FastAPI:
+    """The worker's OpenAI app around a started engine client."""
+    return build_app(serving_state(client, settings, served_model_name))
+
+
+def serving_state(client: ThreadEngineClient, settings: Settings, served_model_name: str | None) -> ServingState:
+    return ServingState(client=client, served_model_name=served_model_name or client.model_name,
+                        max_tokens_default=settings.serving.max_tokens_default)
 
 
 class DrainingServer(uvicorn.Server):
@@ -81,8 +99,7 @@ class DrainingServer(uvicorn.Server):
 def create_server(client: ThreadEngineClient, settings: Settings, host: str, port: int,
                   served_model_name: str | None = None) -> DrainingServer:
     """The worker's uvicorn server around a started engine client (its owner shuts the client down)."""
-    state = ServingState(client=client, served_model_name=served_model_name or client.model_name,
-                         max_tokens_default=settings.serving.max_tokens_default)
+    state = serving_state(client, settings, served_model_name)
     config = uvicorn.Config(build_app(state), host=host, port=port, log_level="warning",
                             timeout_graceful_shutdown=5, access_log=False)
     return DrainingServer(config, state, grace=settings.serving.shutdown_grace_seconds)
@@ -91,8 +108,7 @@ def create_server(client: ThreadEngineClient, settings: Settings, host: str, por
 def run_worker(model: str | Path, settings: Settings, host: str | None = None, port: int | None = None,
                served_model_name: str | None = None) -> None:
     """Load the model, serve it until a signal, drain, and stop the engine."""
-    client = ThreadEngineClient(build_engine(model, settings), settings.engine.max_waiting_requests)
-    client.start()
+    client = start_engine_client(model, settings)
     server = create_server(client, settings, host or settings.serving.host,
                            settings.serving.port if port is None else port,
                            served_model_name or settings.serving.served_model_name)
@@ -120,8 +136,7 @@ class RunningWorker:
 def background_worker(model: str | Path, settings: Settings, served_model_name: str | None = None,
                       host: str = "127.0.0.1") -> Iterator[RunningWorker]:
     """A worker on a free port, served from a thread of this process (tests, benchmarks, notebooks)."""
-    client = ThreadEngineClient(build_engine(model, settings), settings.engine.max_waiting_requests)
-    client.start()
+    client = start_engine_client(model, settings)
     port = free_port(host)
     server = create_server(client, settings, host, port, served_model_name)
     thread = threading.Thread(target=server.run, name="worker-http", daemon=True)

@@ -64,13 +64,15 @@ class Deployment(Base):
 
     ``remote``: one OpenAI-compatible base URL (a worker run elsewhere, or an external provider whose key is
     read from the variable ``api_key_env``). ``local``: ``replicas`` engine workers of ``checkpoint`` that the
-    gateway starts itself, autoscaled between ``min_replicas`` and ``max_replicas``.
+    gateway starts itself, autoscaled between ``min_replicas`` and ``max_replicas``, as worker processes or
+    Ray Serve applications (``backend``).
     """
 
     __tablename__ = "deployments"
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     model: Mapped[str] = mapped_column(String(200), index=True)
     kind: Mapped[str] = mapped_column(String(16), default="remote")  # remote | local
+    backend: Mapped[str] = mapped_column(String(16), default="process")  # local: process | ray
     base_url: Mapped[str | None] = mapped_column(Text)  # remote only
     checkpoint: Mapped[str | None] = mapped_column(Text)  # local only
     upstream_model: Mapped[str | None] = mapped_column(String(200))  # NULL: same as ``model``

@@ -1,0 +1,77 @@
+"""A local deployment with ``backend="ray"``: two engine replicas as Ray Serve applications on a local Ray
+instance, behind the gateway's router, then scaled down to one."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from harness import serve
+
+from moecloud.config import load_settings
+from moecloud.gateway.app import create_app
+from moecloud.gateway.operations import Admin
+from moecloud.gateway.schemas import DeploymentIn, KeyIn, ScaleIn, TenantIn
+from moecloud.gateway.workers import free_port
+from moecloud.store import Database
+
+ray = pytest.importorskip("ray", reason="the Ray Serve backend needs the ray extra: pip install 'moecloud[ray]'")
+ray_serve = pytest.importorskip("ray.serve", reason="the Ray Serve backend needs ray[serve]")
+
+
+def _wait_for(condition, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _generated(replica_url: str) -> float:
+    """Tokens the replica's own engine generated, from its /metrics."""
+    text = httpx.get(replica_url.removesuffix("/v1") + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("moecloud_generation_tokens_total"))
+
+
+def test_two_ray_serve_replicas_behind_the_router(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    settings = load_settings(
+        home=tmp_path, scaling={"tick_seconds": 0.2, "stop_grace_seconds": 5},
+        engine={"device": "cpu", "dtype": "float32", "max_model_len": 512, "kv_cache_tokens": 16384},
+        serving={"shutdown_grace_seconds": 2},
+        ray={"num_cpus": 2, "http_port": free_port("127.0.0.1"), "replica_cpus": 0.5},
+    )
+    database = Database.open(settings.database_url())
+    admin = Admin(database, settings, b"audit-key-for-the-ray-test-01234", actor="test")
+    admin.create_tenant(TenantIn(name="t", trial_credit=100))
+    key = admin.create_key(KeyIn(tenant="t", name="k")).key
+    admin.add_deployment(DeploymentIn(name="tiny", model="tiny", kind="local", backend="ray",
+                                      checkpoint=str(tiny_checkpoint), replicas=2, min_replicas=1, max_replicas=2))
+    app = create_app(settings, database)
+    replicas = app.state.gateway.control.replicas
+    try:
+        with serve(app) as url:
+            _wait_for(lambda: len(replicas.replicas("tiny")) == 2, 300)
+            running = replicas.replicas("tiny")
+            assert {r.backend for r in running} == {"ray"}
+            assert set(ray_serve.status().applications) >= {"tiny-0", "tiny-1"}
+
+            def complete(_: int) -> int:
+                body = {"model": "tiny", "prompt": "hello", "max_tokens": 8}
+                return httpx.post(url + "/v1/completions", json=body, timeout=120,
+                                  headers={"authorization": f"Bearer {key}"}).status_code
+
+            with ThreadPoolExecutor(4) as pool:
+                assert set(pool.map(complete, range(12))) == {200}
+            assert all(_generated(r.base_url) > 0 for r in running)  # the router spread them over both
+
+            admin.scale_deployment("tiny", ScaleIn(replicas=1))
+            _wait_for(lambda: len(replicas.replicas("tiny")) == 1, 60)
+            _wait_for(lambda: len(ray_serve.status().applications) == 1, 60)
+            assert complete(0) == 200
+    finally:
+        database.dispose()
+        ray_serve.shutdown()
+        ray.shutdown()
