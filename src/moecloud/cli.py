@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from moecloud.gateway.cli import register as register_gateway_commands
+from moecloud.toolkit.cli import register as register_toolkit_commands
 
 app = typer.Typer(help="moecloud: a self-hosted MoE model cloud in one package.", no_args_is_help=True)
 
@@ -56,6 +57,7 @@ def serve(
 
 
 register_gateway_commands(app)
+register_toolkit_commands(app)
 
 if __name__ == "__main__":
     app()

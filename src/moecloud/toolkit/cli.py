@@ -1,0 +1,155 @@
+"""The toolkit's commands: `moecloud train | distill | quantize | eval | tasks`. Thin: parse, call, print."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def _overrides(value: str | None) -> tuple[str, dict[str, Any]]:
+    """A preset name, or a JSON file of config.json fields (its optional "preset" key picks the base)."""
+    if value is None or not value.endswith(".json"):
+        return value or "demo", {}
+    fields = json.loads(Path(value).read_text())
+    return fields.pop("preset", "demo"), fields
+
+
+def train(
+    out: Annotated[Path, typer.Option(help="output checkpoint directory (re-running resumes)")],
+    suite: Annotated[str, typer.Option(help="'core' or a JSONL suite")] = "core",
+    per_level: Annotated[int, typer.Option(help="core suite: examples per task and level")] = 200,
+    config: Annotated[str | None, typer.Option(help="preset (tiny, demo, ...) or JSON of config fields")] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 2000,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: float = 3e-3,
+    bias_update_rate: Annotated[float, typer.Option(help="aux-loss-free balancing step; 0: off")] = 1e-3,
+    curriculum: Annotated[bool, typer.Option(help="easy-to-hard level schedule")] = True,
+    eval_every: int = 250,
+    target_accuracy: Annotated[float | None, typer.Option(help="stop at this validation accuracy")] = None,
+    seed: int = 0,
+    threads: Annotated[int | None, typer.Option(help="torch threads; 1 is fastest on a busy CPU")] = None,
+) -> None:
+    """Train a DeepSeek-V3-architecture MoE from scratch on a task suite."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from moecloud.toolkit.train import TrainConfig
+    from moecloud.toolkit.train import train as run
+
+    preset, fields = _overrides(config)
+    result = run(TrainConfig(out_dir=out, suite=suite, per_level=per_level, preset=preset, overrides=fields,
+                             steps=steps, batch_size=batch_size, lr=lr, bias_update_rate=bias_update_rate,
+                             curriculum=curriculum, eval_every=eval_every, target_accuracy=target_accuracy, seed=seed))
+    last = result.history[-1] if result.history else {}
+    typer.echo(f"wrote {result.out_dir} after {result.steps} steps; last eval: {json.dumps(last)}")
+    if target_accuracy is not None:
+        typer.echo(f"steps to validation accuracy {target_accuracy}: {result.steps_to_target}")
+
+
+def distill(
+    teacher: Annotated[Path, typer.Option(help="teacher checkpoint directory")],
+    student_config: Annotated[str, typer.Option(help="preset (demo-small, demo-dense) or JSON of config fields")],
+    out: Annotated[Path, typer.Option(help="student checkpoint directory")],
+    suite: str = "core",
+    steps: Annotated[int, typer.Option(min=1)] = 1000,
+    lr: float = 3e-3,
+    temperature: float = 1.0,
+    on_policy_ratio: Annotated[float, typer.Option(min=0, max=1, help="share of GKD on-policy steps")] = 0.0,
+) -> None:
+    """Distil a teacher into a smaller student (forward KL on the teacher's logits)."""
+    from moecloud.toolkit.distill import DistillConfig
+    from moecloud.toolkit.distill import distill as run
+    from moecloud.toolkit.train import TrainConfig
+
+    preset, fields = _overrides(student_config)
+    student = TrainConfig(out_dir=out, suite=suite, preset=preset, overrides=fields, steps=steps, lr=lr,
+                          curriculum=False)
+    report = run(DistillConfig(teacher=teacher, student=student, temperature=temperature,
+                               on_policy_ratio=on_policy_ratio))
+    table = Table("model", "accuracy", "total params", "active params", "tokens/s")
+    for name, score, (total, active) in (("teacher", report.teacher, report.teacher_params),
+                                         ("student", report.student, report.student_params)):
+        table.add_row(name, f"{score.accuracy:.1%}", f"{total:,}", f"{active:,}", f"{score.tokens_per_second:.0f}")
+    Console().print(table)
+    typer.echo(f"student keeps {report.kept:.1%} of the accuracy with {report.active_ratio:.1%} of active params")
+
+
+def quantize(
+    model: Annotated[Path, typer.Argument(help="checkpoint directory")],
+    int8: Annotated[bool, typer.Option("--int8", help="weight-only int8 (per-row symmetric)")] = False,
+    suite: str = "core",
+    split: str = "test",
+) -> None:
+    """Report accuracy, memory and tokens/s of weight-only int8 against the original."""
+    from moecloud.toolkit.quantize import int8_report
+    from moecloud.toolkit.tasks import load_suite, select
+
+    if not int8:
+        raise typer.BadParameter("only --int8 is supported")
+    report = int8_report(model, select(load_suite(suite), split=split))
+    table = Table("weights", "accuracy", "weight MB", "tokens/s")
+    for name, s in (("original", report.original), ("int8", report.int8)):
+        table.add_row(name, f"{s.accuracy:.1%}", f"{s.weight_bytes / 1e6:.2f}", f"{s.tokens_per_second:.0f}")
+    Console().print(table)
+    typer.echo(f"accuracy change {report.accuracy_change:+.1%}, memory x{report.memory_ratio:.2f}, "
+               f"logits relative error {report.logits_relative_error:.2e}")
+
+
+def evaluate(
+    models: Annotated[str, typer.Option(help="comma-separated model ids")],
+    base_url: Annotated[str, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")],
+    api_key: Annotated[str, typer.Option(envvar="OPENAI_API_KEY", help="Bearer key")] = "unused",
+    suite: str = "core",
+    split: str = "test",
+    min_accuracy: Annotated[float, typer.Option(min=0, max=1)] = 0.9,
+    prices: Annotated[Path | None, typer.Option(help="JSON price table (the /admin/prices shape)")] = None,
+    concurrency: Annotated[int, typer.Option(min=1)] = 8,
+    limit: Annotated[int | None, typer.Option(help="use only the first N examples")] = None,
+    html: Annotated[Path, typer.Option(help="HTML report path")] = Path("eval-report.html"),
+) -> None:
+    """Run a suite against models and recommend the cheapest one meeting the accuracy bar."""
+    from moecloud.config import load_settings
+    from moecloud.gateway.metering import PriceSheet
+    from moecloud.toolkit.evaluate import evaluate as run
+    from moecloud.toolkit.evaluate import load_prices, recommend
+    from moecloud.toolkit.report import html_report, results_table
+    from moecloud.toolkit.tasks import load_suite, select, suite_name
+
+    billing = load_settings().billing
+    default = PriceSheet(billing.default_input_miss_price, billing.default_input_hit_price,
+                         billing.default_output_price)
+    examples = select(load_suite(suite), split=split)[:limit]
+    results = run(base_url, api_key, [m.strip() for m in models.split(",") if m.strip()], examples,
+                  load_prices(prices) if prices else {}, default, concurrency)
+    chosen = recommend(results, min_accuracy)
+    Console().print(results_table(results, chosen, f"suite {suite_name(suite)}: {len(examples)} examples"))
+    html.write_text(html_report(suite_name(suite), results, min_accuracy, chosen))
+    typer.echo(f"recommended: {chosen.model if chosen else 'none meets the bar'}; report: {html}")
+
+
+def tasks(
+    out: Annotated[Path, typer.Option(help="JSONL file to write")],
+    split: Annotated[str | None, typer.Option(help="train | val | test; default: all")] = None,
+    seed: int = 0,
+) -> None:
+    """Write the built-in suite (or one split of it) as JSONL, the format user suites use."""
+    from moecloud.toolkit.tasks import builtin_suite, select, write_jsonl
+
+    examples = select(builtin_suite(seed=seed), split=split)
+    write_jsonl(examples, out)
+    typer.echo(f"wrote {len(examples)} examples to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Attach the toolkit's commands to the main CLI."""
+    app.command("train")(train)
+    app.command("distill")(distill)
+    app.command("quantize")(quantize)
+    app.command("eval")(evaluate)
+    app.command("tasks")(tasks)

@@ -1,0 +1,126 @@
+"""`moecloud eval`: run a suite against models behind any OpenAI-compatible API and recommend one.
+
+Each model answers every example through ``POST /chat/completions`` (greedy). Measured: accuracy,
+latency p50/p95 per request, output tokens per second of a request, and cost per 1,000 requests from a
+price table (the ``/admin/prices`` shape, priced by the gateway's own ``PriceSheet``). The
+recommendation is the cheapest model whose accuracy meets the bar.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from moecloud.gateway.metering import PriceSheet, TokenUsage
+from moecloud.toolkit.scoring import group_accuracy
+from moecloud.toolkit.tasks import Example, score
+
+
+@dataclass
+class Answer:
+    text: str
+    seconds: float
+    usage: TokenUsage | None = None
+    error: str | None = None
+
+
+@dataclass
+class ModelResult:
+    model: str
+    accuracy: float
+    latency_p50: float
+    latency_p95: float
+    tokens_per_second: float
+    cost_per_1k: Decimal
+    requests: int
+    errors: int
+    by_group: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        return {"model": self.model, "accuracy": self.accuracy, "latency_p50": self.latency_p50,
+                "latency_p95": self.latency_p95, "tokens_per_second": self.tokens_per_second,
+                "cost_per_1k": str(self.cost_per_1k), "requests": self.requests, "errors": self.errors,
+                "by_group": self.by_group}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); 0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-q * len(ordered) // 100))))
+    return ordered[rank - 1]
+
+
+def parse_prices(rows: list[dict[str, Any]] | dict[str, dict[str, Any]]) -> dict[str, PriceSheet]:
+    """The gateway's ``/admin/prices`` list, or ``{model: {input_miss, input_hit, output}}``."""
+    items = rows.items() if isinstance(rows, dict) else ((r["model"], r) for r in rows)
+    return {model: PriceSheet(Decimal(str(p["input_miss"])), Decimal(str(p.get("input_hit", p["input_miss"]))),
+                         Decimal(str(p["output"])))
+            for model, p in items}
+
+
+def load_prices(path: str | Path) -> dict[str, PriceSheet]:
+    return parse_prices(json.loads(Path(path).read_text()))
+
+
+def ask(client: httpx.Client, model: str, example: Example, max_tokens: int) -> Answer:
+    body = {"model": model, "messages": [{"role": "user", "content": example.prompt}], "temperature": 0,
+            "max_tokens": max_tokens}
+    started = time.perf_counter()
+    try:
+        response = client.post("chat/completions", json=body)
+        response.raise_for_status()
+        data = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return Answer("", time.perf_counter() - started, error=str(exc))
+    seconds = time.perf_counter() - started
+    text = data["choices"][0]["message"].get("content") or ""
+    return Answer(text, seconds, TokenUsage.from_openai(data.get("usage")))
+
+
+def evaluate_model(client: httpx.Client, model: str, examples: Sequence[Example], price: PriceSheet,
+                   concurrency: int = 8, max_tokens: int = 32) -> ModelResult:
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        answers = list(pool.map(lambda e: ask(client, model, e, max_tokens), examples))
+    correct = [a.error is None and score(e, a.text) for e, a in zip(examples, answers, strict=True)]
+    ok = [a for a in answers if a.error is None]
+    latencies = [a.seconds for a in ok]
+    spent = sum((price.cost(a.usage) for a in ok if a.usage), Decimal(0))
+    per_1k = (spent * 1000 / len(ok)).quantize(Decimal("0.000001")) if ok else Decimal(0)
+    return ModelResult(
+        model=model,
+        accuracy=sum(correct) / max(len(examples), 1),
+        latency_p50=percentile(latencies, 50),
+        latency_p95=percentile(latencies, 95),
+        tokens_per_second=sum(a.usage.completion_tokens for a in ok if a.usage) / max(sum(latencies), 1e-9),
+        cost_per_1k=per_1k,
+        requests=len(answers),
+        errors=len(answers) - len(ok),
+        by_group=group_accuracy(examples, correct),
+    )
+
+
+def evaluate(base_url: str, api_key: str, models: Sequence[str], examples: Sequence[Example],
+             prices: dict[str, PriceSheet], default_price: PriceSheet, concurrency: int = 8, max_tokens: int = 32,
+             timeout: float = 120.0, transport: httpx.BaseTransport | None = None) -> list[ModelResult]:
+    headers = {"Authorization": f"Bearer {api_key}"}
+    limits = httpx.Limits(max_connections=concurrency)
+    with httpx.Client(base_url=base_url.rstrip("/") + "/", headers=headers, timeout=timeout, limits=limits,
+                      transport=transport) as client:
+        return [evaluate_model(client, m, examples, prices.get(m, default_price), concurrency, max_tokens)
+                for m in models]
+
+
+def recommend(results: Sequence[ModelResult], min_accuracy: float) -> ModelResult | None:
+    """The cheapest model meeting the bar; among equal costs the more accurate, then the faster."""
+    eligible = [r for r in results if r.accuracy >= min_accuracy and r.errors < r.requests]
+    return min(eligible, key=lambda r: (r.cost_per_1k, -r.accuracy, r.latency_p50), default=None)
