@@ -18,14 +18,18 @@ from moecloud.serving.worker import free_port
 
 def test_serve_starts_gateway_and_worker_and_stops_both(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "MOECLOUD_HOME": str(tmp_path), "MOECLOUD_ENGINE__DEVICE": "cpu",
-           "MOECLOUD_SERVING__SHUTDOWN_GRACE_SECONDS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "moecloud.cli", "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "MOECLOUD_HOME": str(tmp_path),
+        "MOECLOUD_ENGINE__DEVICE": "cpu",
+        "MOECLOUD_SERVING__SHUTDOWN_GRACE_SECONDS": "1",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moecloud.cli", "serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, text=True
+    )
     base_url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base_url + "/health", 120, process)
-        assert (tmp_path / "models" / "tiny-random" / "config.json").is_file()
         key_file = tmp_path / "secrets" / "default_api_key"
         assert key_file.stat().st_mode & 0o777 == 0o600
         api_key = key_file.read_text().strip()
@@ -33,18 +37,22 @@ def test_serve_starts_gateway_and_worker_and_stops_both(tmp_path: Path) -> None:
             openai.OpenAI(base_url=base_url + "/v1", api_key="mc-wrong", max_retries=0).models.list()
         client = openai.OpenAI(base_url=base_url + "/v1", api_key=api_key, max_retries=0)
         model = client.models.list().data[0].id
-        assert model == "tiny-random"
-        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
-                                               max_tokens=4)
-        assert reply.usage.completion_tokens >= 1
-        chunks = list(client.completions.create(model=model, prompt="hi", max_tokens=4, stream=True,
-                                                stream_options={"include_usage": True}))
+        assert model == "moecloud-demo"  # the trained demo model shipped in models/
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "sort 9 4 7 1 3"}], max_tokens=16, temperature=0
+        )
+        assert reply.choices[0].message.content == "1 3 4 7 9"
+        chunks = list(
+            client.completions.create(
+                model=model, prompt="hi", max_tokens=4, stream=True, stream_options={"include_usage": True}
+            )
+        )
         assert chunks[-1].usage.completion_tokens == 4
         with pytest.raises(openai.NotFoundError):
             client.completions.create(model="missing", prompt="x")
         metrics = httpx.get(base_url + "/metrics")
         assert metrics.status_code == 200
-        assert 'moecloud_gateway_requests_total{model="tiny-random",status="200"}' in metrics.text
+        assert 'moecloud_gateway_requests_total{model="moecloud-demo",status="200"}' in metrics.text
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=60)

@@ -4,6 +4,7 @@ ready in one command: a default tenant and API key are made on first start and s
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from moecloud.gateway.state import GatewayState
 from moecloud.gateway.workers import worker_command
 from moecloud.store import Database
 
+log = logging.getLogger(__name__)
+
 
 class LaunchError(RuntimeError):
     pass
@@ -35,12 +38,21 @@ class _Gateway(uvicorn.Server):
         self.should_exit = True
 
 
+SHIPPED_DEMO = Path(__file__).resolve().parents[3] / "models" / "moecloud-demo"
+
+
 def default_model(settings: Settings) -> Path:
-    """The model `serve` uses when given none: made once, under the moecloud home."""
+    """The model `serve` uses when given none: settings.model, else the trained demo model shipped in the
+    repository, else (an install without the repository's models/) a tiny random checkpoint made once."""
+    if settings.model:
+        return Path(settings.model)
+    if (SHIPPED_DEMO / "config.json").is_file():
+        return SHIPPED_DEMO
     path = settings.home / "models" / "tiny-random"
     if not (path / "config.json").exists():
         from moecloud.engine.random_checkpoint import write_random_checkpoint
 
+        log.warning("the shipped demo model is not here (%s); serving a random tiny model", SHIPPED_DEMO)
         write_random_checkpoint(path, variant="v2-lite", seed=0)
     return path
 
