@@ -24,6 +24,9 @@ class EngineSettings(BaseModel):
     max_num_batched_tokens: int = Field(2048, ge=16, description="token budget of one engine step")
     max_model_len: int | None = Field(None, description="context cap; default: the model's own")
     enable_prefix_caching: bool = True
+    server_threads: int | None = Field(
+        None, ge=1, description="CPU threads for a worker's math; default: all cores but one, left to the event loop"
+    )
     max_waiting_requests: int = Field(1024, ge=1, description="queue bound before the server answers 429")
 
 
