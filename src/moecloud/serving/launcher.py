@@ -83,11 +83,11 @@ moecloud is serving {model!r} at {base_url}/v1  (API key of the default tenant: 
 
   curl {base_url}/v1/chat/completions -H 'Content-Type: application/json' \\
     -H 'Authorization: Bearer {api_key}' \\
-    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], "max_tokens": 32}}'
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "sort 9 4 7 1 3"}}], "max_tokens": 32}}'
 
   from openai import OpenAI
   client = OpenAI(base_url="{base_url}/v1", api_key="{api_key}")
-  reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "Hello!"}}])
+  reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "sort 9 4 7 1 3"}}])
   print(reply.choices[0].message.content)
 
 Press Ctrl+C to stop.
