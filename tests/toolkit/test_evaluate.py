@@ -9,7 +9,7 @@ import pytest
 from moecloud.config import EngineSettings, ServingSettings, load_settings
 from moecloud.gateway.metering import PriceSheet
 from moecloud.serving.worker import background_worker
-from moecloud.toolkit.evaluate import evaluate, parse_prices, percentile, recommend
+from moecloud.toolkit.evaluate import admin_base_url, evaluate, parse_prices, percentile, recommend, register_alias
 from moecloud.toolkit.report import html_report
 from moecloud.toolkit.tasks import builtin_suite, select
 
@@ -56,6 +56,21 @@ def test_measures_accuracy_and_cost_and_recommends_the_cheapest_good_enough():
     assert recommend(list(results.values()), 1.01) is None
     html = html_report("core", list(results.values()), 0.85, results["medium"])
     assert "<svg" in html and "Recommended: <b>medium</b>" in html
+
+
+def test_the_recommendation_is_registered_as_the_suites_alias():
+    sent = []
+
+    def gateway_admin(request: httpx.Request) -> httpx.Response:
+        sent.append((request.method, request.url.path, request.headers["authorization"], json.loads(request.content)))
+        return httpx.Response(200, json={})
+
+    chosen = recommend(run(["big", "medium", "small"]), 0.85)
+    name = register_alias(admin_base_url("http://gw:8000/v1/"), "mc-admin-x", "core", chosen, 0.85,
+                          transport=httpx.MockTransport(gateway_admin))
+    [(method, path, auth, body)] = sent
+    assert (name, method, path, auth) == ("auto-core", "PUT", "/admin/aliases/auto-core", "Bearer mc-admin-x")
+    assert body["model"] == "medium" and "accuracy 90.0% >= 85.0%" in body["note"]
 
 
 def test_unreachable_models_count_as_errors():

@@ -12,6 +12,8 @@ from fastapi import APIRouter, Depends, Query
 
 from moecloud.gateway.operations import Admin
 from moecloud.gateway.schemas import (
+    AliasIn,
+    AliasOut,
     AuditEntryOut,
     AuditVerifyOut,
     BalanceOut,
@@ -148,6 +150,25 @@ def remove_deployment(name: str, admin: AdminOps, state: State) -> DeploymentOut
     deployment = admin.remove_deployment(name)
     state.catalog.forget()
     return deployment
+
+
+@router.get("/aliases")
+def list_aliases(admin: AdminOps) -> list[AliasOut]:
+    return admin.list_aliases()
+
+
+@router.put("/aliases/{name}")
+def set_alias(name: str, spec: AliasIn, admin: AdminOps, state: State) -> AliasOut:
+    alias = admin.set_alias(name, spec)
+    state.catalog.forget()
+    return alias
+
+
+@router.delete("/aliases/{name}")
+def remove_alias(name: str, admin: AdminOps, state: State) -> AliasOut:
+    alias = admin.remove_alias(name)
+    state.catalog.forget()
+    return alias
 
 
 @router.get("/audit")

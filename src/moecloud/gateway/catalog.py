@@ -1,5 +1,8 @@
 """Model name -> its deployments and what it costs, read from the store and reused for a few seconds.
 
+An alias (``auto-core``) names another model; ``resolve`` turns it into that model, whose deployments,
+price and usage rows then serve the request.
+
 A remote deployment is one route; a local deployment is one route per ready replica, which the replica set
 (``LocalReplicas``) reports.
 """
@@ -17,7 +20,7 @@ from moecloud.config import Settings, provider_api_key
 from moecloud.gateway.errors import ModelNotFound
 from moecloud.gateway.metering import PriceSheet
 from moecloud.store import Database
-from moecloud.store.catalog import list_deployments, list_prices
+from moecloud.store.catalog import list_aliases, list_deployments, list_prices
 from moecloud.store.tables import Deployment
 
 
@@ -67,6 +70,7 @@ class _Snapshot:
     expires: float
     deployments: dict[str, list[DeploymentSpec]]  # by model, in the order the router prefers them
     prices: dict[str, PriceSheet]
+    aliases: dict[str, str]  # alias -> the model it routes to
 
 
 class Catalog:
@@ -75,6 +79,13 @@ class Catalog:
         self._settings = settings
         self._local = local
         self._snapshot: _Snapshot | None = None
+
+    async def resolve(self, model: str) -> str:
+        """The model an alias routes to; any other name unchanged."""
+        return (await self._current()).aliases.get(model, model)
+
+    async def aliases(self) -> dict[str, str]:
+        return dict((await self._current()).aliases)
 
     async def price(self, model: str) -> PriceSheet:
         """What ``model`` costs tenants; an unknown model (no deployment) is a 404."""
@@ -125,10 +136,12 @@ class Catalog:
         with self._database.read() as session:
             prices = {p.model: PriceSheet(p.input_miss, p.input_hit, p.output) for p in list_prices(session)}
             rows = list_deployments(session)
+            aliases = {alias.name: alias.model for alias in list_aliases(session)}
         deployments: dict[str, list[DeploymentSpec]] = {}
         for row in rows:
             deployments.setdefault(row.model, []).append(self._spec(row))
-        return _Snapshot(time.monotonic() + self._settings.gateway.catalog_cache_seconds, deployments, prices)
+        expires = time.monotonic() + self._settings.gateway.catalog_cache_seconds
+        return _Snapshot(expires, deployments, prices, aliases)
 
     def _spec(self, row: Deployment) -> DeploymentSpec:
         return DeploymentSpec(

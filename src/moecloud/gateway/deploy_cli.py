@@ -1,6 +1,6 @@
-"""`moecloud deploy | scale | providers`: local engine-worker deployments and external providers.
+"""`moecloud deploy | scale | providers | aliases`: local engine-worker deployments, external providers, aliases.
 
-They write the deployments table (with an audit row); a running gateway picks the change up within
+They write the deployments or aliases table (with an audit row); a running gateway picks the change up within
 ``gateway.catalog_cache_seconds`` and starts or stops workers to match.
 """
 
@@ -12,10 +12,12 @@ from pathlib import Path
 import typer
 
 from moecloud.gateway.bootstrap import deployment_name
-from moecloud.gateway.cli import DbOption, _admin, _table
-from moecloud.gateway.schemas import DeploymentIn, ScaleIn
+from moecloud.gateway.cli import DbOption, _admin, _keep_db, _table
+from moecloud.gateway.schemas import AliasIn, DeploymentIn, ScaleIn
 
 providers_app = typer.Typer(help="External OpenAI-compatible providers serving a model.", no_args_is_help=True)
+aliases_app = typer.Typer(help="Model names that route to another model (e.g. auto-core).", no_args_is_help=True)
+_keep_db(aliases_app)
 _SHOWN = ["name", "model", "kind", "backend", "replicas", "min_replicas", "max_replicas", "base_url", "checkpoint",
           "priority"]
 
@@ -90,6 +92,30 @@ def providers_list(ctx: typer.Context) -> None:
                ["name", "model", "base_url", "upstream_model", "api_key_env", "cost_input", "cost_output"])
 
 
+@aliases_app.command("list")
+def aliases_list(ctx: typer.Context) -> None:
+    with _admin(ctx) as admin:
+        _table(list(admin.list_aliases()), ["name", "model", "note", "updated_at"])
+
+
+@aliases_app.command("set")
+def aliases_set(
+    ctx: typer.Context,
+    name: str,
+    model: str = typer.Argument(..., help="the deployed model it routes to"),
+    note: str | None = typer.Option(None, help="why (kept with the alias and in the audit row)"),
+) -> None:
+    """Create an alias, or point an existing one at another model."""
+    with _admin(ctx) as admin:
+        _table([admin.set_alias(name, AliasIn(model=model, note=note))], ["name", "model", "note"])
+
+
+@aliases_app.command("delete")
+def aliases_delete(ctx: typer.Context, name: str) -> None:
+    with _admin(ctx) as admin:
+        _table([admin.remove_alias(name)], ["name", "model"])
+
+
 def _price(value: str | None) -> tuple[Decimal | None, Decimal | None]:
     if value is None:
         return None, None
@@ -103,3 +129,4 @@ def register(app: typer.Typer) -> None:
     app.command("deploy")(deploy)
     app.command("scale")(scale)
     app.add_typer(providers_app, name="providers")
+    app.add_typer(aliases_app, name="aliases")

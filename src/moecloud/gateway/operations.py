@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 from moecloud.config import Settings
 from moecloud.gateway.auth import mint_key
 from moecloud.gateway.schemas import (
+    AliasIn,
+    AliasOut,
     AuditEntryOut,
     AuditVerifyOut,
     BalanceOut,
@@ -28,7 +30,7 @@ from moecloud.gateway.schemas import (
     UsageRowOut,
 )
 from moecloud.store import Database, audit, catalog, ledger, tenants
-from moecloud.store.tables import ApiKey, Deployment, Tenant
+from moecloud.store.tables import Alias, ApiKey, Deployment, Tenant
 from moecloud.store.types import utcnow
 from moecloud.store.usage import usage_by_day
 
@@ -181,6 +183,22 @@ class Admin:
         with self._database.read() as session:
             return [_deployment_out(d) for d in catalog.list_deployments(session)]
 
+    def set_alias(self, name: str, spec: AliasIn) -> AliasOut:
+        with self._database.write() as session:
+            alias, before = catalog.set_alias(session, name, spec.model, note=spec.note)
+            self._audit(session, "alias.set", name, {"from": before, "to": spec.model, "note": spec.note})
+            return _alias_out(alias)
+
+    def remove_alias(self, name: str) -> AliasOut:
+        with self._database.write() as session:
+            alias = catalog.remove_alias(session, name)
+            self._audit(session, "alias.delete", name, {"was": alias.model})
+            return _alias_out(alias)
+
+    def list_aliases(self) -> list[AliasOut]:
+        with self._database.read() as session:
+            return [_alias_out(alias) for alias in catalog.list_aliases(session)]
+
     def audit_entries(self, limit: int = 100) -> list[AuditEntryOut]:
         with self._database.read() as session:
             return [
@@ -218,6 +236,10 @@ def _key_out(key: ApiKey, tenant_name: str) -> KeyOut:
         revoked_at=key.revoked_at,
         created_at=key.created_at,
     )
+
+
+def _alias_out(alias: Alias) -> AliasOut:
+    return AliasOut(name=alias.name, model=alias.model, note=alias.note, updated_at=alias.updated_at)
 
 
 def _deployment_out(d: Deployment) -> DeploymentOut:

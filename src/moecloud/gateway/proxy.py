@@ -40,8 +40,12 @@ async def completions(request: Request, caller: CallerDep, state: State) -> Resp
 
 @router.get("/v1/models")
 async def models(caller: CallerDep, state: State) -> dict[str, Any]:
+    """Deployed models, then aliases with the model they route to as ``root`` (vLLM's field)."""
     names = [name for name in await state.catalog.models() if caller.may_use(name)]
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "moecloud"} for name in names]
+    aliases = sorted((await state.catalog.aliases()).items())
+    data += [{"id": alias, "object": "model", "created": 0, "owned_by": "moecloud", "root": target}
+             for alias, target in aliases if caller.may_use(alias) or caller.may_use(target)]
     return {"object": "list", "data": data}
 
 
@@ -55,12 +59,13 @@ async def own_usage(
 
 async def _forward(request: Request, caller: Caller, state: GatewayState, path: str, *, prompt_field: str) -> Response:
     body = await _read_json(request, state.settings.gateway.max_body_bytes)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
+    requested = body.get("model")
+    if not isinstance(requested, str) or not requested:
         raise InvalidRequest("'model' must be a non-empty string", param="model")
     _check_prompt(body, prompt_field)
-    if not caller.may_use(model):
-        raise PermissionDenied(f"this API key may not use the model {model!r}", param="model")
+    model = await state.catalog.resolve(requested)  # an alias is billed and answered as its model
+    if not (caller.may_use(requested) or caller.may_use(model)):
+        raise PermissionDenied(f"this API key may not use the model {requested!r}", param="model")
     price = await state.catalog.price(model)
     request.state.model = model
     deadline = _deadline(request, state.settings.admission)

@@ -131,6 +131,16 @@ class DeploymentIn(BaseModel):
         return self
 
 
+class AliasIn(BaseModel):
+    model: str = Field(min_length=1, max_length=200, description="the deployed model the alias routes to")
+    note: str | None = Field(None, max_length=2000, description="why, e.g. the evaluation that chose it")
+
+
+class AliasOut(AliasIn):
+    name: str
+    updated_at: datetime
+
+
 class ScaleEventOut(BaseModel):
     at: datetime
     replicas_from: int

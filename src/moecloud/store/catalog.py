@@ -1,4 +1,4 @@
-"""What can be served and what it costs: deployments (upstreams) and per-model prices."""
+"""What can be served and what it costs: deployments (upstreams), aliases and per-model prices."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from moecloud.store.errors import AlreadyExists, InvalidValue, NotFound
-from moecloud.store.tables import Deployment, Price
+from moecloud.store.tables import Alias, Deployment, Price
 from moecloud.store.types import utcnow
 
 
@@ -31,6 +31,8 @@ def list_prices(session: Session) -> list[Price]:
 def add_deployment(session: Session, deployment: Deployment) -> Deployment:
     if session.get(Deployment, deployment.name) is not None:
         raise AlreadyExists("deployment", deployment.name)
+    if session.get(Alias, deployment.model) is not None:
+        raise InvalidValue(f"{deployment.model!r} is an alias; delete the alias before deploying a model of that name")
     session.add(deployment)
     session.flush()
     return deployment
@@ -67,3 +69,36 @@ def list_deployments(session: Session) -> list[Deployment]:
     """Ordered as the router tries them: by model, then priority (lower first), then name."""
     query = select(Deployment).order_by(Deployment.model, Deployment.priority, Deployment.name)
     return list(session.scalars(query))
+
+
+def set_alias(session: Session, name: str, model: str, *, note: str | None = None) -> tuple[Alias, str | None]:
+    """Point ``name`` at ``model`` (created or moved); returns the alias and the model it pointed at before.
+
+    The target must be a deployed model, not an alias (one hop), and the name must not be a deployed model.
+    """
+    served = set(session.scalars(select(Deployment.model).distinct()))
+    if name in served:
+        raise InvalidValue(f"{name!r} is a deployed model; an alias cannot shadow it")
+    if model not in served:
+        raise InvalidValue(f"the model {model!r} has no deployment; an alias must point at a served model")
+    alias = session.get(Alias, name)
+    before = alias.model if alias else None
+    if alias is None:
+        alias = Alias(name=name, model=model, note=note)
+        session.add(alias)
+    else:
+        alias.model, alias.note, alias.updated_at = model, note, utcnow()
+    session.flush()
+    return alias, before
+
+
+def remove_alias(session: Session, name: str) -> Alias:
+    alias = session.get(Alias, name)
+    if alias is None:
+        raise NotFound("alias", name)
+    session.delete(alias)
+    return alias
+
+
+def list_aliases(session: Session) -> list[Alias]:
+    return list(session.scalars(select(Alias).order_by(Alias.name)))

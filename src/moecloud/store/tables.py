@@ -88,6 +88,16 @@ class Deployment(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Alias(Base):
+    """A model name that routes to another model (``auto-core`` -> ``moecloud-demo-int8``); one hop only."""
+
+    __tablename__ = "aliases"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text)  # why, e.g. the evaluation that chose it
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Hold(Base):
     """Worst-case cost reserved before a request is forwarded. held -> settled | released | expired."""
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from moecloud.config import Settings
+    from moecloud.toolkit.evaluate import ModelResult
 
 
 def _overrides(value: str | None) -> tuple[str, dict[str, Any]]:
@@ -112,16 +117,20 @@ def evaluate(
     concurrency: Annotated[int, typer.Option(min=1)] = 8,
     limit: Annotated[int | None, typer.Option(help="use only the first N examples")] = None,
     html: Annotated[Path, typer.Option(help="HTML report path")] = Path("eval-report.html"),
+    register: Annotated[bool, typer.Option("--register-alias", help="route auto-<suite> to the choice")] = False,
+    admin_url: Annotated[str | None, typer.Option(help="gateway root (default: --base-url without /v1)")] = None,
+    admin_key: Annotated[str | None, typer.Option(help="default: settings, then <home>/secrets/admin_key")] = None,
 ) -> None:
     """Run a suite against models and recommend the cheapest one meeting the accuracy bar."""
     from moecloud.config import load_settings
     from moecloud.gateway.metering import PriceSheet
+    from moecloud.toolkit.evaluate import admin_base_url, load_prices, recommend
     from moecloud.toolkit.evaluate import evaluate as run
-    from moecloud.toolkit.evaluate import load_prices, recommend
     from moecloud.toolkit.report import html_report, results_table
     from moecloud.toolkit.tasks import load_suite, select, suite_name
 
-    billing = load_settings().billing
+    settings = load_settings()
+    billing = settings.billing
     default = PriceSheet(billing.default_input_miss_price, billing.default_input_hit_price,
                          billing.default_output_price)
     examples = select(load_suite(suite), split=split)[:limit]
@@ -131,6 +140,31 @@ def evaluate(
     Console().print(results_table(results, chosen, f"suite {suite_name(suite)}: {len(examples)} examples"))
     html.write_text(html_report(suite_name(suite), results, min_accuracy, chosen))
     typer.echo(f"recommended: {chosen.model if chosen else 'none meets the bar'}; report: {html}")
+    if register:
+        _register_alias(settings, admin_url or admin_base_url(base_url), admin_key, suite_name(suite), chosen,
+                        min_accuracy)
+
+
+def _register_alias(settings: Settings, admin_url: str, admin_key: str | None, suite: str,
+                    chosen: ModelResult | None, min_accuracy: float) -> None:
+    from moecloud.gateway.credentials import read_secret
+    from moecloud.toolkit.evaluate import alias_name, register_alias
+
+    if chosen is None:
+        typer.echo(f"no model meets the bar: {alias_name(suite)} left as it was")
+        raise typer.Exit(1)
+    configured = settings.gateway.admin_key
+    key = admin_key or (configured.get_secret_value() if configured else read_secret(
+        settings.home / "secrets" / "admin_key"))
+    if not key:
+        raise typer.BadParameter("no admin key: pass --admin-key", param_hint="--admin-key")
+    try:
+        name = register_alias(admin_url, key, suite, chosen, min_accuracy)
+    except httpx.HTTPError as error:
+        detail = error.response.text if isinstance(error, httpx.HTTPStatusError) else str(error)
+        typer.echo(f"could not register {alias_name(suite)}: {detail}")
+        raise typer.Exit(1) from error
+    typer.echo(f"alias {name} -> {chosen.model}")
 
 
 def tasks(

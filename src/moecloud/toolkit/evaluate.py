@@ -3,7 +3,8 @@
 Each model answers every example through ``POST /chat/completions`` (greedy). Measured: accuracy,
 latency p50/p95 per request, output tokens per second of a request, and cost per 1,000 requests from a
 price table (the ``/admin/prices`` shape, priced by the gateway's own ``PriceSheet``). The
-recommendation is the cheapest model whose accuracy meets the bar.
+recommendation is the cheapest model whose accuracy meets the bar; ``register_alias`` makes it the model
+that ``auto-<suite>`` routes to, through the gateway's admin API.
 """
 
 from __future__ import annotations
@@ -124,3 +125,28 @@ def recommend(results: Sequence[ModelResult], min_accuracy: float) -> ModelResul
     """The cheapest model meeting the bar; among equal costs the more accurate, then the faster."""
     eligible = [r for r in results if r.accuracy >= min_accuracy and r.errors < r.requests]
     return min(eligible, key=lambda r: (r.cost_per_1k, -r.accuracy, r.latency_p50), default=None)
+
+
+def alias_name(suite: str) -> str:
+    return f"auto-{suite}"
+
+
+def admin_base_url(base_url: str) -> str:
+    """The gateway's root for its admin API: the OpenAI base URL without its ``/v1``."""
+    root = base_url.rstrip("/")
+    return root.removesuffix("/v1")
+
+
+def register_alias(admin_url: str, admin_key: str, suite: str, chosen: ModelResult, min_accuracy: float,
+                   transport: httpx.BaseTransport | None = None) -> str:
+    """Point ``auto-<suite>`` at the recommended model (``PUT /admin/aliases/{name}``); returns the alias.
+
+    Raises ``httpx.HTTPStatusError`` when the gateway refuses (e.g. the model has no deployment there).
+    """
+    name = alias_name(suite)
+    note = (f"moecloud eval, suite {suite}: accuracy {chosen.accuracy:.1%} >= {min_accuracy:.1%}, "
+            f"cost per 1k requests {chosen.cost_per_1k}, p50 {chosen.latency_p50 * 1000:.0f} ms")
+    with httpx.Client(base_url=admin_url.rstrip("/") + "/", headers={"Authorization": f"Bearer {admin_key}"},
+                      timeout=30, transport=transport) as client:
+        client.put(f"admin/aliases/{name}", json={"model": chosen.model, "note": note}).raise_for_status()
+    return name
