@@ -176,18 +176,17 @@ class LLMEngine:
             request.metrics.first_scheduled_time = request.metrics.first_scheduled_time or now
             if request.prompt_logprobs is not None and sample.index == 0:
                 prompt_rows += self._prompt_logprob_rows(request, item, start)
-            if item.seq.num_computed_tokens + item.num_tokens < item.seq.num_tokens:
-                pass
-            elif request.max_tokens == 0:
-                scored_only.append((request, sample))
-            else:
+            reaches_end = item.seq.num_computed_tokens + item.num_tokens == item.seq.num_tokens
+            if reaches_end and request.max_tokens == 0:  # prompt scoring: nothing to sample
+                scored_only.append(sample)
+            elif reaches_end:
                 rows.append(start + item.num_tokens - 1)
                 samplers.append((request, sample))
             touched.append(request)
         self.scheduler.update(plan.scheduled)
         if prompt_rows:
             self._score_prompt(hidden, prompt_rows)
-        for _, sample in scored_only:
+        for sample in scored_only:
             self._finish(sample, "length")
         if rows:
             logits = self.model.compute_logits(hidden[rows])

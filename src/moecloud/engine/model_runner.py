@@ -28,11 +28,6 @@ class ModelRunner:
             for _ in range(c.num_hidden_layers)
         ]
 
-    @staticmethod
-    def cache_bytes_per_token(model: DeepseekForCausalLM) -> int:
-        c = model.config
-        return c.num_hidden_layers * c.latent_dim * model.model.embed_tokens.weight.element_size()
-
     def run(self, batch: list[ScheduledSeq]) -> tuple[torch.Tensor, list[int]]:
         """Returns hidden states [T, hidden] and, per scheduled sequence, the row of its first new token."""
         ids: list[int] = []
@@ -84,6 +79,5 @@ class ModelRunner:
         return AttentionGroup(
             token_index=token_index.to(self.device),
             block_tables=torch.tensor(tables, dtype=torch.long, device=self.device),
-            context_lens=lens.to(self.device),
             masked=masked[:, :, None].to(self.device),
         )

@@ -23,7 +23,6 @@ class AttentionGroup:
 
     token_index: torch.Tensor  # [B, Q] rows of the flat token batch
     block_tables: torch.Tensor  # [B, max_blocks] cache block ids (padding rows point at any block)
-    context_lens: torch.Tensor  # [B] tokens in context, the new ones included
     masked: torch.Tensor  # [B, Q, 1, L] True where a query may not see a key (future or padding)
     in_order: bool = False  # token_index covers the whole batch as 0..T-1
 
