@@ -5,6 +5,9 @@ memory-read roofline (measured read bandwidth / bytes of weights one decode toke
 
     python benchmarks/engine.py                 # the ~70M checkpoint, fp32, batch 1/8/32
     python benchmarks/engine.py --sizes 70m,500m --batches 1,8,16,32 --tokens 64
+
+moecloud runs twice: eager, and with ``compile=True`` (decode steps through torch.compile; compile time excluded,
+as a server pays it once at start). Speed-up and % of roofline are the compiled engine's.
 """
 
 from __future__ import annotations
@@ -115,10 +118,20 @@ def prompts(batch: int, vocab: int) -> list[list[int]]:
     return [torch.randint(3, vocab, (16,), generator=gen).tolist() for _ in range(batch)]
 
 
-def bench_moecloud(path: Path, batch: int, tokens: int, dtype: str) -> float:
-    llm = LLM(str(path), dtype=dtype, device="cpu", max_num_seqs=max(batch, 1))
+def bench_moecloud(path: Path, batch: int, tokens: int, dtype: str, compile_decode: bool) -> float:
+    """Decode tokens/s: (time of ``tokens`` tokens - time of the prefill and first token) / (tokens - 1), after a
+    full-length warm-up (which also compiles every step shape with ``compile_decode``). No prefix caching, as
+    transformers has none."""
+    llm = LLM(
+        str(path),
+        dtype=dtype,
+        device="cpu",
+        max_num_seqs=max(batch, 1),
+        enable_prefix_caching=False,
+        compile=compile_decode,
+    )
     params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
-    llm.generate(prompts(batch, 1000), SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm up
+    llm.generate(prompts(batch, 1000), params)  # warm up
     prefill = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
     start = time.perf_counter()
     llm.generate(prompts(batch, 1000), prefill)
@@ -153,6 +166,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--skip-compiled", action="store_true", help="eager engine only (no torch.compile)")
     args = parser.parse_args()
     console = Console(width=170)
     bandwidth = read_bandwidth()
@@ -164,9 +178,10 @@ def main() -> None:
     for col in (
         "checkpoint",
         "batch",
-        "moecloud tok/s",
+        "moecloud eager tok/s",
+        "moecloud compiled tok/s",
         "transformers tok/s",
-        "speed-up",
+        "speed-up (compiled)",
         "roofline tok/s",
         "% of roofline",
         "peak RSS MB",
@@ -179,18 +194,21 @@ def main() -> None:
             roofline = bandwidth / active
             console.print(f"{size}: {total / 1e6:.0f}M parameters, {active / 1e6:.0f} MB read per decode token")
             for batch in (int(b) for b in args.batches.split(",")):
-                ours = bench_moecloud(path, batch, args.tokens, args.dtype)
+                eager = bench_moecloud(path, batch, args.tokens, args.dtype, compile_decode=False)
+                gc.collect()
+                ours = None if args.skip_compiled else bench_moecloud(path, batch, args.tokens, args.dtype, True)
                 gc.collect()
                 ref = None if args.skip_transformers else bench_transformers(path, batch, args.tokens, args.dtype)
                 gc.collect()
                 table.add_row(
                     size,
                     str(batch),
-                    f"{ours:.1f}",
+                    f"{eager:.1f}",
+                    "-" if ours is None else f"{ours:.1f}",
                     "-" if ref is None else f"{ref:.1f}",
-                    "-" if ref is None else f"{ours / ref:.2f}x",
+                    "-" if ref is None or ours is None else f"{ours / ref:.2f}x",
                     f"{roofline:.0f}" if batch == 1 else "",
-                    f"{100 * ours / roofline:.0f}%" if batch == 1 else "",
+                    f"{100 * (ours or eager) / roofline:.0f}%" if batch == 1 else "",
                     f"{peak_rss_mb():.0f}",
                 )
     console.print(table)

@@ -24,6 +24,11 @@ class EngineSettings(BaseModel):
     max_num_batched_tokens: int = Field(2048, ge=16, description="token budget of one engine step")
     max_model_len: int | None = Field(None, description="context cap; default: the model's own")
     enable_prefix_caching: bool = True
+    compile: bool = Field(
+        False,
+        description="run decode steps through torch.compile (inductor): on 2 CPU cores ~1.5x faster at batch 1, "
+        "~2x at batch 16 (benchmarks/RESULTS.md); costs 1-3 minutes of compiling when a worker starts",
+    )
     server_threads: int | None = Field(
         None, ge=1, description="CPU threads for a worker's math; default: all cores but one, left to the event loop"
     )

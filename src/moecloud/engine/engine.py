@@ -36,6 +36,7 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     seed: int = 0
+    compile: bool = False  # decode steps through torch.compile (inductor); the first ones pay the compile
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -102,7 +103,7 @@ class LLMEngine:
         num_blocks = max(config.kv_cache_tokens // config.block_size, 1)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.device)
+        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.device, compile_decode=config.compile)
         self.sampler = Sampler(config.seed)
         self.requests: dict[str, _Request] = {}
         self._sample_of: dict[str, tuple[_Request, _Sample]] = {}
@@ -149,6 +150,22 @@ class LLMEngine:
             self.scheduler.add(seq)
         self.requests[request_id] = request
         self.prompt_tokens += len(ids)
+
+    def warm_up(self) -> None:
+        """Run the step shapes a server meets (decodes of one and of several sequences) once, so their compile
+        happens now rather than in a user's first request; leaves no trace in counters or expert load."""
+        if not self.config.compile:
+            return
+        counters = self.prompt_tokens, self.generation_tokens
+        params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+        for batch in (1, 2):
+            for i in range(batch):
+                self.add_request(f"warm-up-{batch}-{i}", [1 + i, 2, 3], params)
+            while self.has_unfinished_requests():
+                self.step()
+        self.prompt_tokens, self.generation_tokens = counters
+        for moe in self.model.moe_layers().values():
+            moe.expert_load.zero_()
 
     def abort(self, request_id: str) -> None:
         request = self.requests.pop(request_id, None)

@@ -51,6 +51,10 @@ class DeepseekForCausalLM(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, batch: ForwardBatch, caches: list[torch.Tensor]) -> torch.Tensor:
         """``input_ids`` [T] -> final hidden states [T, hidden]."""
+        return self.hidden_states(input_ids, batch, caches)
+
+    def hidden_states(self, input_ids: torch.Tensor, batch: ForwardBatch, caches: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward` without its inference-mode wrapper: what ``torch.compile`` traces."""
         x = self.model.embed_tokens(input_ids)
         batch.rope = self.model.rotary.table(batch.positions)
         for layer, cache in zip(self.model.layers, caches, strict=True):

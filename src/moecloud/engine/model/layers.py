@@ -79,19 +79,20 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", freqs.sin() * attention_scaling, persistent=False)
 
     def table(self, positions: torch.Tensor) -> torch.Tensor:
-        """The rotation of each token, computed once per step and shared by every layer.
-
-        Interleaved: complex ``cos + i sin`` [T, 1, dim/2]; otherwise ``(cos, sin)`` stacked [2, T, 1, dim/2].
-        """
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        return torch.complex(cos, sin) if self.interleave else torch.stack((cos, sin))
+        """The rotation of each token, ``(cos, sin)`` stacked [2, T, 1, dim/2]: computed once per step, shared by
+        every layer."""
+        return torch.stack((self.cos[positions][:, None], self.sin[positions][:, None]))
 
     def apply(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` [T, heads, dim] by its tokens' positions (``table`` from :meth:`table`)."""
-        if self.interleave:  # pairs (x0, x1), (x2, x3), ... as complex numbers
-            pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())
-            return torch.view_as_real(pairs * table).flatten(-2).to(x.dtype)
+        """Rotate ``x`` [T, heads, dim] by its tokens' positions (``table`` from :meth:`table`).
+
+        Real arithmetic only (no complex tensors), so a compiled step fuses it with its neighbours.
+        """
         cos, sin = table
+        if self.interleave:  # pairs (x0, x1), (x2, x3), ... rotate like complex numbers x0 + i x1
+            pairs = x.float().unflatten(-1, (-1, 2))
+            x1, x2 = pairs[..., 0], pairs[..., 1]
+            return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2).to(x.dtype)
         half = x.shape[-1] // 2
         x1, x2 = x[..., :half].float(), x[..., half:].float()
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)

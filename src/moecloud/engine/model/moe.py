@@ -85,6 +85,8 @@ class Experts(nn.Module):
         self.w2_scale: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._forward_gathered(x, indices, weights)
         top_k = indices.shape[1]
         flat = indices.flatten()
         order = flat.argsort(stable=True)
@@ -102,6 +104,22 @@ class Experts(nn.Module):
             start += count
         weighted = torch.cat(outputs) * weights.flatten()[order].to(x.dtype)[:, None]
         return torch.zeros_like(x).index_add_(0, token_of, weighted)
+
+    def _forward_gathered(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The compiled decode step's form: each (token, slot) pair reads its expert's rows straight out of the
+        stacked weights. Compiled, gather, products and sums fuse into one pass over exactly the chosen experts'
+        weights (nothing copied) with no data-dependent shapes; eagerly it would copy them, hence the loop above."""
+        h = (x[:, None, None, :] * self._rows(self.w13, self.w13_scale, indices, x.dtype)).sum(-1)  # [T, k, 2I]
+        gate, up = h.split(self.intermediate, dim=-1)
+        act = (F.silu(gate) * up)[:, :, None, :]
+        out = (act * self._rows(self.w2, self.w2_scale, indices, x.dtype)).sum(-1)  # [T, k, hidden]
+        return (out * weights[..., None].to(x.dtype)).sum(1)
+
+    @staticmethod
+    def _rows(w: torch.Tensor, scale: torch.Tensor | None, indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if scale is None:
+            return w[indices]
+        return w[indices].to(dtype) * scale[indices].to(dtype)[..., None]
 
     @staticmethod
     def _project(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, expert: int) -> torch.Tensor:
@@ -130,7 +148,8 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         indices, weights = self.gate(x)
-        self.expert_load += torch.bincount(indices.flatten(), minlength=self.expert_load.shape[0])
+        flat = indices.flatten()
+        self.expert_load.index_add_(0, flat, torch.ones_like(flat))
         out = self.experts(x, indices, weights)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
