@@ -29,6 +29,9 @@ class EngineSettings(BaseModel):
         description="run decode steps through torch.compile (inductor): on 2 CPU cores ~1.5x faster at batch 1, "
         "~2x at batch 16 (benchmarks/RESULTS.md); costs 1-3 minutes of compiling when a worker starts",
     )
+    compile_max_batch: int = Field(
+        32, ge=1, description="decode steps with more sequences stay eager (per-expert GEMMs win there)"
+    )
     server_threads: int | None = Field(
         None, ge=1, description="CPU threads for a worker's math; default: all cores but one, left to the event loop"
     )

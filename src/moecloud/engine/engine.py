@@ -37,6 +37,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     compile: bool = False  # decode steps through torch.compile (inductor); the first ones pay the compile
+    compile_max_batch: int = 32  # larger decode steps stay eager: there per-expert GEMMs beat the fused reduction
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -103,7 +104,14 @@ class LLMEngine:
         num_blocks = max(config.kv_cache_tokens // config.block_size, 1)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(self.model, num_blocks, config.block_size, self.device, compile_decode=config.compile)
+        self.runner = ModelRunner(
+            self.model,
+            num_blocks,
+            config.block_size,
+            self.device,
+            compile_decode=config.compile,
+            compile_max_batch=config.compile_max_batch,
+        )
         self.sampler = Sampler(config.seed)
         self.requests: dict[str, _Request] = {}
         self._sample_of: dict[str, tuple[_Request, _Sample]] = {}

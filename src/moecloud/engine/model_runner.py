@@ -25,8 +25,10 @@ class ModelRunner:
         block_size: int,
         device: torch.device,
         compile_decode: bool = False,
+        compile_max_batch: int = 32,
     ) -> None:
         self.model, self.block_size, self.device = model, block_size, device
+        self.compile_max_batch = compile_max_batch
         # Steps of decodes only (the steady state) run one graph compiled by inductor: one guard check and a few
         # fused kernels per step instead of ~1,500 eager ops. Prefill chunks and mixed steps stay eager.
         self._decode = torch.compile(model.hidden_states, dynamic=True, fullgraph=True) if compile_decode else None
@@ -59,7 +61,7 @@ class ModelRunner:
                 decodes.append(i)
             else:
                 groups.append(self._group([starts[i]], item.num_tokens, [seq], [end]))
-        compiled = self._decode is not None and len(decodes) == len(batch)
+        compiled = self._decode is not None and len(decodes) == len(batch) <= self.compile_max_batch
         if decodes:
             groups.append(
                 self._group(

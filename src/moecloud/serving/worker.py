@@ -28,13 +28,9 @@ log = logging.getLogger(__name__)
 
 
 def build_engine(model: str | Path, settings: Settings) -> LLMEngine:
-    engine = settings.engine
-    return LLMEngine(EngineConfig(
-        model=str(model), dtype=engine.dtype, device=engine.device, max_num_seqs=engine.max_num_seqs,
-        max_num_batched_tokens=engine.max_num_batched_tokens, kv_cache_tokens=engine.kv_cache_tokens,
-        block_size=engine.block_size, enable_prefix_caching=engine.enable_prefix_caching,
-        max_model_len=engine.max_model_len, quantization=engine.quantization, compile=engine.compile,
-    ))
+    # every engine setting is an EngineConfig field of the same name, except the two the worker itself uses
+    options = settings.engine.model_dump(exclude={"server_threads", "max_waiting_requests"})
+    return LLMEngine(EngineConfig(model=str(model), **options))
 
 
 def start_engine_client(model: str | Path, settings: Settings) -> ThreadEngineClient:
