@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from moecloud.engine import LLM, SamplingParams
+from moecloud.engine.model.layers import Linear, gemv_reduction
 from moecloud.engine.model.moe import Experts
 
 PARAMS = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True, logprobs=2)
@@ -55,3 +56,15 @@ def test_gathered_experts_match_the_per_expert_loop(int8):
     want = experts(x, indices, weights)
     got = experts._forward_gathered(x, indices, weights)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_batch_one_linear_reduction_matches_the_linear(int8):
+    """The compiled batch-1 step's Linear form, run eagerly, against the Linear's own kernel."""
+    torch.manual_seed(0)
+    linear = Linear(48, 20)
+    linear.weight.data.normal_(std=0.2)
+    if int8:
+        linear.quantize_int8()
+    x = torch.randn(1, 48)
+    torch.testing.assert_close(gemv_reduction(x, linear.weight, linear.scale), linear(x), rtol=1e-5, atol=1e-5)

@@ -34,9 +34,12 @@ class Linear(nn.Module):
         self.scale: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scale is None:
+        if x.dim() == 2 and x.shape[0] == 1 and torch.compiler.is_compiling():
+            y = gemv_reduction(x, self.weight, self.scale)
+        elif self.scale is None:
             return nn.functional.linear(x, self.weight, self.bias)
-        y = int8_matmul(x, self.weight, self.scale)
+        else:
+            y = int8_matmul(x, self.weight, self.scale)
         return y if self.bias is None else y + self.bias
 
     def quantize_int8(self) -> None:
@@ -60,6 +63,16 @@ def int8_matmul(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.
         out = torch._weight_int8pack_mm(flat, q, scale.to(x.dtype))
         return out.reshape(*x.shape[:-1], q.shape[0])
     return nn.functional.linear(x, q.to(x.dtype) * scale.to(x.dtype).unsqueeze(-1))
+
+
+def gemv_reduction(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """``x`` [1, in] times ``w`` [out, in] (int8 rows with ``scale``, or plain) as a product-and-sum.
+
+    The compiled batch-1 step's form: inductor fuses it (int8 dequantization included) into one loop over the
+    weight rows on every thread, where a BLAS GEMV call on these small matrices runs single-threaded.
+    """
+    rows = w.to(x.dtype) if scale is None else w.to(x.dtype) * scale.to(x.dtype)[:, None]
+    return (x[:, None, :] * rows).sum(-1)
 
 
 class RotaryEmbedding(nn.Module):
