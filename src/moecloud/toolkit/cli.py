@@ -48,9 +48,23 @@ def train(
     from moecloud.toolkit.train import train as run
 
     preset, fields = _overrides(config)
-    result = run(TrainConfig(out_dir=out, suite=suite, per_level=per_level, preset=preset, overrides=fields,
-                             steps=steps, batch_size=batch_size, lr=lr, bias_update_rate=bias_update_rate,
-                             curriculum=curriculum, eval_every=eval_every, target_accuracy=target_accuracy, seed=seed))
+    result = run(
+        TrainConfig(
+            out_dir=out,
+            suite=suite,
+            per_level=per_level,
+            preset=preset,
+            overrides=fields,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            bias_update_rate=bias_update_rate,
+            curriculum=curriculum,
+            eval_every=eval_every,
+            target_accuracy=target_accuracy,
+            seed=seed,
+        )
+    )
     last = result.history[-1] if result.history else {}
     typer.echo(f"wrote {result.out_dir} after {result.steps} steps; last eval: {json.dumps(last)}")
     if target_accuracy is not None:
@@ -62,24 +76,54 @@ def distill(
     student_config: Annotated[str, typer.Option(help="preset (demo-small, demo-dense) or JSON of config fields")],
     out: Annotated[Path, typer.Option(help="student checkpoint directory")],
     suite: str = "core",
-    steps: Annotated[int, typer.Option(min=1)] = 1000,
+    per_level: Annotated[int, typer.Option(help="core suite: examples per task and level")] = 2000,
+    steps: Annotated[int, typer.Option(min=1)] = 3000,
     lr: float = 3e-3,
     temperature: float = 1.0,
+    hard_label_weight: Annotated[
+        float, typer.Option(min=0, max=1, help="weight of cross-entropy on the reference answers; the rest is the KL")
+    ] = 0.5,
+    group_balance: Annotated[
+        float, typer.Option(min=0, max=1, help="0: draw examples uniformly; 1: every task and level equally often")
+    ] = 0.5,
     on_policy_ratio: Annotated[float, typer.Option(min=0, max=1, help="share of GKD on-policy steps")] = 0.0,
+    threads: Annotated[int | None, typer.Option(help="torch threads; 1 is fastest on a busy CPU")] = None,
 ) -> None:
-    """Distil a teacher into a smaller student (forward KL on the teacher's logits)."""
+    """Distil a teacher into a smaller student (forward KL on the teacher's logits mixed with the references)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
     from moecloud.toolkit.distill import DistillConfig
     from moecloud.toolkit.distill import distill as run
     from moecloud.toolkit.train import TrainConfig
 
     preset, fields = _overrides(student_config)
-    student = TrainConfig(out_dir=out, suite=suite, preset=preset, overrides=fields, steps=steps, lr=lr,
-                          curriculum=False)
-    report = run(DistillConfig(teacher=teacher, student=student, temperature=temperature,
-                               on_policy_ratio=on_policy_ratio))
+    student = TrainConfig(
+        out_dir=out,
+        suite=suite,
+        per_level=per_level,
+        preset=preset,
+        overrides=fields,
+        steps=steps,
+        lr=lr,
+        curriculum=False,
+        group_balance=group_balance,
+    )
+    report = run(
+        DistillConfig(
+            teacher=teacher,
+            student=student,
+            temperature=temperature,
+            hard_label_weight=hard_label_weight,
+            on_policy_ratio=on_policy_ratio,
+        )
+    )
     table = Table("model", "accuracy", "total params", "active params", "tokens/s")
-    for name, score, (total, active) in (("teacher", report.teacher, report.teacher_params),
-                                         ("student", report.student, report.student_params)):
+    for name, score, (total, active) in (
+        ("teacher", report.teacher, report.teacher_params),
+        ("student", report.student, report.student_params),
+    ):
         table.add_row(name, f"{score.accuracy:.1%}", f"{total:,}", f"{active:,}", f"{score.tokens_per_second:.0f}")
     Console().print(table)
     typer.echo(f"student keeps {report.kept:.1%} of the accuracy with {report.active_ratio:.1%} of active params")
@@ -102,8 +146,10 @@ def quantize(
     for name, s in (("original", report.original), ("int8", report.int8)):
         table.add_row(name, f"{s.accuracy:.1%}", f"{s.weight_bytes / 1e6:.2f}", f"{s.tokens_per_second:.0f}")
     Console().print(table)
-    typer.echo(f"accuracy change {report.accuracy_change:+.1%}, memory x{report.memory_ratio:.2f}, "
-               f"logits relative error {report.logits_relative_error:.2e}")
+    typer.echo(
+        f"accuracy change {report.accuracy_change:+.1%}, memory x{report.memory_ratio:.2f}, "
+        f"logits relative error {report.logits_relative_error:.2e}"
+    )
 
 
 def evaluate(
@@ -131,22 +177,37 @@ def evaluate(
 
     settings = load_settings()
     billing = settings.billing
-    default = PriceSheet(billing.default_input_miss_price, billing.default_input_hit_price,
-                         billing.default_output_price)
+    default = PriceSheet(
+        billing.default_input_miss_price, billing.default_input_hit_price, billing.default_output_price
+    )
     examples = select(load_suite(suite), split=split)[:limit]
-    results = run(base_url, api_key, [m.strip() for m in models.split(",") if m.strip()], examples,
-                  load_prices(prices) if prices else {}, default, concurrency)
+    results = run(
+        base_url,
+        api_key,
+        [m.strip() for m in models.split(",") if m.strip()],
+        examples,
+        load_prices(prices) if prices else {},
+        default,
+        concurrency,
+    )
     chosen = recommend(results, min_accuracy)
     Console().print(results_table(results, chosen, f"suite {suite_name(suite)}: {len(examples)} examples"))
     html.write_text(html_report(suite_name(suite), results, min_accuracy, chosen))
     typer.echo(f"recommended: {chosen.model if chosen else 'none meets the bar'}; report: {html}")
     if register:
-        _register_alias(settings, admin_url or admin_base_url(base_url), admin_key, suite_name(suite), chosen,
-                        min_accuracy)
+        _register_alias(
+            settings, admin_url or admin_base_url(base_url), admin_key, suite_name(suite), chosen, min_accuracy
+        )
 
 
-def _register_alias(settings: Settings, admin_url: str, admin_key: str | None, suite: str,
-                    chosen: ModelResult | None, min_accuracy: float) -> None:
+def _register_alias(
+    settings: Settings,
+    admin_url: str,
+    admin_key: str | None,
+    suite: str,
+    chosen: ModelResult | None,
+    min_accuracy: float,
+) -> None:
     from moecloud.gateway.credentials import read_secret
     from moecloud.toolkit.evaluate import alias_name, register_alias
 
@@ -154,8 +215,9 @@ def _register_alias(settings: Settings, admin_url: str, admin_key: str | None, s
         typer.echo(f"no model meets the bar: {alias_name(suite)} left as it was")
         raise typer.Exit(1)
     configured = settings.gateway.admin_key
-    key = admin_key or (configured.get_secret_value() if configured else read_secret(
-        settings.home / "secrets" / "admin_key"))
+    key = admin_key or (
+        configured.get_secret_value() if configured else read_secret(settings.home / "secrets" / "admin_key")
+    )
     if not key:
         raise typer.BadParameter("no admin key: pass --admin-key", param_hint="--admin-key")
     try:

@@ -1,9 +1,11 @@
 """`moecloud distill`: knowledge distillation of a trained model into a smaller one.
 
 The student (fewer experts, fewer layers, or dense) shares the teacher's tokenizer and learns the
-teacher's whole next-token distribution on the answer positions: forward KL(teacher || student). With
+teacher's whole next-token distribution on the answer positions: forward KL(teacher || student), mixed
+with cross-entropy on the suite's reference answers (weight ``hard_label_weight``): the teacher's
+distribution carries what it knows about near misses, the references correct what it gets wrong. With
 ``on_policy_ratio`` > 0, that share of the steps distils on answers the student samples itself
-(GKD-style on-policy distillation), so it learns to recover from its own mistakes.
+(GKD-style on-policy distillation, KL only), so it learns to recover from its own mistakes.
 """
 
 from __future__ import annotations
@@ -22,13 +24,45 @@ from moecloud.toolkit.tasks import load_suite, select
 from moecloud.toolkit.train import TrainConfig, Trainer, TrainResult
 
 
-def forward_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
-               temperature: float = 1.0) -> torch.Tensor:
-    """Mean over answer positions of KL(teacher || student); logits at t predict the label at t + 1."""
+def answer_log_probs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probabilities at the answer positions, row by row: [answer tokens, vocab].
+
+    Logits at t predict the label at t + 1, so the positions are those before each non-ignored label.
+    """
     mask = labels[:, 1:] != IGNORE  # [batch, seq - 1]
-    teacher = (teacher_logits[:, :-1][mask].float() / temperature).log_softmax(-1)  # [answer tokens, vocab]
-    student = (student_logits[:, :-1][mask].float() / temperature).log_softmax(-1)
-    return F.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature**2
+    return (logits[:, :-1][mask].float() / temperature).log_softmax(-1)
+
+
+def forward_kl(
+    teacher_log_probs: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Mean over answer positions of KL(teacher || student); the teacher's side from :func:`answer_log_probs`."""
+    student = answer_log_probs(student_logits, labels, temperature)
+    return F.kl_div(student, teacher_log_probs, log_target=True, reduction="batchmean") * temperature**2
+
+
+@torch.no_grad()
+def teacher_targets(
+    teacher: torch.nn.Module,
+    rows: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    temperature: float,
+    batch_size: int = 64,
+) -> list[torch.Tensor]:
+    """Each (ids, labels) row's :func:`answer_log_probs` under the teacher, float16 ([answer tokens, vocab]).
+
+    Computed once before training: the teacher is frozen and a row's answer positions do not depend on
+    the other rows of its batch (right padding, causal attention), so every later step reuses them.
+    """
+    teacher.eval()
+    out: list[torch.Tensor] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = collate(chunk, pad_id)
+        logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        sizes = [sum(label != IGNORE for label in labels[1:]) for _, labels in chunk]
+        out += answer_log_probs(logits, batch["labels"], temperature).half().split(sizes)
+    return out
 
 
 @dataclass
@@ -36,6 +70,7 @@ class DistillConfig:
     teacher: Path
     student: TrainConfig  # the student's run: its out_dir, shape (preset, overrides), suite, steps, lr, ...
     temperature: float = 1.0
+    hard_label_weight: float = 0.5  # loss = w * CE(references) + (1 - w) * KL(teacher || student)
     on_policy_ratio: float = 0.0
 
 
@@ -51,6 +86,13 @@ class Distiller(Trainer):
         self.distill = cfg
         self.teacher = load_model(cfg.teacher).eval()
         self.sampler = torch.Generator().manual_seed(cfg.student.seed)
+        targets = teacher_targets(
+            self.teacher,
+            [self.encoded[e] for e in self.train_examples],
+            self.tokenizer.eos_token_ids[0],
+            cfg.temperature,
+        )
+        self.targets = dict(zip(self.train_examples, targets, strict=True))
 
     def _on_policy_batch(self) -> dict[str, torch.Tensor]:
         prompts = [e.prompt for e in self.rng.choices(self.train_examples, k=self.cfg.batch_size)]
@@ -64,13 +106,28 @@ class Distiller(Trainer):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        with torch.no_grad():
-            teacher_logits = self.teacher(**inputs).logits
-        return forward_kl(teacher_logits, self.model(**inputs).logits, batch["labels"], self.distill.temperature)
+        temperature = self.distill.temperature
+        if "teacher_log_probs" in batch:
+            teacher = batch["teacher_log_probs"]
+        else:
+            with torch.no_grad():
+                teacher = answer_log_probs(self.teacher(**inputs).logits, batch["labels"], temperature)
+        student = self.model(**inputs, labels=batch.get("references"))
+        kl = forward_kl(teacher, student.logits, batch["labels"], temperature)
+        if "references" not in batch:  # on-policy: the labels are the student's own samples, not answers
+            return kl
+        weight = self.distill.hard_label_weight
+        return weight * student.loss + (1 - weight) * kl
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        on_policy = self.rng.random() < self.distill.on_policy_ratio
-        return self._on_policy_batch() if on_policy else super().next_batch()
+        """``labels`` mark the distilled positions; a batch of suite examples adds their ``references``
+        (the same labels, as answers to learn) and the teacher's precomputed ``teacher_log_probs``."""
+        if self.rng.random() < self.distill.on_policy_ratio:
+            return self._on_policy_batch()
+        examples = self.sample_examples()
+        batch = collate([self.encoded[e] for e in examples], pad_id=self.tokenizer.eos_token_ids[0])
+        teacher = torch.cat([self.targets[e] for e in examples]).float()
+        return {**batch, "references": batch["labels"], "teacher_log_probs": teacher}
 
 
 @dataclass
@@ -95,6 +152,10 @@ def distill(cfg: DistillConfig) -> DistillReport:
     result = Distiller(cfg).run()
     student_cfg = cfg.student
     test = select(load_suite(student_cfg.suite, student_cfg.seed), split="test")
-    return DistillReport(engine_score(cfg.teacher, test), engine_score(student_cfg.out_dir, test),
-                         parameter_counts(read_config(cfg.teacher)), parameter_counts(read_config(student_cfg.out_dir)),
-                         result)
+    return DistillReport(
+        engine_score(cfg.teacher, test),
+        engine_score(student_cfg.out_dir, test),
+        parameter_counts(read_config(cfg.teacher)),
+        parameter_counts(read_config(student_cfg.out_dir)),
+        result,
+    )

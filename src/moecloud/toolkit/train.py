@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     bias_update_rate: float = 1e-3  # 0 turns the aux-loss-free balancing off
     curriculum: bool = True
+    # Batches draw an example of a (task, level) group with weight 1 / size ** group_balance: 0 draws
+    # examples uniformly (large groups dominate), 1 draws every group equally often.
+    group_balance: float = 0.0
     eval_every: int = 250
     eval_examples: int = 240
     target_accuracy: float | None = None  # stop once validation accuracy reaches it
@@ -98,13 +102,16 @@ class Trainer:
         self.tokenizer = Tokenizer(self.out)
         self.config = model_config(self.tokenizer.vocab_size, cfg.preset, **cfg.overrides)
         self.model = build_model(self.config, cfg.seed)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           betas=(0.9, 0.95))
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95)
+        )
         self.load = RouterLoad(self.model)
         self.rng = random.Random(cfg.seed)
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.encoded = {e: encode_example(self.tokenizer, e) for e in self.train_examples}
+        group_sizes = Counter((e.task, e.level) for e in self.train_examples)
+        self.sample_weight = {e: group_sizes[e.task, e.level] ** -cfg.group_balance for e in self.train_examples}
         if (self.out / STATE_FILE).exists():
             self._resume()
 
@@ -116,15 +123,24 @@ class Trainer:
         self.step, self.history = state["step"], state["history"]
 
     def _save_state(self) -> None:
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-                 "rng": self.rng.getstate(), "history": self.history, "config": asdict(self.cfg)}
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "rng": self.rng.getstate(),
+            "history": self.history,
+            "config": asdict(self.cfg),
+        }
         torch.save(state, self.out / (STATE_FILE + ".tmp"))
         (self.out / (STATE_FILE + ".tmp")).replace(self.out / STATE_FILE)  # never a torn state file
 
-    def next_batch(self) -> dict[str, torch.Tensor]:
+    def sample_examples(self) -> list[Example]:
         level = curriculum_level(self.step, self.cfg.steps, self.cfg.curriculum)
         pool = [e for e in self.train_examples if e.level <= level]
-        rows = [self.encoded[e] for e in self.rng.choices(pool, k=self.cfg.batch_size)]
+        return self.rng.choices(pool, weights=[self.sample_weight[e] for e in pool], k=self.cfg.batch_size)
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        rows = [self.encoded[e] for e in self.sample_examples()]
         return collate(rows, pad_id=self.tokenizer.eos_token_ids[0])
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -158,8 +174,13 @@ class Trainer:
 
     def run(self) -> TrainResult:
         cfg = self.cfg
-        columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   TextColumn("{task.fields[info]}")]
+        columns = [
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        ]
         losses: list[float] = []
         vios: list[float] = []
         with Progress(*columns, disable=not cfg.progress) as progress:
@@ -169,8 +190,12 @@ class Trainer:
                 vios.append(self.load.max_violation())
                 progress.update(task, completed=self.step, info=f"loss {losses[-1]:.3f} maxvio {vios[-1]:.2f}")
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                    record = {"step": self.step, "loss": sum(losses) / len(losses),
-                              "max_violation": sum(vios) / len(vios), **self.evaluate()}
+                    record = {
+                        "step": self.step,
+                        "loss": sum(losses) / len(losses),
+                        "max_violation": sum(vios) / len(vios),
+                        **self.evaluate(),
+                    }
                     losses.clear()
                     vios.clear()
                     self.history.append(record)
