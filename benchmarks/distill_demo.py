@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--student", default="demo-small")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--hard-label-weight", type=float, default=0.5)
+    parser.add_argument("--skip-teacher-errors", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--group-balance", type=float, default=0.5)
     parser.add_argument("--on-policy-ratio", type=float, default=0.0)
     parser.add_argument("--work", type=Path, default=Path("var/train/distill"))
@@ -51,6 +52,7 @@ def main() -> None:
             teacher=args.teacher,
             student=student,
             hard_label_weight=args.hard_label_weight,
+            skip_teacher_errors=args.skip_teacher_errors,
             on_policy_ratio=args.on_policy_ratio,
         )
     )
@@ -58,6 +60,7 @@ def main() -> None:
         "student": args.student,
         "steps": report.result.steps,
         "hard_label_weight": args.hard_label_weight,
+        "skip_teacher_errors": args.skip_teacher_errors,
         "group_balance": args.group_balance,
         "on_policy_ratio": args.on_policy_ratio,
         "wall_minutes": round((time.monotonic() - started) / 60, 1),

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moecloud.toolkit.distill import DistillConfig, Distiller, answer_log_probs, forward_kl
+from moecloud.toolkit.distill import DistillConfig, Distiller, answer_log_probs, distillation_loss, forward_kl
 from moecloud.toolkit.model_io import parameter_counts, read_config
 
 
@@ -60,10 +60,24 @@ def test_precomputed_teacher_targets_match_the_live_teacher(trained, small_suite
 @pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
 def test_hard_label_weight_mixes_reference_cross_entropy_and_kl(trained, small_suite, tmp_path, tiny_config, weight):
     student = tiny_config(tmp_path, small_suite, curriculum=False)
-    distiller = Distiller(DistillConfig(teacher=trained.out, student=student, hard_label_weight=weight))
+    config = DistillConfig(teacher=trained.out, student=student, hard_label_weight=weight, skip_teacher_errors=False)
+    distiller = Distiller(config)
     batch = distiller.next_batch()
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     with torch.no_grad():
         cross_entropy = float(distiller.model.eval()(**inputs, labels=batch["labels"]).loss)
         kl = float(forward_kl(batch["teacher_log_probs"], distiller.model(**inputs).logits, batch["labels"]))
     assert _eval_loss(distiller, batch) == pytest.approx(weight * cross_entropy + (1 - weight) * kl, rel=1e-5)
+
+
+def test_skip_teacher_errors_keeps_only_the_reference_where_the_teacher_is_wrong():
+    labels = torch.tensor([[-100, -100, 2, 3]])  # two answer tokens, predicted at positions 1 and 2
+    student_logits = torch.randn(1, 4, 5)
+    teacher = torch.tensor([[0.0, 0.0, 3.0, 0.0, 0.0], [3.0, 0.0, 0.0, 1.0, 0.0]]).log_softmax(-1)  # right, wrong
+    student = answer_log_probs(student_logits, labels)
+    kl = (teacher.exp() * (teacher - student)).sum(-1)
+    cross_entropy = -student[[0, 1], [2, 3]]
+    skipped = distillation_loss(teacher, student_logits, labels, 0.3, skip_teacher_errors=True)
+    assert float(skipped) == pytest.approx(float((0.3 * cross_entropy[0] + 0.7 * kl[0] + cross_entropy[1]) / 2))
+    mixed = distillation_loss(teacher, student_logits, labels, 0.3, skip_teacher_errors=False)
+    assert float(mixed) == pytest.approx(float((0.3 * cross_entropy + 0.7 * kl).mean()))

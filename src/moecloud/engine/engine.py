@@ -10,7 +10,7 @@ import torch
 
 from moecloud.engine.kv_cache import BlockManager
 from moecloud.engine.loader import load_model
-from moecloud.engine.model_config import load_model_config
+from moecloud.engine.model_config import INT8_METHOD, load_model_config
 from moecloud.engine.model_runner import ModelRunner, ScheduledSeq
 from moecloud.engine.outputs import CompletionOutput, EngineStats, Logprob, RequestMetrics, RequestOutput
 from moecloud.engine.sampler import Sampler, SamplingRow, TokenChoice, top_logprobs
@@ -97,8 +97,10 @@ class LLMEngine:
         self.tokenizer = Tokenizer(config.model)
         self.max_model_len = min(self.model_config.max_position_embeddings, config.max_model_len or 1 << 62)
         self.model = load_model(config.model, self.model_config, self.dtype, self.device, self.max_model_len)
+        stored = self.model_config.quantization
         if config.quantization == "int8":
-            self.model.quantize_int8()
+            if stored is None or stored.method != INT8_METHOD:  # an int8 checkpoint is loaded as int8 already
+                self.model.quantize_int8()
         elif config.quantization is not None:
             raise ValueError(f"quantization {config.quantization!r} is not supported (supported: int8)")
         num_blocks = max(config.kv_cache_tokens // config.block_size, 1)

@@ -17,7 +17,9 @@ import torch
 from safetensors import safe_open
 
 from moecloud.engine.model.deepseek import DeepseekForCausalLM
-from moecloud.engine.model_config import ModelConfig, QuantConfig
+from moecloud.engine.model.layers import Linear
+from moecloud.engine.model.moe import Experts
+from moecloud.engine.model_config import INT8_METHOD, ModelConfig, QuantConfig
 
 _EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
@@ -66,39 +68,51 @@ def load_model(
     for module in model.modules():  # rotary tables stay fp32: positions must not lose precision
         if hasattr(module, "cos"):
             module.cos, module.sin = module.cos.float(), module.sin.float()
+    int8 = config.quantization is not None and config.quantization.method == INT8_METHOD
+    if int8:
+        model.quantize_int8()  # int8 parameters and their row scales, overwritten from the checkpoint below
     params = dict(model.named_parameters(remove_duplicate=False))
+    scales = int8_scales(model)
     filled: set[str] = set()
     files = checkpoint_files(model_dir)
-    tensors = dict(iter_tensors(files)) if config.quantization else None
+    fp8 = config.quantization is not None and config.quantization.method == "fp8"
+    tensors = dict(iter_tensors(files)) if fp8 else None
     source = tensors.items() if tensors is not None else iter_tensors(files)
     for name, tensor in source:
-        if name.endswith("weight_scale_inv") or _IGNORED.search(name) or _is_extra_layer(name, config):
+        if name.endswith("weight_scale_inv") or _IGNORED.search(name) or is_extra_layer(name, config):
             continue
         if tensor.dtype == torch.float8_e4m3fn:
-            tensor = _dequantize(name, tensor, tensors, config.quantization)
-        target, rows = _locate(name, config)
-        if target not in params:
+            tensor = dequantize_named(name, tensor, tensors, config.quantization)
+        is_scale = int8 and name.endswith(".weight_scale")
+        target, rows = locate(name.removesuffix("_scale") if is_scale else name, config)
+        if target not in (scales if is_scale else params):
             raise CheckpointError(f"checkpoint tensor {name!r} has no place in a {config.model_type} model")
-        param = params[target]
-        dest = param.data if rows is None else param.data[rows[0]][rows[1]]
+        whole = scales[target] if is_scale else params[target].data
+        dest = whole if rows is None else whole[rows[0]][rows[1]]
+        if is_scale:
+            tensor = tensor.reshape(tensor.shape[:1])  # [out, 1] on disk, one scale per row
+        elif (whole.dtype == torch.int8) != (tensor.dtype == torch.int8):
+            raise CheckpointError(
+                f"tensor {name!r} is {tensor.dtype}, the int8 quantization_config implies {whole.dtype}"
+            )
         if tuple(dest.shape) != tuple(tensor.shape):
             raise CheckpointError(
                 f"tensor {name!r} has shape {tuple(tensor.shape)}, the config implies {tuple(dest.shape)}"
             )
         dest.copy_(tensor)
         filled.add(name)
-    _check_complete(params, filled, config)
+    _check_complete(params, filled, config, scales)
     model.eval()
     return model
 
 
-def _is_extra_layer(name: str, config: ModelConfig) -> bool:
+def is_extra_layer(name: str, config: ModelConfig) -> bool:
     """Multi-token-prediction layers (DeepSeek-V3 ships one after the last layer) are not used for decoding."""
     match = _LAYER.match(name)
     return bool(match) and int(match.group(1)) >= config.num_hidden_layers
 
 
-def _dequantize(
+def dequantize_named(
     name: str, tensor: torch.Tensor, tensors: dict[str, torch.Tensor] | None, quant: QuantConfig | None
 ) -> torch.Tensor:
     scale = tensors.get(name.removesuffix("weight") + "weight_scale_inv") if tensors and quant else None
@@ -107,7 +121,7 @@ def _dequantize(
     return dequantize_fp8(tensor, scale, quant.block_size)
 
 
-def _locate(name: str, config: ModelConfig) -> tuple[str, tuple[int, slice] | None]:
+def locate(name: str, config: ModelConfig) -> tuple[str, tuple[int, slice] | None]:
     """Checkpoint name -> (parameter name, rows inside a stacked expert tensor or None)."""
     match = _EXPERT.match(name)
     if match:
@@ -120,7 +134,20 @@ def _locate(name: str, config: ModelConfig) -> tuple[str, tuple[int, slice] | No
     return name, None
 
 
-def _check_complete(params: dict[str, torch.nn.Parameter], filled: set[str], config: ModelConfig) -> None:
+def int8_scales(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameter name -> the row scales of its int8 weight (empty for a model that is not int8)."""
+    out = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, Linear) and module.scale is not None:
+            out[f"{prefix}.weight"] = module.scale
+        elif isinstance(module, Experts) and module.w13_scale is not None:
+            out[f"{prefix}.w13"], out[f"{prefix}.w2"] = module.w13_scale, module.w2_scale
+    return out
+
+
+def _check_complete(
+    params: dict[str, torch.nn.Parameter], filled: set[str], config: ModelConfig, scales: dict[str, torch.Tensor]
+) -> None:
     missing = []
     for name, param in params.items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
@@ -131,6 +158,8 @@ def _check_complete(params: dict[str, torch.nn.Parameter], filled: set[str], con
             expected = [f"{prefix}.{e}.{p}.weight" for e in range(param.shape[0]) for p in projections]
         else:
             expected = [name]
+        if name in scales:
+            expected += [f"{n}_scale" for n in expected]
         missing += [n for n in expected if n not in filled]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")

@@ -36,9 +36,15 @@ class RopeConfig:
     interleave: bool = True  # DeepSeek rotates adjacent pairs (x0,x1),(x2,x3)...
 
 
+# Weight-only int8 as `moecloud quantize --int8` writes it: each quantized projection's ``weight`` is int8
+# and ``weight_scale`` [out, 1] holds one float32 scale per output row (w = weight * weight_scale).
+INT8_METHOD = "moecloud-int8"
+INT8_LAYOUT = {"bits": 8, "strategy": "channel", "symmetric": True}
+
+
 @dataclass(frozen=True)
 class QuantConfig:
-    method: str  # "fp8"
+    method: str  # "fp8" (DeepSeek-V3's block-scaled e4m3) or INT8_METHOD (``moecloud quantize --int8``)
     block_size: tuple[int, int] = (128, 128)
 
 
@@ -144,8 +150,15 @@ def _quant_from(raw: dict[str, Any]) -> QuantConfig | None:
     if not q:
         return None
     method = q.get("quant_method")
+    if method == INT8_METHOD:
+        layout = {k: q.get(k) for k in INT8_LAYOUT}
+        if layout != INT8_LAYOUT:
+            raise UnsupportedConfig(f"int8 quantization_config {layout} is not supported (supported: {INT8_LAYOUT})")
+        return QuantConfig(method=INT8_METHOD)
     if method != "fp8":
-        raise UnsupportedConfig(f"quantization_config.quant_method {method!r} is not supported (supported: fp8)")
+        raise UnsupportedConfig(
+            f"quantization_config.quant_method {method!r} is not supported (supported: fp8, {INT8_METHOD})"
+        )
     fmt = q.get("fmt", "e4m3")
     if fmt != "e4m3":
         raise UnsupportedConfig(f"quantization_config.fmt {fmt!r} is not supported (supported: e4m3)")

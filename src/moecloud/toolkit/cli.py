@@ -37,6 +37,9 @@ def train(
     eval_every: int = 250,
     target_accuracy: Annotated[float | None, typer.Option(help="stop at this validation accuracy")] = None,
     seed: int = 0,
+    init_seed: Annotated[
+        int | None, typer.Option(help="model initialisation and batch order (default: --seed); splits stay")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads; 1 is fastest on a busy CPU")] = None,
 ) -> None:
     """Train a DeepSeek-V3-architecture MoE from scratch on a task suite."""
@@ -63,6 +66,7 @@ def train(
             eval_every=eval_every,
             target_accuracy=target_accuracy,
             seed=seed,
+            init_seed=init_seed,
         )
     )
     last = result.history[-1] if result.history else {}
@@ -83,10 +87,16 @@ def distill(
     hard_label_weight: Annotated[
         float, typer.Option(min=0, max=1, help="weight of cross-entropy on the reference answers; the rest is the KL")
     ] = 0.5,
+    skip_teacher_errors: Annotated[
+        bool, typer.Option(help="cross-entropy alone on answer tokens where the teacher's top token is wrong")
+    ] = True,
     group_balance: Annotated[
         float, typer.Option(min=0, max=1, help="0: draw examples uniformly; 1: every task and level equally often")
     ] = 0.5,
     on_policy_ratio: Annotated[float, typer.Option(min=0, max=1, help="share of GKD on-policy steps")] = 0.0,
+    init_seed: Annotated[
+        int | None, typer.Option(help="model initialisation and batch order (default: --seed); splits stay")
+    ] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads; 1 is fastest on a busy CPU")] = None,
 ) -> None:
     """Distil a teacher into a smaller student (forward KL on the teacher's logits mixed with the references)."""
@@ -109,6 +119,7 @@ def distill(
         lr=lr,
         curriculum=False,
         group_balance=group_balance,
+        init_seed=init_seed,
     )
     report = run(
         DistillConfig(
@@ -116,6 +127,7 @@ def distill(
             student=student,
             temperature=temperature,
             hard_label_weight=hard_label_weight,
+            skip_teacher_errors=skip_teacher_errors,
             on_policy_ratio=on_policy_ratio,
         )
     )
@@ -132,23 +144,34 @@ def distill(
 def quantize(
     model: Annotated[Path, typer.Argument(help="checkpoint directory")],
     int8: Annotated[bool, typer.Option("--int8", help="weight-only int8 (per-row symmetric)")] = False,
+    out: Annotated[Path | None, typer.Option(help="int8 checkpoint directory (default: <model>-int8)")] = None,
+    report: Annotated[bool, typer.Option(help="score both checkpoints on the suite")] = True,
     suite: str = "core",
     split: str = "test",
 ) -> None:
-    """Report accuracy, memory and tokens/s of weight-only int8 against the original."""
-    from moecloud.toolkit.quantize import int8_report
+    """Write a weight-only int8 checkpoint and report its accuracy, memory and tokens/s against the original."""
+    from moecloud.toolkit.quantize import disk_bytes, int8_report, write_int8_checkpoint
     from moecloud.toolkit.tasks import load_suite, select
 
     if not int8:
         raise typer.BadParameter("only --int8 is supported")
-    report = int8_report(model, select(load_suite(suite), split=split))
-    table = Table("weights", "accuracy", "weight MB", "tokens/s")
-    for name, s in (("original", report.original), ("int8", report.int8)):
-        table.add_row(name, f"{s.accuracy:.1%}", f"{s.weight_bytes / 1e6:.2f}", f"{s.tokens_per_second:.0f}")
+    out = out or model.with_name(model.name + "-int8")
+    write_int8_checkpoint(model, out)
+    typer.echo(f"wrote {out}: {disk_bytes(out) / 1e6:.2f} MB of weights (original {disk_bytes(model) / 1e6:.2f} MB)")
+    if not report:
+        return
+    result = int8_report(model, select(load_suite(suite), split=split), out)
+    table = Table("checkpoint", "accuracy", "weight MB in memory", "MB on disk", "tokens/s")
+    for name, s, disk in (
+        ("original", result.original, result.original_disk_bytes),
+        ("int8", result.int8, result.int8_disk_bytes),
+    ):
+        mb = f"{s.weight_bytes / 1e6:.2f}"
+        table.add_row(name, f"{s.accuracy:.1%}", mb, f"{disk / 1e6:.2f}", f"{s.tokens_per_second:.0f}")
     Console().print(table)
     typer.echo(
-        f"accuracy change {report.accuracy_change:+.1%}, memory x{report.memory_ratio:.2f}, "
-        f"logits relative error {report.logits_relative_error:.2e}"
+        f"accuracy change {result.accuracy_change:+.1%}, memory x{result.memory_ratio:.2f}, "
+        f"logits relative error {result.logits_relative_error:.2e}"
     )
 
 

@@ -41,6 +41,32 @@ def forward_kl(
     return F.kl_div(student, teacher_log_probs, log_target=True, reduction="batchmean") * temperature**2
 
 
+def distillation_loss(
+    teacher_log_probs: torch.Tensor,
+    student_logits: torch.Tensor,
+    labels: torch.Tensor,
+    hard_label_weight: float,
+    temperature: float = 1.0,
+    skip_teacher_errors: bool = False,
+) -> torch.Tensor:
+    """Mean over answer tokens of ``w * CE(reference) + (1 - w) * KL(teacher || student)``.
+
+    With ``skip_teacher_errors``, a token whose reference is not the teacher's most likely token gets
+    the cross-entropy alone: there the teacher's distribution would pull the student toward its mistake.
+    """
+    answers = labels[:, 1:] != IGNORE  # [batch, seq - 1]
+    references = labels[:, 1:][answers]  # [answer tokens]
+    student = answer_log_probs(student_logits, labels, temperature)
+    kl = F.kl_div(student, teacher_log_probs, log_target=True, reduction="none").sum(-1) * temperature**2
+    if temperature != 1.0:
+        student = answer_log_probs(student_logits, labels)
+    cross_entropy = -student.gather(-1, references[:, None])[:, 0]
+    kl_weight = torch.full_like(kl, 1 - hard_label_weight)
+    if skip_teacher_errors:
+        kl_weight[teacher_log_probs.argmax(-1) != references] = 0.0
+    return (kl_weight * kl + (1 - kl_weight) * cross_entropy).mean()
+
+
 @torch.no_grad()
 def teacher_targets(
     teacher: torch.nn.Module,
@@ -71,6 +97,7 @@ class DistillConfig:
     student: TrainConfig  # the student's run: its out_dir, shape (preset, overrides), suite, steps, lr, ...
     temperature: float = 1.0
     hard_label_weight: float = 0.5  # loss = w * CE(references) + (1 - w) * KL(teacher || student)
+    skip_teacher_errors: bool = True  # CE alone where the teacher's top token is not the reference
     on_policy_ratio: float = 0.0
 
 
@@ -112,12 +139,13 @@ class Distiller(Trainer):
         else:
             with torch.no_grad():
                 teacher = answer_log_probs(self.teacher(**inputs).logits, batch["labels"], temperature)
-        student = self.model(**inputs, labels=batch.get("references"))
-        kl = forward_kl(teacher, student.logits, batch["labels"], temperature)
+        student_logits = self.model(**inputs).logits
         if "references" not in batch:  # on-policy: the labels are the student's own samples, not answers
-            return kl
-        weight = self.distill.hard_label_weight
-        return weight * student.loss + (1 - weight) * kl
+            return forward_kl(teacher, student_logits, batch["labels"], temperature)
+        cfg = self.distill
+        return distillation_loss(
+            teacher, student_logits, batch["references"], cfg.hard_label_weight, temperature, cfg.skip_teacher_errors
+        )
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """``labels`` mark the distilled positions; a batch of suite examples adds their ``references``
