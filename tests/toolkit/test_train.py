@@ -94,3 +94,14 @@ def test_parameter_layout_of_presets():
     routers = RouterLoad(model).routers
     assert len(routers) == config["num_hidden_layers"] - config["first_k_dense_replace"]
     assert select([], split="train") == []
+
+
+def test_init_seed_changes_the_start_not_the_splits(small_suite, tmp_path, tiny_config):
+    a = Trainer(tiny_config(tmp_path / "a", small_suite))
+    b = Trainer(tiny_config(tmp_path / "b", small_suite, init_seed=1))
+    same = Trainer(tiny_config(tmp_path / "c", small_suite, init_seed=0))
+    assert a.train_examples == b.train_examples and a.val == b.val  # the data the run is judged on stays
+    first = next(iter(a.model.state_dict()))
+    assert not torch.equal(a.model.state_dict()[first], b.model.state_dict()[first])
+    assert torch.equal(a.model.state_dict()[first], same.model.state_dict()[first])
+    assert a.sample_examples() != b.sample_examples()
