@@ -11,7 +11,7 @@ import torch
 from moecloud.engine.kv_cache import BlockManager
 from moecloud.engine.loader import load_model
 from moecloud.engine.model_config import INT8_METHOD, load_model_config
-from moecloud.engine.model_runner import ModelRunner, ScheduledSeq
+from moecloud.engine.model_runner import ModelRunner, RunOutput, ScheduledSeq
 from moecloud.engine.outputs import CompletionOutput, EngineStats, Logprob, RequestMetrics, RequestOutput
 from moecloud.engine.sampler import Sampler, SamplingRow, TokenChoice, top_logprobs
 from moecloud.engine.sampling_params import SamplingParams
@@ -195,10 +195,10 @@ class LLMEngine:
         if not plan.scheduled:
             return []
         batch = [ScheduledSeq(self.scheduler.seqs[i], n) for i, n in plan.scheduled.items()]
-        hidden, starts = self.runner.run(batch)
+        out = self.runner.run(batch)
         now = time.time()
         rows, samplers, prompt_rows, scored_only, touched = [], [], [], [], []
-        for item, start in zip(batch, starts, strict=True):
+        for item, start in zip(batch, out.starts, strict=True):
             request, sample = self._sample_of[item.seq.seq_id]
             request.metrics.first_scheduled_time = request.metrics.first_scheduled_time or now
             if request.prompt_logprobs is not None and sample.index == 0:
@@ -212,11 +212,11 @@ class LLMEngine:
             touched.append(request)
         self.scheduler.update(plan.scheduled)
         if prompt_rows:
-            self._score_prompt(hidden, prompt_rows)
+            self._score_prompt(out, prompt_rows)
         for sample in scored_only:
             self._finish(sample, "length")
         if rows:
-            logits = self.model.compute_logits(hidden[rows])
+            logits = out.logits_at(self.model, rows)
             choices = self.sampler(logits, [self._sampling_row(r, s) for r, s in samplers])
             for (request, sample), choice in zip(samplers, choices, strict=True):
                 self._append(request, sample, choice, now)
@@ -235,8 +235,8 @@ class LLMEngine:
         last = min(first + item.num_tokens, seq.num_prompt_tokens - 1)
         return [(request, start + p - first, p + 1) for p in range(max(first, scored - 1), last)]
 
-    def _score_prompt(self, hidden: torch.Tensor, prompt_rows: list[tuple]) -> None:
-        logits = self.model.compute_logits(hidden[[row for _, row, _ in prompt_rows]])
+    def _score_prompt(self, out: RunOutput, prompt_rows: list[tuple]) -> None:
+        logits = out.logits_at(self.model, [row for _, row, _ in prompt_rows])
         targets = torch.tensor([r.prompt_ids[pos] for r, _, pos in prompt_rows], dtype=torch.long)
         k = max(r.params.prompt_logprobs for r, _, _ in prompt_rows)
         choices = top_logprobs(logits.log_softmax(dim=-1), targets, k)
@@ -321,8 +321,7 @@ class LLMEngine:
             for start in range(0, len(token_ids), self.config.max_num_batched_tokens):
                 seq.num_computed_tokens = start
                 n = min(self.config.max_num_batched_tokens, len(token_ids) - start)
-                hidden, _ = self.runner.run([ScheduledSeq(seq, n)])
-                chunks.append(self.model.compute_logits(hidden))
+                chunks.append(self.runner.run([ScheduledSeq(seq, n)]).logits_at(self.model))
         finally:
             self.blocks.release(seq)
         return torch.cat(chunks)

@@ -17,6 +17,19 @@ class ScheduledSeq:
     num_tokens: int  # tokens computed this step, starting at seq.num_computed_tokens
 
 
+@dataclass
+class RunOutput:
+    hidden: torch.Tensor  # [T, hidden]
+    starts: list[int]  # per scheduled sequence, the row of its first new token
+    logits: torch.Tensor | None = None  # [T, vocab] fp32: computed inside the compiled decode graph
+
+    def logits_at(self, model: DeepseekForCausalLM, rows: list[int] | None = None) -> torch.Tensor:
+        """The logits of ``rows`` (all rows: None), from the graph's own or through ``lm_head``."""
+        if self.logits is not None:
+            return self.logits if rows is None else self.logits[rows]
+        return model.compute_logits(self.hidden if rows is None else self.hidden[rows])
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -32,8 +45,9 @@ class ModelRunner:
         # Steps of decodes only (the steady state) run one graph compiled by inductor: one guard check and a few
         # fused kernels per step instead of ~1,500 eager ops. Prefill chunks and mixed steps stay eager.
         # size_asserts off: dynamo's guards already check the inputs; the asserts cost ~0.8 ms a step in Python.
+        # The graph ends with lm_head: at batch 1 its product-and-sum runs on every thread (eager BLAS GEMV: one).
         self._decode = (
-            torch.compile(model.hidden_states, dynamic=True, fullgraph=True, options={"size_asserts": False})
+            torch.compile(model.decode_step, dynamic=True, fullgraph=True, options={"size_asserts": False})
             if compile_decode
             else None
         )
@@ -45,8 +59,7 @@ class ModelRunner:
             for _ in range(c.num_hidden_layers)
         ]
 
-    def run(self, batch: list[ScheduledSeq]) -> tuple[torch.Tensor, list[int]]:
-        """Returns hidden states [T, hidden] and, per scheduled sequence, the row of its first new token."""
+    def run(self, batch: list[ScheduledSeq]) -> RunOutput:
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -89,8 +102,9 @@ class ModelRunner:
         if compiled:
             assert self._decode is not None
             with torch.inference_mode():
-                return self._decode(input_ids, fb, self.caches), starts
-        return self.model(input_ids, fb, self.caches), starts
+                hidden, logits = self._decode(input_ids, fb, self.caches)
+            return RunOutput(hidden, starts, logits)
+        return RunOutput(self.model(input_ids, fb, self.caches), starts)
 
     def _group(
         self, starts: list[int], q_len: int, seqs: list[Sequence], context_lens: list[int], min_width: int = 1

@@ -61,6 +61,13 @@ class DeepseekForCausalLM(nn.Module):
             x = layer(x, batch, cache)
         return self.model.norm(x)
 
+    def decode_step(
+        self, input_ids: torch.Tensor, batch: ForwardBatch, caches: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states and every token's fp32 logits in one graph: what the compiled decode step traces."""
+        hidden = self.hidden_states(input_ids, batch, caches)
+        return hidden, self.lm_head(hidden).float()
+
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden).float()
