@@ -81,6 +81,11 @@ class GatewaySettings(BaseModel):
     upstream_read_timeout_seconds: float = Field(600.0, gt=0, description="longest silence from upstream")
     upstream_max_connections: int = Field(1000, ge=1)
     default_tenant: str = Field("default", description="the tenant `moecloud serve` creates with a local key")
+    internal_url: str | None = Field(
+        None, pattern=r"^https?://",
+        description="the gateway's own root URL, which evaluations started by the admin API call; "
+                    "default: the URL the admin request came to",
+    )
 
     _check_admin = field_validator("admin_key")(_refuse_weak_secret)
     _check_audit = field_validator("audit_key")(_refuse_weak_secret)

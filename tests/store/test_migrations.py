@@ -18,7 +18,7 @@ def test_migrations_from_empty_database_match_the_tables(database_url: str) -> N
         with database.engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert context.get_current_revision() == "0004"
+            assert context.get_current_revision() == "0005"
         database.upgrade()  # idempotent
         with database.engine.begin() as connection:
             config = alembic_config()
@@ -26,7 +26,7 @@ def test_migrations_from_empty_database_match_the_tables(database_url: str) -> N
             command.downgrade(config, "base")
         assert set(inspect(database.engine).get_table_names()) <= {"alembic_version"}
         database.upgrade()
-        assert {"tenants", "api_keys", "holds", "ledger", "usage", "audit_log", "aliases"} <= set(
+        assert {"tenants", "api_keys", "holds", "ledger", "usage", "audit_log", "aliases", "evaluations"} <= set(
             inspect(database.engine).get_table_names()
         )
     finally:

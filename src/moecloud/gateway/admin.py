@@ -1,6 +1,7 @@
 """/admin: the CLI's commands over HTTP, one route per command, guarded by the admin key.
 
-Routes are plain functions (FastAPI runs them in its thread pool) over ``operations.Admin``.
+Routes are plain functions (FastAPI runs them in its thread pool) over ``operations.Admin``, except where
+they need the gateway's async catalog.
 """
 
 from __future__ import annotations
@@ -8,8 +9,11 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+import anyio
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse
 
+from moecloud.gateway import evaluations
 from moecloud.gateway.operations import Admin
 from moecloud.gateway.schemas import (
     AliasIn,
@@ -21,6 +25,8 @@ from moecloud.gateway.schemas import (
     CreditIn,
     DeploymentIn,
     DeploymentOut,
+    EvaluationIn,
+    EvaluationOut,
     KeyIn,
     KeyOut,
     NewKeyOut,
@@ -179,3 +185,31 @@ def audit_entries(admin: AdminOps, limit: Annotated[int, Query(ge=1, le=10_000)]
 @router.get("/audit/verify")
 def verify_audit(admin: AdminOps) -> AuditVerifyOut:
     return admin.verify_audit()
+
+
+@router.post("/evaluations", status_code=202)
+async def start_evaluation(spec: EvaluationIn, request: Request, admin: AdminOps, state: State) -> EvaluationOut:
+    """`moecloud eval` run by the gateway in the background; poll ``GET /admin/evaluations/{id}``.
+
+    The models are priced (and an unknown one refused) through the catalog, as the run's requests will be.
+    """
+    catalog = state.catalog
+    prices = {model: await catalog.price(await catalog.resolve(model)) for model in spec.models}
+    root_url = state.settings.gateway.internal_url or str(request.base_url)
+    return await anyio.to_thread.run_sync(evaluations.start_evaluation, state, admin, spec, prices, root_url)
+
+
+@router.get("/evaluations")
+def list_evaluations(_: AdminDep, state: State,
+                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[EvaluationOut]:
+    return evaluations.list_evaluations(state.database, limit)
+
+
+@router.get("/evaluations/{evaluation_id}")
+def get_evaluation(evaluation_id: str, _: AdminDep, state: State) -> EvaluationOut:
+    return evaluations.get_evaluation(state.database, evaluation_id)
+
+
+@router.get("/evaluations/{evaluation_id}/report", response_class=HTMLResponse)
+def evaluation_report(evaluation_id: str, _: AdminDep, state: State) -> HTMLResponse:
+    return HTMLResponse(evaluations.evaluation_report(state.database, evaluation_id))

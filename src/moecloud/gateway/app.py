@@ -22,6 +22,7 @@ from moecloud.gateway.catalog import Catalog, Route
 from moecloud.gateway.control import ControlLoop
 from moecloud.gateway.credentials import GatewaySecrets, load_secrets
 from moecloud.gateway.errors import GatewayError, install_error_handlers
+from moecloud.gateway.evaluations import fail_interrupted
 from moecloud.gateway.failover import Failover
 from moecloud.gateway.limits import RateLimiter
 from moecloud.gateway.metrics import GatewayMetrics, RequestMetrics
@@ -51,6 +52,9 @@ def create_app(settings: Settings, database: Database | None = None, *, launcher
             secrets.admin_key,
         )
     state = _build_state(settings, database, secrets, launcher)
+    interrupted = fail_interrupted(database, Admin(database, settings, secrets.audit_key, actor="gateway"))
+    if interrupted:
+        log.warning("%d evaluations were left running by the last gateway: marked failed", interrupted)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -92,7 +92,7 @@ class Catalog:
         snapshot = await self._current()
         if not snapshot.deployments.get(model):
             raise ModelNotFound(f"the model {model!r} does not exist or has no deployment", param="model")
-        return snapshot.prices.get(model) or self._default_price()
+        return snapshot.prices.get(model) or self.default_price()
 
     async def routes(self, model: str) -> list[Route]:
         """Every route of ``model`` now (possibly none while local replicas start); unknown model: 404."""
@@ -127,7 +127,8 @@ class Catalog:
             snapshot = self._snapshot = await anyio.to_thread.run_sync(self._load)
         return snapshot
 
-    def _default_price(self) -> PriceSheet:
+    def default_price(self) -> PriceSheet:
+        """What a deployed model without a price row costs."""
         billing = self._settings.billing
         return PriceSheet(billing.default_input_miss_price, billing.default_input_hit_price,
                           billing.default_output_price)

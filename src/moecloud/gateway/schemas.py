@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from moecloud.store import Database
 from moecloud.store.usage import usage_by_day
@@ -190,6 +190,40 @@ class AuditVerifyOut(BaseModel):
     ok: bool
     rows: int
     problems: list[str]
+
+
+class EvaluationIn(BaseModel):
+    """`moecloud eval` as a request: the suite runs through this gateway as ``tenant``'s billed traffic."""
+
+    models: list[str] = Field(min_length=1, max_length=20, description="deployed models (or aliases) to compare")
+    suite: str = Field("core", min_length=1, max_length=1000, description="'core' or a JSONL file on the gateway")
+    split: Literal["train", "val", "test"] = "test"
+    limit: int | None = Field(None, ge=1, description="only the first N examples")
+    min_accuracy: float = Field(0.9, ge=0, le=1, description="the bar for the recommendation")
+    register_alias: bool = Field(False, description="route auto-<suite> to the recommendation")
+    tenant: str = Field(description="whose traffic the evaluation is: metered and billed to this tenant")
+    concurrency: int = Field(8, ge=1, le=64, description="requests in flight per model")
+    max_tokens: int = Field(32, ge=1, le=4096, description="per answer")
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, models: list[str]) -> list[str]:
+        if len(set(models)) != len(models) or not all(models):
+            raise ValueError("models must be distinct, non-empty names")
+        return models
+
+
+class EvaluationOut(EvaluationIn):
+    id: str
+    status: Literal["running", "succeeded", "failed"]
+    examples: int = Field(description="examples run against each model")
+    key: str = Field(description="id of the key minted for the run's traffic, revoked when it ends")
+    results: list[dict[str, Any]] = Field(description="one row per model: accuracy, latency, cost, ...")
+    recommended: str | None = Field(description="the cheapest model meeting min_accuracy; null: none does")
+    alias: str | None = Field(description="the alias pointed at the recommendation (register_alias)")
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
 
 
 class CountOut(BaseModel):

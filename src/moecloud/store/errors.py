@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TypeVar
+
+Row = TypeVar("Row")
 
 
 class StoreError(Exception):
@@ -13,6 +16,13 @@ class NotFound(StoreError):
     def __init__(self, kind: str, name: object) -> None:
         super().__init__(f"{kind} {name!r} not found")
         self.kind = kind
+
+
+def found(row: Row | None, kind: str, name: object) -> Row:
+    """``row`` when a lookup found one; else ``NotFound(kind, name)``."""
+    if row is None:
+        raise NotFound(kind, name)
+    return row
 
 
 class AlreadyExists(StoreError):

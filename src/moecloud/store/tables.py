@@ -98,6 +98,29 @@ class Alias(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Evaluation(Base):
+    """A task suite run through the gateway against some models, billed to a tenant. running -> succeeded | failed.
+
+    Its traffic uses a key minted for the run (``key_public_id``) and revoked when the run ends.
+    """
+
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(32), unique=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    spec: Mapped[str] = mapped_column(Text)  # the request, as JSON
+    examples: Mapped[int] = mapped_column(Integer)
+    key_public_id: Mapped[str] = mapped_column(String(32))
+    results: Mapped[str | None] = mapped_column(Text)  # JSON: one row per model
+    recommended: Mapped[str | None] = mapped_column(String(200))
+    alias: Mapped[str | None] = mapped_column(String(200))  # the alias pointed at ``recommended``, if any
+    error: Mapped[str | None] = mapped_column(Text)
+    report: Mapped[str | None] = mapped_column(Text)  # HTML
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class Hold(Base):
     """Worst-case cost reserved before a request is forwarded. held -> settled | released | expired."""
 

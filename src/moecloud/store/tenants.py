@@ -8,7 +8,7 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from moecloud.store.errors import AlreadyExists, NotFound
+from moecloud.store.errors import AlreadyExists, found
 from moecloud.store.tables import ApiKey, LedgerEntry, Tenant
 
 
@@ -27,10 +27,7 @@ def create_tenant(
 
 
 def get_tenant(session: Session, name: str) -> Tenant:
-    tenant = session.scalar(select(Tenant).where(Tenant.name == name))
-    if tenant is None:
-        raise NotFound("tenant", name)
-    return tenant
+    return found(session.scalar(select(Tenant).where(Tenant.name == name)), "tenant", name)
 
 
 def list_tenants(session: Session) -> list[Tenant]:
@@ -53,10 +50,7 @@ def get_key(session: Session, public_id: str, *, tenant_id: int | None = None) -
     query = select(ApiKey).where(ApiKey.public_id == public_id)
     if tenant_id is not None:
         query = query.where(ApiKey.tenant_id == tenant_id)
-    key = session.scalar(query)
-    if key is None:
-        raise NotFound("key", public_id)
-    return key
+    return found(session.scalar(query), "key", public_id)
 
 
 def list_keys(session: Session, *, tenant_id: int | None = None) -> list[tuple[ApiKey, str]]:

@@ -4,7 +4,8 @@ Each model answers every example through ``POST /chat/completions`` (greedy). Me
 latency p50/p95 per request, output tokens per second of a request, and cost per 1,000 requests from a
 price table (the ``/admin/prices`` shape, priced by the gateway's own ``PriceSheet``). The
 recommendation is the cheapest model whose accuracy meets the bar; ``register_alias`` makes it the model
-that ``auto-<suite>`` routes to, through the gateway's admin API.
+that ``auto-<suite>`` routes to, through the gateway's admin API. The gateway runs the same functions for
+``POST /admin/evaluations`` (``moecloud.gateway.evaluations``).
 """
 
 from __future__ import annotations
@@ -131,6 +132,12 @@ def alias_name(suite: str) -> str:
     return f"auto-{suite}"
 
 
+def alias_note(suite: str, chosen: ModelResult, min_accuracy: float) -> str:
+    """Why ``auto-<suite>`` points at ``chosen``, kept with the alias (the same from the CLI and the admin API)."""
+    return (f"moecloud eval, suite {suite}: accuracy {chosen.accuracy:.1%} >= {min_accuracy:.1%}, "
+            f"cost per 1k requests {chosen.cost_per_1k}, p50 {chosen.latency_p50 * 1000:.0f} ms")
+
+
 def admin_base_url(base_url: str) -> str:
     """The gateway's root for its admin API: the OpenAI base URL without its ``/v1``."""
     root = base_url.rstrip("/")
@@ -144,8 +151,7 @@ def register_alias(admin_url: str, admin_key: str, suite: str, chosen: ModelResu
     Raises ``httpx.HTTPStatusError`` when the gateway refuses (e.g. the model has no deployment there).
     """
     name = alias_name(suite)
-    note = (f"moecloud eval, suite {suite}: accuracy {chosen.accuracy:.1%} >= {min_accuracy:.1%}, "
-            f"cost per 1k requests {chosen.cost_per_1k}, p50 {chosen.latency_p50 * 1000:.0f} ms")
+    note = alias_note(suite, chosen, min_accuracy)
     with httpx.Client(base_url=admin_url.rstrip("/") + "/", headers={"Authorization": f"Bearer {admin_key}"},
                       timeout=30, transport=transport) as client:
         client.put(f"admin/aliases/{name}", json={"model": chosen.model, "note": note}).raise_for_status()
