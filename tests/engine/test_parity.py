@@ -54,3 +54,29 @@ def test_greedy_generation_matches_transformers(make_checkpoint, name):
             ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False, eos_token_id=None
         )[0, len(prompt) :].tolist()
     assert ours.outputs[0].token_ids == ref
+
+
+def test_moe_layer_freq_matches_transformers_blocks_arranged_as_deepseek_does(make_checkpoint):
+    """transformers' classes ignore ``moe_layer_freq`` (every layer from ``first_k_dense_replace`` on is MoE).
+
+    The reference here is transformers' own blocks arranged as DeepSeek's released modeling code arranges
+    them (MoE where ``layer >= first_k_dense_replace and layer % moe_layer_freq == 0``, else the dense MLP),
+    with the dense layers' weights loaded from the same checkpoint.
+    """
+    from safetensors.torch import load_file
+    from transformers.models.deepseek_v2.modeling_deepseek_v2 import DeepseekV2MLP
+
+    path = make_checkpoint("v2", seed=2, num_hidden_layers=5, moe_layer_freq=2)
+    engine = LLMEngine(EngineConfig(model=str(path), dtype="float32", device="cpu", max_num_batched_tokens=16))
+    assert sorted(engine.model.moe_layers()) == [2, 4]
+    ref = _reference(path)
+    weights = load_file(path / "model.safetensors")
+    for layer in (1, 3):
+        dense = DeepseekV2MLP(ref.config, intermediate_size=ref.config.intermediate_size)
+        prefix = f"model.layers.{layer}.mlp."
+        dense.load_state_dict({name.removeprefix(prefix): w for name, w in weights.items() if name.startswith(prefix)})
+        ref.model.layers[layer].mlp = dense
+    ids = torch.randint(3, engine.model_config.vocab_size, (40,), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = ref(ids[None]).logits[0]
+    assert _relative_error(engine.compute_logits(ids.tolist()), expected) < 1e-4
