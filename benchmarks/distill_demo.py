@@ -1,7 +1,7 @@
 """Distil models/moecloud-demo into a student with at most a quarter of its active parameters.
 
-    .venv/bin/python benchmarks/distill_demo.py [--student demo-small] [--steps 3000] [--hard-label-weight 0.5]
-        [--group-balance 0.5] [--on-policy-ratio 0]
+    .venv/bin/python benchmarks/distill_demo.py [--student demo-small] [--steps 4500] [--hard-label-weight 0.5]
+        [--group-balance 0.5] [--on-policy-ratio 0] [--init-seed N]
 
 The same run as ``moecloud distill --teacher models/moecloud-demo --student-config demo-small --out
 var/train/distill/demo-small --threads 1`` (the CLI's defaults), with per-task figures. Prints teacher
@@ -28,11 +28,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--teacher", type=Path, default=DEMO)
     parser.add_argument("--student", default="demo-small")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=4500)
     parser.add_argument("--hard-label-weight", type=float, default=0.5)
     parser.add_argument("--skip-teacher-errors", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--group-balance", type=float, default=0.5)
     parser.add_argument("--on-policy-ratio", type=float, default=0.0)
+    parser.add_argument("--init-seed", type=int, default=None, help="initialisation and batch order")
     parser.add_argument("--work", type=Path, default=Path("var/train/distill"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -45,6 +46,7 @@ def main() -> None:
         steps=args.steps,
         curriculum=False,
         group_balance=args.group_balance,
+        init_seed=args.init_seed,
     )
     started = time.monotonic()
     report = distill(
@@ -63,6 +65,7 @@ def main() -> None:
         "skip_teacher_errors": args.skip_teacher_errors,
         "group_balance": args.group_balance,
         "on_policy_ratio": args.on_policy_ratio,
+        "init_seed": args.init_seed,
         "wall_minutes": round((time.monotonic() - started) / 60, 1),
         "teacher_accuracy": round(report.teacher.accuracy, 3),
         "student_accuracy": round(report.student.accuracy, 3),

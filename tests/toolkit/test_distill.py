@@ -5,6 +5,7 @@ import torch
 
 from moecloud.toolkit.distill import DistillConfig, Distiller, answer_log_probs, distillation_loss, forward_kl
 from moecloud.toolkit.model_io import parameter_counts, read_config
+from moecloud.toolkit.train import ResumeMismatch
 
 
 def test_forward_kl_is_zero_for_the_same_logits_and_counts_only_answers():
@@ -45,6 +46,14 @@ def test_distillation_lowers_the_students_kl(trained, small_suite, tmp_path, tin
     teacher_total, teacher_active = parameter_counts(read_config(trained.out))
     assert total < teacher_total and active < teacher_active
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "tokenizer.json").exists()
+
+
+def test_a_distillation_resumes_only_with_the_same_loss_settings(trained, small_suite, tmp_path, tiny_config):
+    student = tiny_config(tmp_path, small_suite, steps=2, eval_every=2, curriculum=False)
+    Distiller(DistillConfig(teacher=trained.out, student=student)).run()
+    assert Distiller(DistillConfig(teacher=trained.out, student=student)).step == 2
+    with pytest.raises(ResumeMismatch, match="distill"):
+        Distiller(DistillConfig(teacher=trained.out, student=student, hard_label_weight=0.0))
 
 
 def test_precomputed_teacher_targets_match_the_live_teacher(trained, small_suite, tmp_path, tiny_config):

@@ -2,15 +2,16 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from moecloud import LLM, SamplingParams
 from moecloud.toolkit.balance import RouterLoad
 from moecloud.toolkit.data import collate, encode_example
-from moecloud.toolkit.model_io import build_model, model_config
+from moecloud.toolkit.model_io import build_model, model_config, save_model
 from moecloud.toolkit.tasks import select
-from moecloud.toolkit.train import STATE_FILE, Trainer, curriculum_level
+from moecloud.toolkit.train import STATE_FILE, ResumeMismatch, Trainer, curriculum_level
 
 
 def test_curriculum_opens_levels_in_order():
@@ -88,6 +89,12 @@ def test_training_resumes_from_its_state(small_suite, tmp_path, tiny_config):
     assert resumed.step == 12 and [r["step"] for r in resumed.history] == [10, 12]
 
 
+def test_a_run_with_other_settings_does_not_resume_the_state(small_suite, tmp_path, tiny_config):
+    Trainer(tiny_config(tmp_path, small_suite, steps=2, eval_every=2)).run()
+    with pytest.raises(ResumeMismatch, match=r"\(init_seed, lr\)"):
+        Trainer(tiny_config(tmp_path, small_suite, steps=4, lr=1e-3, init_seed=1))
+
+
 def test_parameter_layout_of_presets():
     config = model_config(300, "tiny")
     model = build_model(config)
@@ -105,3 +112,19 @@ def test_init_seed_changes_the_start_not_the_splits(small_suite, tmp_path, tiny_
     assert not torch.equal(a.model.state_dict()[first], b.model.state_dict()[first])
     assert torch.equal(a.model.state_dict()[first], same.model.state_dict()[first])
     assert a.sample_examples() != b.sample_examples()
+
+
+def test_a_top_one_student_is_the_same_model_in_the_engine_and_trains_its_router(trained, tmp_path):
+    config = model_config(trained.tokenizer.vocab_size, "tiny", num_experts_per_tok=1)
+    model = build_model(config, seed=3)
+    save_model(model, config, tmp_path, trained.out)
+    ids = trained.tokenizer.encode(
+        trained.tokenizer.apply_chat_template([{"role": "user", "content": "sort 3 1 2"}]), add_special_tokens=False
+    )
+    logits = model.eval()(torch.tensor([ids])).logits[0]
+    reference = logits.detach()
+    ours = LLM(str(tmp_path), dtype="float32", device="cpu").engine.compute_logits(ids)
+    assert float((ours - reference).norm() / reference.norm()) < 1e-4
+    logits.sum().backward()
+    router_grads = [param.grad for name, param in model.named_parameters() if name.endswith("mlp.gate.weight")]
+    assert router_grads and all(float(grad.abs().sum()) > 0 for grad in router_grads)

@@ -24,6 +24,16 @@ def _overrides(value: str | None) -> tuple[str, dict[str, Any]]:
     return fields.pop("preset", "demo"), fields
 
 
+def _run_in_out_dir(run: Any, cfg: Any) -> Any:
+    """``run(cfg)``; a state in the output directory left by a run with other settings is an error on ``--out``."""
+    from moecloud.toolkit.train import ResumeMismatch
+
+    try:
+        return run(cfg)
+    except ResumeMismatch as error:
+        raise typer.BadParameter(str(error), param_hint="--out") from error
+
+
 def train(
     out: Annotated[Path, typer.Option(help="output checkpoint directory (re-running resumes)")],
     suite: Annotated[str, typer.Option(help="'core' or a JSONL suite")] = "core",
@@ -51,24 +61,23 @@ def train(
     from moecloud.toolkit.train import train as run
 
     preset, fields = _overrides(config)
-    result = run(
-        TrainConfig(
-            out_dir=out,
-            suite=suite,
-            per_level=per_level,
-            preset=preset,
-            overrides=fields,
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            bias_update_rate=bias_update_rate,
-            curriculum=curriculum,
-            eval_every=eval_every,
-            target_accuracy=target_accuracy,
-            seed=seed,
-            init_seed=init_seed,
-        )
+    cfg = TrainConfig(
+        out_dir=out,
+        suite=suite,
+        per_level=per_level,
+        preset=preset,
+        overrides=fields,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        bias_update_rate=bias_update_rate,
+        curriculum=curriculum,
+        eval_every=eval_every,
+        target_accuracy=target_accuracy,
+        seed=seed,
+        init_seed=init_seed,
     )
+    result = _run_in_out_dir(run, cfg)
     last = result.history[-1] if result.history else {}
     typer.echo(f"wrote {result.out_dir} after {result.steps} steps; last eval: {json.dumps(last)}")
     if target_accuracy is not None:
@@ -81,7 +90,7 @@ def distill(
     out: Annotated[Path, typer.Option(help="student checkpoint directory")],
     suite: str = "core",
     per_level: Annotated[int, typer.Option(help="core suite: examples per task and level")] = 2000,
-    steps: Annotated[int, typer.Option(min=1)] = 3000,
+    steps: Annotated[int, typer.Option(min=1)] = 4500,
     lr: float = 3e-3,
     temperature: float = 1.0,
     hard_label_weight: Annotated[
@@ -121,16 +130,15 @@ def distill(
         group_balance=group_balance,
         init_seed=init_seed,
     )
-    report = run(
-        DistillConfig(
-            teacher=teacher,
-            student=student,
-            temperature=temperature,
-            hard_label_weight=hard_label_weight,
-            skip_teacher_errors=skip_teacher_errors,
-            on_policy_ratio=on_policy_ratio,
-        )
+    cfg = DistillConfig(
+        teacher=teacher,
+        student=student,
+        temperature=temperature,
+        hard_label_weight=hard_label_weight,
+        skip_teacher_errors=skip_teacher_errors,
+        on_policy_ratio=on_policy_ratio,
     )
+    report = _run_in_out_dir(run, cfg)
     table = Table("model", "accuracy", "total params", "active params", "tokens/s")
     for name, score, (total, active) in (
         ("teacher", report.teacher, report.teacher_params),

@@ -11,8 +11,9 @@ distribution carries what it knows about near misses, the references correct wha
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -109,8 +110,8 @@ class Distiller(Trainer):
         out.mkdir(parents=True, exist_ok=True)
         for name in ("tokenizer.json", "tokenizer_config.json"):  # the student speaks the teacher's tokens
             shutil.copyfile(Path(cfg.teacher) / name, out / name)
+        self.distill = cfg  # before the trainer's start: a resume compares its settings
         super().__init__(cfg.student)
-        self.distill = cfg
         self.teacher = load_model(cfg.teacher).eval()
         self.sampler = torch.Generator().manual_seed(cfg.student.seed)
         targets = teacher_targets(
@@ -120,6 +121,10 @@ class Distiller(Trainer):
             cfg.temperature,
         )
         self.targets = dict(zip(self.train_examples, targets, strict=True))
+
+    def settings(self) -> dict[str, Any]:
+        loss = {k: v for k, v in asdict(self.distill).items() if k != "student"}  # the student's are the trainer's
+        return {**super().settings(), "distill": {**loss, "teacher": str(Path(self.distill.teacher).resolve())}}
 
     def _on_policy_batch(self) -> dict[str, torch.Tensor]:
         prompts = [e.prompt for e in self.rng.choices(self.train_examples, k=self.cfg.batch_size)]

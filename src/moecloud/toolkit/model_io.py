@@ -43,8 +43,12 @@ def model_config(vocab_size: int, preset: str = "demo", **overrides: Any) -> dic
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
     shape = {**PRESETS[preset], **overrides}
+    # Normalising one expert's weight makes it 1. transformers (which trains) does so; DeepSeek's reference
+    # code and the engine (which serve) keep the raw score. Only false means the same model in both, and
+    # only then does the loss reach a top-1 router at all.
+    top_one = shape.get("num_experts_per_tok") == 1
     defaults = dict(n_group=1, topk_group=1, rope_scaling=None, routed_scaling_factor=1.0, n_shared_experts=1,
-                    first_k_dense_replace=1, max_position_embeddings=512)
+                    first_k_dense_replace=1, max_position_embeddings=512, norm_topk_prob=not top_one)
     return make_config("v3", vocab_size=vocab_size, **{**defaults, **shape})
 
 

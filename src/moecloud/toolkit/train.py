@@ -3,7 +3,8 @@
 One step: draw a batch (from the levels the curriculum has opened), take an AdamW step on the answer
 tokens, then move each router's correction bias toward balanced load. Every ``eval_every`` steps the
 validation accuracy is measured by greedy decoding; the full trainer state is saved every
-``checkpoint_every`` steps, and a run started again on the same directory resumes from it.
+``checkpoint_every`` steps, and a run started again on the same directory with the same settings
+resumes from it (one with other settings is refused: it would continue another run's weights).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from moecloud.toolkit.tasks import LEVELS, Example, load_suite, select
 
 STATE_FILE = "trainer_state.pt"
 LOG_FILE = "train_log.jsonl"
+# Changing these continues the same run (longer, or reported differently); any other field makes another run.
+RESUMABLE_CHANGES = frozenset({"out_dir", "steps", "eval_every", "target_accuracy", "checkpoint_every", "progress"})
 
 
 @dataclass
@@ -55,6 +58,10 @@ class TrainConfig:
     seed: int = 0  # fixes the suite's splits (and the validation sample)
     init_seed: int | None = None  # the model's initialisation and batch order; None: ``seed``
     progress: bool = True
+
+
+class ResumeMismatch(ValueError):
+    """The output directory holds the state of a run with other settings."""
 
 
 @dataclass
@@ -117,8 +124,21 @@ class Trainer:
         if (self.out / STATE_FILE).exists():
             self._resume()
 
+    def settings(self) -> dict[str, Any]:
+        """The run's settings, saved with its state: a state is resumed only under the same ones."""
+        return asdict(self.cfg)
+
     def _resume(self) -> None:
         state = torch.load(self.out / STATE_FILE, weights_only=False)
+        saved = state["settings"] if "settings" in state else state["config"]  # older states kept "config"
+        current = self.settings()
+        fields = (saved.keys() | current.keys()) - RESUMABLE_CHANGES
+        changed = sorted(k for k in fields if saved.get(k) != current.get(k))
+        if changed:
+            raise ResumeMismatch(
+                f"{self.out / STATE_FILE} is the state of a run with other settings ({', '.join(changed)}): "
+                "choose another output directory or delete it"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.setstate(state["rng"])
@@ -131,7 +151,7 @@ class Trainer:
             "step": self.step,
             "rng": self.rng.getstate(),
             "history": self.history,
-            "config": asdict(self.cfg),
+            "settings": self.settings(),
         }
         torch.save(state, self.out / (STATE_FILE + ".tmp"))
         (self.out / (STATE_FILE + ".tmp")).replace(self.out / STATE_FILE)  # never a torn state file
