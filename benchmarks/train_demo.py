@@ -1,4 +1,4 @@
-"""The recipe of models/moecloud-demo: train on the core suite (CPU, 25-40 minutes), ship, score per task.
+"""The recipe of models/moecloud-demo: train on the core suite (CPU, 20-40 minutes on one core), ship, score per task.
 
     .venv/bin/python benchmarks/train_demo.py [--work var/train/moecloud-demo]
 
