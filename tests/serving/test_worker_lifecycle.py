@@ -74,14 +74,15 @@ def test_disconnected_plain_request_is_aborted(worker: RunningWorker, metric) ->
 
 
 def test_drain_finishes_short_requests_and_ends_long_streams(start_worker) -> None:
-    with start_worker(serving={"shutdown_grace_seconds": 1.0}) as worker:
+    # the long stream must outlast the 1 s grace on a fast machine too: 2,000 tokens take the tiny model seconds
+    with start_worker(engine={"max_model_len": 2048}, serving={"shutdown_grace_seconds": 1.0}) as worker:
         url = worker.base_url + "/v1/completions"
         short: list[str] = []
         long_: list[str] = []
         readers = [threading.Thread(target=read_stream, args=(url, {**LONG, "prompt": "a", "stream": True,
                                                                     "max_tokens": 40}, short)),
                    threading.Thread(target=read_stream, args=(url, {**LONG, "prompt": "b", "stream": True,
-                                                                    "max_tokens": 480}, long_))]
+                                                                    "max_tokens": 2000}, long_))]
         for reader in readers:
             reader.start()
         wait_for(lambda: bool(short and long_))
