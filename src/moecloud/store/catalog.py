@@ -7,7 +7,7 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from moecloud.store.errors import AlreadyExists, InvalidValue, NotFound
+from moecloud.store.errors import AlreadyExists, InvalidValue, found
 from moecloud.store.tables import Alias, Deployment, Price
 from moecloud.store.types import utcnow
 
@@ -39,9 +39,7 @@ def add_deployment(session: Session, deployment: Deployment) -> Deployment:
 
 
 def remove_deployment(session: Session, name: str) -> Deployment:
-    deployment = session.get(Deployment, name)
-    if deployment is None:
-        raise NotFound("deployment", name)
+    deployment = found(session.get(Deployment, name), "deployment", name)
     session.delete(deployment)
     return deployment
 
@@ -50,9 +48,7 @@ def scale_deployment(
     session: Session, name: str, replicas: int, *, min_replicas: int | None = None, max_replicas: int | None = None
 ) -> tuple[Deployment, int]:
     """Set a local deployment's wanted replicas (and bounds); returns it and the count it had."""
-    deployment = session.get(Deployment, name)
-    if deployment is None:
-        raise NotFound("deployment", name)
+    deployment = found(session.get(Deployment, name), "deployment", name)
     low = deployment.min_replicas if min_replicas is None else min_replicas
     high = deployment.max_replicas if max_replicas is None else max_replicas
     if deployment.kind != "local":
@@ -93,9 +89,7 @@ def set_alias(session: Session, name: str, model: str, *, note: str | None = Non
 
 
 def remove_alias(session: Session, name: str) -> Alias:
-    alias = session.get(Alias, name)
-    if alias is None:
-        raise NotFound("alias", name)
+    alias = found(session.get(Alias, name), "alias", name)
     session.delete(alias)
     return alias
 
