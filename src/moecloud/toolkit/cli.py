@@ -14,14 +14,19 @@ from rich.table import Table
 if TYPE_CHECKING:
     from moecloud.config import Settings
     from moecloud.toolkit.evaluate import ModelResult
+    from moecloud.toolkit.train import TrainConfig
 
 
-def _overrides(value: str | None) -> tuple[str, dict[str, Any]]:
-    """A preset name, or a JSON file of config.json fields (its optional "preset" key picks the base)."""
-    if value is None or not value.endswith(".json"):
-        return value or "demo", {}
-    fields = json.loads(Path(value).read_text())
-    return fields.pop("preset", "demo"), fields
+def _train_config(out: Path, suite: str, per_level: int, config: str | None, **options: Any) -> TrainConfig:
+    """The run's ``TrainConfig``; ``config`` is a preset name, or a JSON file of config.json fields (its
+    optional "preset" key picks the base)."""
+    from moecloud.toolkit.train import TrainConfig
+
+    preset, fields = config or "demo", {}
+    if config is not None and config.endswith(".json"):
+        fields = json.loads(Path(config).read_text())
+        preset = fields.pop("preset", "demo")
+    return TrainConfig(out_dir=out, suite=suite, per_level=per_level, preset=preset, overrides=fields, **options)
 
 
 def _run_in_out_dir(run: Any, cfg: Any) -> Any:
@@ -57,16 +62,13 @@ def train(
 
     if threads:
         torch.set_num_threads(threads)
-    from moecloud.toolkit.train import TrainConfig
     from moecloud.toolkit.train import train as run
 
-    preset, fields = _overrides(config)
-    cfg = TrainConfig(
-        out_dir=out,
-        suite=suite,
-        per_level=per_level,
-        preset=preset,
-        overrides=fields,
+    cfg = _train_config(
+        out,
+        suite,
+        per_level,
+        config,
         steps=steps,
         batch_size=batch_size,
         lr=lr,
@@ -115,15 +117,12 @@ def distill(
         torch.set_num_threads(threads)
     from moecloud.toolkit.distill import DistillConfig
     from moecloud.toolkit.distill import distill as run
-    from moecloud.toolkit.train import TrainConfig
 
-    preset, fields = _overrides(student_config)
-    student = TrainConfig(
-        out_dir=out,
-        suite=suite,
-        per_level=per_level,
-        preset=preset,
-        overrides=fields,
+    student = _train_config(
+        out,
+        suite,
+        per_level,
+        student_config,
         steps=steps,
         lr=lr,
         curriculum=False,
