@@ -144,3 +144,14 @@ def test_a_preempted_long_prompt_gets_its_computed_blocks_back_from_the_cache():
     plan = scheduler.schedule()  # readmitted: what it had computed is still keyed in its freed blocks
     assert new.num_computed_tokens == computed and new.num_cached_tokens == computed
     assert plan.scheduled == {"new": CHUNK}
+
+
+def test_a_key_names_the_whole_prefix_not_only_its_block():
+    scheduler = _scheduler(2 * CONTEXT)
+    tokens = _tokens(CONTEXT - 1)
+    _prefill(scheduler, "first", tokens)
+    # the same 131,055 tokens after block 0, behind a different first block: nothing matches
+    other_head = _prefill(scheduler, "other-head", [1] * BLOCK + tokens[BLOCK:])
+    assert other_head.num_cached_tokens == 0
+    blocks = scheduler.blocks
+    assert blocks.hit_tokens == 0 and len(blocks.cached) == 2 * (len(tokens) // BLOCK)
