@@ -1,15 +1,32 @@
 """Paged latent KV blocks: allocation, reference counts and the prefix cache.
 
-A full block is keyed by the hash of its tokens chained with the previous block's key, so a key names a
-whole prefix. Freed blocks keep their key until reused (least recently freed first), so a later request
-with the same prefix finds them. The manager sees block ids and token ids, never tensors.
+A full block is keyed by a 16-byte BLAKE2b digest of its parent block's key and its own token ids, so a
+key names a whole prefix while costing the same to compute, store and compare at any position. Freed
+blocks keep their key until reused (least recently freed first), so a later request with the same prefix
+finds them. The manager sees block ids and token ids, never tensors.
+
+Two different prefixes share a key only on a 128-bit hash collision: by the birthday bound that takes
+about 2**64 distinct blocks, far beyond what any cache holds in its lifetime, and BLAKE2b being a
+cryptographic hash, a tenant cannot craft a prompt whose blocks collide with another tenant's.
 """
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections import OrderedDict
 
 from moecloud.engine.sequence import Sequence
+
+BLOCK_HASH_BYTES = 16
+ROOT_HASH = b""  # the parent of a sequence's first block
+
+
+def block_hash(parent: bytes, token_ids: list[int]) -> bytes:
+    """The key of a full block: the parent's key and the block's ids as int64, through BLAKE2b-128."""
+    digest = hashlib.blake2b(parent, digest_size=BLOCK_HASH_BYTES)
+    digest.update(array("q", token_ids).tobytes())
+    return digest.digest()
 
 
 class BlockManager:
@@ -17,11 +34,15 @@ class BlockManager:
         self.num_blocks, self.block_size = num_blocks, block_size
         self.enable_prefix_caching = enable_prefix_caching
         self.ref_counts = [0] * num_blocks
-        self.block_keys: list[tuple | None] = [None] * num_blocks
-        self.cached: dict[tuple, int] = {}  # prefix key -> block id
+        self.block_keys: list[bytes | None] = [None] * num_blocks
+        self.cached: dict[bytes, int] = {}  # prefix key -> block id
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
-        self.hashed_blocks: dict[str, int] = {}  # seq_id -> how many of its blocks are keyed
+        # per sequence: the keys of its leading full blocks computed so far (each block is hashed once, by
+        # match_prefix or commit, whichever reaches it first), and how many of its blocks are in ``cached``
+        self.seq_keys: dict[str, list[bytes]] = {}
+        self.committed: dict[str, int] = {}
         self.hit_tokens = 0
+        self.num_hashed_blocks = 0  # block hashes computed since start: what the prefix cache costs
 
     @property
     def num_free_blocks(self) -> int:
@@ -34,9 +55,14 @@ class BlockManager:
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def _key(self, seq: Sequence, index: int, previous: tuple | None) -> tuple:
-        start = index * self.block_size
-        return (previous, tuple(seq.token_ids[start : start + self.block_size]))
+    def _keys(self, seq: Sequence, num_blocks: int) -> list[bytes]:
+        """``seq``'s key list, extended to cover (at least) its first ``num_blocks`` full blocks."""
+        keys = self.seq_keys.setdefault(seq.seq_id, [])
+        for index in range(len(keys), num_blocks):
+            start = index * self.block_size
+            keys.append(block_hash(keys[-1] if keys else ROOT_HASH, seq.token_ids[start : start + self.block_size]))
+            self.num_hashed_blocks += 1
+        return keys
 
     def _take_free(self) -> int:
         block, _ = self.free.popitem(last=False)
@@ -51,15 +77,13 @@ class BlockManager:
         """Attach cached blocks holding ``seq``'s leading full prompt blocks; returns the tokens covered.
 
         At least one prompt token is always left to compute, so the last matched block is dropped when the
-        whole prompt hits.
+        whole prompt hits. Blocks are hashed up to the first miss only.
         """
         if not (self.enable_prefix_caching and seq.use_prefix_cache) or seq.block_table:
             return 0
         blocks: list[int] = []
-        key = None
         for index in range(seq.num_prompt_tokens // self.block_size):
-            key = self._key(seq, index, key)
-            block = self.cached.get(key)
+            block = self.cached.get(self._keys(seq, index + 1)[index])
             if block is None:
                 break
             blocks.append(block)
@@ -70,7 +94,7 @@ class BlockManager:
                 del self.free[block]
             self.ref_counts[block] += 1
         seq.block_table = blocks
-        self.hashed_blocks[seq.seq_id] = len(blocks)
+        self.committed[seq.seq_id] = len(blocks)
         self.hit_tokens += len(blocks) * self.block_size
         return len(blocks) * self.block_size
 
@@ -85,18 +109,19 @@ class BlockManager:
         return True
 
     def commit(self, seq: Sequence) -> None:
-        """Key the blocks that ``seq`` has completely computed so later requests can share them."""
+        """Key the blocks that ``seq`` has newly and completely computed so later requests can share them."""
         if not self.enable_prefix_caching or not seq.use_prefix_cache:
             return
-        done = self.hashed_blocks.get(seq.seq_id, 0)
+        done = self.committed.get(seq.seq_id, 0)
         full = seq.num_computed_tokens // self.block_size
-        key = self.block_keys[seq.block_table[done - 1]] if done else None
+        if full <= done:
+            return
+        keys = self._keys(seq, full)
         for index in range(done, full):
-            key = self._key(seq, index, key)
             block = seq.block_table[index]
-            self.block_keys[block] = key
-            self.cached.setdefault(key, block)
-        self.hashed_blocks[seq.seq_id] = max(done, full)
+            self.block_keys[block] = keys[index]
+            self.cached.setdefault(keys[index], block)
+        self.committed[seq.seq_id] = full
 
     def release(self, seq: Sequence) -> None:
         # freed last-block-first so the tail of a prefix is reused before its head
@@ -105,4 +130,5 @@ class BlockManager:
             if self.ref_counts[block] == 0:
                 self.free[block] = None
         seq.block_table = []
-        self.hashed_blocks.pop(seq.seq_id, None)
+        self.committed.pop(seq.seq_id, None)
+        self.seq_keys.pop(seq.seq_id, None)
