@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from moecloud.engine.engine_config import EngineConfig, PromptTooLong
 from moecloud.engine.failures import FORWARD, EngineFailed, FaultInjector, is_fatal
 from moecloud.engine.kv_cache import BlockManager
 from moecloud.engine.loader import load_model
@@ -25,43 +25,6 @@ from moecloud.engine.stop import StopChecker
 from moecloud.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class EngineConfig:
-    model: str
-    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto
-    device: str = "auto"  # cpu | cuda | auto
-    quantization: str | None = None  # None | "int8" (weight-only)
-    block_size: int = 16
-    kv_cache_tokens: int = 16384
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    max_model_len: int | None = None
-    enable_prefix_caching: bool = True
-    seed: int = 0
-    compile: bool = False  # decode steps through torch.compile (inductor); the first ones pay the compile
-    compile_max_batch: int = 32  # larger decode steps stay eager: there per-expert GEMMs beat the fused reduction
-    max_consecutive_failures: int = 10  # failed requests with no token between them: the engine, not them, is broken
-
-    def resolve_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-
-    def resolve_dtype(self, device: torch.device) -> torch.dtype:
-        if self.dtype == "auto":
-            return torch.bfloat16 if device.type == "cuda" else torch.float32
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not supported (supported: auto, {', '.join(DTYPES)})")
-        return DTYPES[self.dtype]
-
-
-class PromptTooLong(ValueError):
-    def __init__(self, prompt_tokens: int, limit: int, what: str = "the model's context length") -> None:
-        super().__init__(f"the prompt has {prompt_tokens} tokens, but {what} is {limit} tokens")
-        self.prompt_tokens, self.limit = prompt_tokens, limit
 
 
 class LLMEngine:
@@ -261,18 +224,33 @@ class LLMEngine:
             if request.error is None:
                 self._finish(sample, "length")
                 self._failures_in_a_row = 0
-        samplers = [(r, s, row) for r, s, row in samplers if r.error is None]
-        if samplers:
-            logits = out.logits_at(self.model, [row for _, _, row in samplers])
-            choices = self.sampler(logits, [self._sampling_row(r, s) for r, s, _ in samplers])
-            for (request, sample, _), choice in zip(samplers, choices, strict=True):
-                if request.error is not None:  # another of its samples failed first
-                    continue
-                if isinstance(choice, Exception):
-                    self._charge(request, choice, "sampling")
-                else:
-                    self._guard(request, "appending its token", self._append, request, sample, choice, now)
+        self._sample(out, [(r, s, row) for r, s, row in samplers if r.error is None], now)
         return touched
+
+    def _sample(self, out: RunOutput, samplers: list[tuple[RequestState, SampleState, int]], now: float) -> None:
+        """Sample the next token of each (request, sample, row of ``out``); logits that fail for the batch are
+        computed again row by row."""
+        if not samplers:
+            return
+        try:
+            logits = out.logits_at(self.model, [row for _, _, row in samplers])
+            rows = [self._sampling_row(r, s) for r, s, _ in samplers]
+        except Exception as exc:
+            if len(samplers) == 1:
+                self._charge(samplers[0][0], exc, "computing its logits")
+                return
+            if is_fatal(exc):
+                raise
+            for one in samplers:
+                self._sample(out, [one], now)
+            return
+        for (request, sample, _), choice in zip(samplers, self.sampler(logits, rows), strict=True):
+            if request.error is not None:  # another of its samples failed first
+                continue
+            if isinstance(choice, Exception):
+                self._charge(request, choice, "sampling")
+            else:
+                self._guard(request, "appending its token", self._append, request, sample, choice, now)
 
     def _guard(self, request: RequestState, stage: str, work: Callable[..., object], *args: object) -> bool:
         """``work(*args)`` for ``request``; if it raises, the request fails. True if it ran."""

@@ -151,7 +151,8 @@ def run_worker(model: str | Path, settings: Settings, host: str | None = None, p
                            settings.serving.port if port is None else port,
                            served_model_name or settings.serving.served_model_name)
     on_failure.server = server
-    server.should_exit = on_failure.failed  # it failed before the server existed
+    if on_failure.failed:  # before the server existed
+        server.should_exit = True
     try:
         server.run()
     finally:
