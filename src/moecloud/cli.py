@@ -33,7 +33,9 @@ def worker(
     from moecloud.serving.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_worker(model, load_settings(), host=host, port=port, served_model_name=served_model_name)
+    status = run_worker(model, load_settings(), host=host, port=port, served_model_name=served_model_name)
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()

@@ -36,6 +36,9 @@ class EngineSettings(BaseModel):
         None, ge=1, description="CPU threads for a worker's math; default: all cores but one, left to the event loop"
     )
     max_waiting_requests: int = Field(1024, ge=1, description="queue bound before the server answers 429")
+    max_consecutive_failures: int = Field(
+        10, ge=1, description="requests failed in a row with no token between them: then the engine counts as broken"
+    )
 
 
 class ServingSettings(BaseModel):
@@ -44,6 +47,13 @@ class ServingSettings(BaseModel):
     served_model_name: str | None = None
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     max_tokens_default: int = Field(256, ge=1, description="max_tokens when a request gives none")
+    health_stall_seconds: float = Field(120.0, gt=0, description="an engine step running longer fails /health")
+    engine_failure_grace_seconds: float = Field(
+        5.0, ge=0, description="after the engine fails: longest wait for open responses before the process exits"
+    )
+    fault_injection: bool = Field(
+        False, description="tests only: honour the x-moecloud-fault header (never enable where tenants reach it)"
+    )
 
 
 _WEAK_SECRETS = {"admin", "secret", "changeme", "change-me", "password", "test", "default", "moecloud"}

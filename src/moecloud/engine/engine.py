@@ -2,93 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from moecloud.engine.engine_config import EngineConfig, PromptTooLong
+from moecloud.engine.failures import FORWARD, EngineFailed, FaultInjector, is_fatal
 from moecloud.engine.kv_cache import BlockManager
 from moecloud.engine.loader import load_model
 from moecloud.engine.model_config import INT8_METHOD, load_model_config
 from moecloud.engine.model_runner import ModelRunner, RunOutput, ScheduledSeq
-from moecloud.engine.outputs import CompletionOutput, EngineStats, Logprob, RequestMetrics, RequestOutput
-from moecloud.engine.sampler import Sampler, SamplingRow, TokenChoice, top_logprobs
-from moecloud.engine.sampling_params import SamplingParams
-from moecloud.engine.scheduler import Scheduler
+from moecloud.engine.outputs import EngineStats, Logprob, RequestMetrics, RequestOutput
+from moecloud.engine.requests import RequestState, SampleState
+from moecloud.engine.sampler import Sampler, SamplingRow, TokenChoice, finite_log_softmax, top_logprobs
+from moecloud.engine.sampling_params import InvalidParameter, SamplingParams
+from moecloud.engine.scheduler import Scheduler, SchedulerOutput
 from moecloud.engine.sequence import Sequence
 from moecloud.engine.stop import StopChecker
 from moecloud.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class EngineConfig:
-    model: str
-    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto
-    device: str = "auto"  # cpu | cuda | auto
-    quantization: str | None = None  # None | "int8" (weight-only)
-    block_size: int = 16
-    kv_cache_tokens: int = 16384
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    max_model_len: int | None = None
-    enable_prefix_caching: bool = True
-    seed: int = 0
-    compile: bool = False  # decode steps through torch.compile (inductor); the first ones pay the compile
-    compile_max_batch: int = 32  # larger decode steps stay eager: there per-expert GEMMs beat the fused reduction
-
-    def resolve_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-
-    def resolve_dtype(self, device: torch.device) -> torch.dtype:
-        if self.dtype == "auto":
-            return torch.bfloat16 if device.type == "cuda" else torch.float32
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not supported (supported: auto, {', '.join(DTYPES)})")
-        return DTYPES[self.dtype]
-
-
-class PromptTooLong(ValueError):
-    def __init__(self, prompt_tokens: int, limit: int, what: str = "the model's context length") -> None:
-        super().__init__(f"the prompt has {prompt_tokens} tokens, but {what} is {limit} tokens")
-        self.prompt_tokens, self.limit = prompt_tokens, limit
-
-
-@dataclass
-class _Sample:
-    index: int
-    seq: Sequence
-    detokenizer: IncrementalDetokenizer
-    stop: StopChecker
-    generator: torch.Generator | None
-    logprobs: list[dict[int, Logprob]] | None
-    cumulative_logprob: float = 0.0
-    finish_reason: str | None = None
-    stop_reason: str | int | None = None
-
-
-@dataclass(eq=False)
-class _Request:
-    request_id: str
-    prompt: str | None
-    prompt_ids: list[int]
-    params: SamplingParams
-    max_tokens: int
-    metrics: RequestMetrics
-    samples: list[_Sample] = field(default_factory=list)
-    prompt_logprobs: list[dict[int, Logprob] | None] | None = None
-
-    @property
-    def finished(self) -> bool:
-        return all(s.finish_reason for s in self.samples)
+log = logging.getLogger(__name__)
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig) -> None:
+    """Requests in, outputs out. A request that fails while scheduled, run or sampled ends alone, with
+    ``RequestOutput.error``; ``step`` raises only when the engine itself cannot go on (``failures.py``).
+
+    ``faults`` (tests only) makes chosen requests fail on purpose.
+    """
+
+    def __init__(self, config: EngineConfig, faults: FaultInjector | None = None) -> None:
         self.config = config
         self.device = config.resolve_device()
         self.dtype = config.resolve_dtype(self.device)
@@ -114,11 +60,15 @@ class LLMEngine:
             compile_decode=config.compile,
             compile_max_batch=config.compile_max_batch,
         )
-        self.sampler = Sampler(config.seed)
-        self.requests: dict[str, _Request] = {}
-        self._sample_of: dict[str, tuple[_Request, _Sample]] = {}
+        self.faults = faults
+        self.sampler = Sampler(config.seed, faults)
+        self.requests: dict[str, RequestState] = {}
+        self._sample_of: dict[str, tuple[RequestState, SampleState]] = {}
         self.eos_ids = set(self.tokenizer.eos_token_ids) | set(self.model_config.eos_token_ids)
         self.prompt_tokens = self.generation_tokens = 0
+        self._failed: list[RequestState] = []  # failed during this step, reported by it
+        self._failures_in_a_row = 0
+        self._schedule_failed = False
 
     # ---- requests in -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
@@ -127,9 +77,10 @@ class LLMEngine:
         text = prompt if isinstance(prompt, str) else None
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if not ids:
-            raise ValueError("the prompt is empty")
+            raise InvalidParameter("prompt", "the prompt is empty")
         if any(not 0 <= t < self.model_config.vocab_size for t in ids):
-            raise ValueError(f"prompt token ids must be in [0, {self.model_config.vocab_size})")
+            raise InvalidParameter("prompt", f"prompt token ids must be in [0, {self.model_config.vocab_size})")
+        params.check_token_ids(self.model_config.vocab_size)
         if len(ids) >= self.max_model_len:
             raise PromptTooLong(len(ids), self.max_model_len)
         room = self.max_model_len - len(ids)
@@ -137,7 +88,7 @@ class LLMEngine:
         capacity = self.blocks.num_blocks * self.blocks.block_size
         if len(ids) + max(max_tokens, 1) > capacity:
             raise PromptTooLong(len(ids) + max_tokens, capacity, "the KV cache capacity (prompt + max_tokens)")
-        request = _Request(request_id, text, ids, params, max_tokens, RequestMetrics(arrival_time=time.time()))
+        request = RequestState(request_id, text, ids, params, max_tokens, RequestMetrics(arrival_time=time.time()))
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None]
         for index in range(params.n):
@@ -147,7 +98,7 @@ class LLMEngine:
             generator = None
             if params.seed is not None:
                 generator = torch.Generator().manual_seed(params.seed + index)
-            sample = _Sample(
+            sample = SampleState(
                 index,
                 seq,
                 IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens),
@@ -156,8 +107,9 @@ class LLMEngine:
                 [] if params.logprobs is not None else None,
             )
             request.samples.append(sample)
-            self._sample_of[seq.seq_id] = (request, sample)
-            self.scheduler.add(seq)
+        for sample in request.samples:  # only once every sample is built: a refused request leaves no trace
+            self._sample_of[sample.seq.seq_id] = (request, sample)
+            self.scheduler.add(sample.seq)
         self.requests[request_id] = request
         self.prompt_tokens += len(ids)
 
@@ -191,58 +143,161 @@ class LLMEngine:
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        plan = self.scheduler.schedule()
-        if not plan.scheduled:
-            return []
-        batch = [ScheduledSeq(self.scheduler.seqs[i], n) for i, n in plan.scheduled.items()]
-        out = self.runner.run(batch)
-        now = time.time()
-        rows, samplers, prompt_rows, scored_only, touched = [], [], [], [], []
-        for item, start in zip(batch, out.starts, strict=True):
-            request, sample = self._sample_of[item.seq.seq_id]
-            request.metrics.first_scheduled_time = request.metrics.first_scheduled_time or now
-            if request.prompt_logprobs is not None and sample.index == 0:
-                prompt_rows += self._prompt_logprob_rows(request, item, start)
-            reaches_end = item.seq.num_computed_tokens + item.num_tokens == item.seq.num_tokens
-            if reaches_end and request.max_tokens == 0:  # prompt scoring: nothing to sample
-                scored_only.append(sample)
-            elif reaches_end:
-                rows.append(start + item.num_tokens - 1)
-                samplers.append((request, sample))
-            touched.append(request)
-        self.scheduler.update(plan.scheduled)
-        if prompt_rows:
-            self._score_prompt(out, prompt_rows)
-        for sample in scored_only:
-            self._finish(sample, "length")
-        if rows:
-            logits = out.logits_at(self.model, rows)
-            choices = self.sampler(logits, [self._sampling_row(r, s) for r, s in samplers])
-            for (request, sample), choice in zip(samplers, choices, strict=True):
-                self._append(request, sample, choice, now)
-        return [self._output(r) for r in dict.fromkeys(touched)]
+        plan = self._schedule()
+        touched: list[RequestState] = []
+        if plan is not None and plan.scheduled:
+            batch = [ScheduledSeq(self.scheduler.seqs[i], n) for i, n in plan.scheduled.items()]
+            now = time.time()
+            for part, out in self._forward(batch):
+                touched += self._postprocess(part, out, now)
+        failed, self._failed = self._failed, []
+        return [self._output(r) for r in dict.fromkeys(touched + failed)]
 
-    def _sampling_row(self, request: _Request, sample: _Sample) -> SamplingRow:
+    def _schedule(self) -> SchedulerOutput | None:
+        """The step's plan; None when scheduling failed and the request at the head of the queue was failed for
+        it (the one the scheduler had not yet seen). A failure with nobody to blame, or one that outlives
+        removing its suspect, is the engine's."""
+        try:
+            plan = self.scheduler.schedule()
+        except Exception as exc:
+            if is_fatal(exc):
+                raise
+            if self._schedule_failed or not self.scheduler.waiting:
+                raise EngineFailed(f"scheduling failed outside any one request: {exc!r}") from exc
+            self._schedule_failed = True
+            self._fail(self._sample_of[self.scheduler.waiting[0].seq_id][0], exc, "scheduling")
+            return None
+        self._schedule_failed = False
+        return plan
+
+    def _forward(self, batch: list[ScheduledSeq]) -> list[tuple[list[ScheduledSeq], RunOutput]]:
+        """Run ``batch``; if it fails, each sequence alone, failing the requests whose sequence still fails.
+        (A re-run rewrites the same KV slots with the same values; only expert-load counts see it twice.)"""
+        try:
+            return [(batch, self._run(batch))]
+        except Exception as exc:
+            if len(batch) == 1:
+                self._charge(self._sample_of[batch[0].seq.seq_id][0], exc, "the forward pass")
+                return []
+            if is_fatal(exc):
+                raise
+            log.warning("a forward of %d sequences failed (%r): running them one by one", len(batch), exc)
+        parts = []
+        for item in batch:
+            if item.seq.seq_id not in self._sample_of:  # its request failed with an earlier sequence
+                continue
+            try:
+                parts.append(([item], self._run([item])))
+            except Exception as exc:
+                self._charge(self._sample_of[item.seq.seq_id][0], exc, "the forward pass")
+        return parts
+
+    def _run(self, batch: list[ScheduledSeq]) -> RunOutput:
+        if self.faults is not None:
+            self.faults.check(FORWARD, [item.seq.seq_id for item in batch])
+        return self.runner.run(batch)
+
+    def _postprocess(self, batch: list[ScheduledSeq], out: RunOutput, now: float) -> list[RequestState]:
+        """Record what ``out`` computed, score prompts, sample; a request whose part raises fails alone."""
+        samplers, scored_only, touched = [], [], []
+        prompt_rows: dict[RequestState, list[tuple[int, int]]] = {}
+        for item, start in zip(batch, out.starts, strict=True):
+            if item.seq.seq_id not in self._sample_of:  # its request failed with another of its sequences
+                continue
+            request, sample = self._sample_of[item.seq.seq_id]
+            reaches_end = item.seq.num_computed_tokens + item.num_tokens == item.seq.num_tokens
+            if request.prompt_logprobs is not None and sample.index == 0:
+                prompt_rows[request] = self._prompt_logprob_rows(request, item, start)
+            if not self._guard(request, "recording its progress", self.scheduler.update,
+                               {item.seq.seq_id: item.num_tokens}):
+                continue
+            request.metrics.first_scheduled_time = request.metrics.first_scheduled_time or now
+            if reaches_end and request.max_tokens == 0:  # prompt scoring: nothing to sample
+                scored_only.append((request, sample))
+            elif reaches_end:
+                samplers.append((request, sample, start + item.num_tokens - 1))
+            touched.append(request)
+        for request, rows in prompt_rows.items():
+            if rows and request.error is None:
+                self._guard(request, "scoring its prompt", self._score_prompt, request, out, rows)
+        for request, sample in scored_only:
+            if request.error is None:
+                self._finish(sample, "length")
+                self._failures_in_a_row = 0
+        self._sample(out, [(r, s, row) for r, s, row in samplers if r.error is None], now)
+        return touched
+
+    def _sample(self, out: RunOutput, samplers: list[tuple[RequestState, SampleState, int]], now: float) -> None:
+        """Sample the next token of each (request, sample, row of ``out``); logits that fail for the batch are
+        computed again row by row."""
+        if not samplers:
+            return
+        try:
+            logits = out.logits_at(self.model, [row for _, _, row in samplers])
+            rows = [self._sampling_row(r, s) for r, s, _ in samplers]
+        except Exception as exc:
+            if len(samplers) == 1:
+                self._charge(samplers[0][0], exc, "computing its logits")
+                return
+            if is_fatal(exc):
+                raise
+            for one in samplers:
+                self._sample(out, [one], now)
+            return
+        for (request, sample, _), choice in zip(samplers, self.sampler(logits, rows), strict=True):
+            if request.error is not None:  # another of its samples failed first
+                continue
+            if isinstance(choice, Exception):
+                self._charge(request, choice, "sampling")
+            else:
+                self._guard(request, "appending its token", self._append, request, sample, choice, now)
+
+    def _guard(self, request: RequestState, stage: str, work: Callable[..., object], *args: object) -> bool:
+        """``work(*args)`` for ``request``; if it raises, the request fails. True if it ran."""
+        try:
+            work(*args)
+        except Exception as exc:
+            self._charge(request, exc, stage)
+            return False
+        return True
+
+    def _charge(self, request: RequestState, exc: Exception, stage: str) -> None:
+        if is_fatal(exc):
+            raise exc
+        self._fail(request, exc, stage)
+
+    def _fail(self, request: RequestState, exc: Exception, stage: str) -> None:
+        """End ``request`` with an error; the step reports it. Too many in a row and the engine is to blame."""
+        log.error("request %s failed while %s", request.request_id, stage, exc_info=exc)
+        request.error = f"{type(exc).__name__} while {stage}"
+        for sample in request.samples:
+            if sample.finish_reason is None:
+                self._finish(sample, "error")
+        self._failed.append(request)
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row >= self.config.max_consecutive_failures:
+            raise EngineFailed(f"{self._failures_in_a_row} requests failed in a row, the last with {exc!r}") from exc
+
+    def _sampling_row(self, request: RequestState, sample: SampleState) -> SamplingRow:
         p = request.params
         outputs = sample.seq.token_ids[sample.seq.num_prompt_tokens :]
         blocked = [] if len(outputs) >= p.min_tokens else sorted(self.eos_ids | set(p.stop_token_ids))
-        return SamplingRow(p, request.prompt_ids, outputs, sample.generator, blocked)
+        return SamplingRow(p, request.prompt_ids, outputs, sample.generator, blocked, sample.seq.seq_id)
 
-    def _prompt_logprob_rows(self, request: _Request, item: ScheduledSeq, start: int) -> list[tuple]:
-        """Rows whose logits score the next prompt token: position p predicts token p + 1."""
+    def _prompt_logprob_rows(self, request: RequestState, item: ScheduledSeq, start: int) -> list[tuple[int, int]]:
+        """(row, position) pairs whose logits score the next prompt token: position p predicts token p + 1."""
         seq, first = item.seq, item.seq.num_computed_tokens
         scored = len(request.prompt_logprobs or [])
         last = min(first + item.num_tokens, seq.num_prompt_tokens - 1)
-        return [(request, start + p - first, p + 1) for p in range(max(first, scored - 1), last)]
+        return [(start + p - first, p + 1) for p in range(max(first, scored - 1), last)]
 
-    def _score_prompt(self, out: RunOutput, prompt_rows: list[tuple]) -> None:
-        logits = out.logits_at(self.model, [row for _, row, _ in prompt_rows])
-        targets = torch.tensor([r.prompt_ids[pos] for r, _, pos in prompt_rows], dtype=torch.long)
-        k = max(r.params.prompt_logprobs for r, _, _ in prompt_rows)
-        choices = top_logprobs(logits.log_softmax(dim=-1), targets, k)
-        for (request, _, _), choice in zip(prompt_rows, choices, strict=True):
-            choice.top = choice.top[: request.params.prompt_logprobs]
-            request.prompt_logprobs.append(self._logprob_dict(choice))
+    def _score_prompt(self, request: RequestState, out: RunOutput, rows: list[tuple[int, int]]) -> None:
+        logits = out.logits_at(self.model, [row for row, _ in rows])
+        targets = torch.tensor([request.prompt_ids[pos] for _, pos in rows], dtype=torch.long)
+        k = request.params.prompt_logprobs or 0
+        entries = [self._logprob_dict(choice) for choice in top_logprobs(finite_log_softmax(logits), targets, k)]
+        assert request.prompt_logprobs is not None
+        request.prompt_logprobs.extend(entries)  # all at once: a failure half-way records nothing
 
     def _logprob_dict(self, choice: TokenChoice) -> dict[int, Logprob]:
         def entry(token: int, logprob: float, rank: int) -> Logprob:
@@ -253,10 +308,11 @@ class LLMEngine:
         entries[choice.token_id] = entry(choice.token_id, choice.logprob, choice.rank)
         return entries
 
-    def _append(self, request: _Request, sample: _Sample, choice: TokenChoice, now: float) -> None:
+    def _append(self, request: RequestState, sample: SampleState, choice: TokenChoice, now: float) -> None:
         seq, token, p = sample.seq, choice.token_id, request.params
         seq.token_ids.append(token)
         self.generation_tokens += 1
+        self._failures_in_a_row = 0  # a token came out: the engine works
         request.metrics.first_token_time = request.metrics.first_token_time or now
         request.metrics.last_token_time = now
         if sample.logprobs is not None:
@@ -273,38 +329,16 @@ class LLMEngine:
         if sample.finish_reason:
             self._finish(sample, sample.finish_reason)
 
-    def _finish(self, sample: _Sample, reason: str) -> None:
+    def _finish(self, sample: SampleState, reason: str) -> None:
         sample.finish_reason = reason
         self.scheduler.finish(sample.seq.seq_id)
         self._sample_of.pop(sample.seq.seq_id, None)
 
-    def _output(self, request: _Request) -> RequestOutput:
-        finished = request.finished
-        if finished:
+    def _output(self, request: RequestState) -> RequestOutput:
+        if request.finished:
             request.metrics.finished_time = time.time()
             self.requests.pop(request.request_id, None)
-        outputs = [
-            CompletionOutput(
-                index=s.index,
-                text=s.stop.visible_text(s.finish_reason is not None),
-                token_ids=s.seq.token_ids[s.seq.num_prompt_tokens :],
-                logprobs=list(s.logprobs) if s.logprobs is not None else None,
-                cumulative_logprob=s.cumulative_logprob,
-                finish_reason=s.finish_reason,
-                stop_reason=s.stop_reason,
-            )
-            for s in request.samples
-        ]
-        return RequestOutput(
-            request_id=request.request_id,
-            prompt=request.prompt,
-            prompt_token_ids=request.prompt_ids,
-            outputs=outputs,
-            finished=finished,
-            num_cached_tokens=request.samples[0].seq.num_cached_tokens,
-            prompt_logprobs=list(request.prompt_logprobs) if request.prompt_logprobs is not None else None,
-            metrics=request.metrics,
-        )
+        return request.output()
 
     def compute_logits(self, token_ids: list[int]) -> torch.Tensor:
         """Logits [len, vocab] at every position of ``token_ids``, through the paged cache in chunks.

@@ -24,7 +24,7 @@ class CompletionOutput:
     token_ids: list[int]
     logprobs: list[PositionLogprobs] | None = None
     cumulative_logprob: float = 0.0
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error" (see RequestOutput.error)
     stop_reason: str | int | None = None  # the stop string or token id that ended it
 
     @property
@@ -51,6 +51,7 @@ class RequestOutput:
     num_cached_tokens: int = 0
     prompt_logprobs: list[PositionLogprobs | None] | None = None
     metrics: RequestMetrics | None = None
+    error: str | None = None  # the engine failed this request alone (e.g. "IndexError while sampling")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moecloud.engine.failures import SAMPLE, FaultInjector
 from moecloud.engine.sampling_params import SamplingParams
 
 
@@ -20,6 +21,7 @@ class SamplingRow:
     output_ids: list[int]
     generator: torch.Generator | None
     block_eos: list[int]  # eos ids that may not be sampled yet (min_tokens)
+    seq_id: str = ""
 
 
 @dataclass
@@ -30,8 +32,15 @@ class TokenChoice:
     top: list[tuple[int, float]] | None = None  # the most likely alternatives
 
 
+def finite_log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax whose values are all finite (JSON has no NaN or -inf): a NaN row reports the lowest float."""
+    lowest = torch.finfo(logits.dtype).min
+    return torch.nan_to_num(logits.log_softmax(dim=-1), nan=lowest, posinf=0.0, neginf=lowest)
+
+
 def top_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor, k: int) -> list[TokenChoice]:
     """Per row: the logprob and rank of ``token_ids[row]`` plus the ``k`` most likely tokens."""
+    k = min(k, logprobs.shape[1])
     chosen = logprobs.gather(1, token_ids[:, None]).squeeze(1)
     ranks = (logprobs > chosen[:, None]).sum(dim=1) + 1
     top_vals, top_ids = logprobs.topk(k, dim=1) if k else (None, None)
@@ -42,31 +51,66 @@ def top_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor, k: int) -> lis
     return out
 
 
-class Sampler:
-    def __init__(self, seed: int = 0) -> None:
-        self._default = torch.Generator().manual_seed(seed)
+def _finite(logits: torch.Tensor) -> torch.Tensor:
+    """NaN becomes -inf (never chosen) and +inf the largest float, so softmax and argmax stay defined."""
+    return torch.nan_to_num(logits, nan=float("-inf"), posinf=torch.finfo(logits.dtype).max, neginf=float("-inf"))
 
-    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[TokenChoice]:
+
+class Sampler:
+    """Rows are sampled one by one, and a row that raises gets its exception in place of a choice, so one
+    request's failure never becomes its batch's. Whatever the logits and parameters, a row that does not raise
+    gets a token of the vocabulary: non-finite logits are never chosen (all non-finite: token 0), and a
+    distribution that filters to nothing falls back to the most likely token."""
+
+    def __init__(self, seed: int = 0, faults: FaultInjector | None = None) -> None:
+        self._default = torch.Generator().manual_seed(seed)
+        self._faults = faults
+
+    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[TokenChoice | Exception]:
         """``logits`` [B, vocab] float32, one row per sequence that samples this step."""
-        raw = logits
+        results: list[TokenChoice | Exception] = []
+        for i, row in enumerate(rows):
+            try:
+                if self._faults is not None:
+                    self._faults.check(SAMPLE, [row.seq_id])
+                results.append(TokenChoice(self._choose(self._adjusted(logits[i], row), row)))
+            except Exception as exc:  # noqa: BLE001 - the engine decides what the row's failure means
+                results.append(exc)
+        wanted = [i for i, (r, c) in enumerate(zip(rows, results, strict=True))
+                  if r.params.logprobs is not None and isinstance(c, TokenChoice)]
+        self._add_logprobs(logits, rows, results, wanted)
+        return results
+
+    def _add_logprobs(self, logits: torch.Tensor, rows: list[SamplingRow], results: list[TokenChoice | Exception],
+                      wanted: list[int]) -> None:
+        """The model's logprobs of the chosen tokens, for all ``wanted`` rows at once, else row by row."""
+        if not wanted:
+            return
+        try:
+            tokens = torch.tensor([results[i].token_id for i in wanted], dtype=torch.long)  # type: ignore[union-attr]
+            k = max(rows[i].params.logprobs or 0 for i in wanted)
+            choices = top_logprobs(finite_log_softmax(logits[wanted]), tokens, k)
+        except Exception as exc:  # noqa: BLE001 - charged to the row that raises alone
+            if len(wanted) == 1:
+                results[wanted[0]] = exc
+                return
+            for i in wanted:
+                self._add_logprobs(logits, rows, results, [i])
+            return
+        for i, choice in zip(wanted, choices, strict=True):
+            choice.top = (choice.top or [])[: rows[i].params.logprobs]
+            results[i] = choice
+
+    @staticmethod
+    def _adjusted(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+        """The row's logits after penalties and min_tokens' blocked ids (a copy)."""
         logits = logits.clone()
-        for i, row in enumerate(rows):
-            self._penalize(logits[i], row)
-            if row.block_eos:
-                logits[i, row.block_eos] = float("-inf")
-        tokens = torch.empty(len(rows), dtype=torch.long)
-        for i, row in enumerate(rows):
-            tokens[i] = self._choose(logits[i], row)
-        k = max((r.params.logprobs for r in rows if r.params.logprobs is not None), default=None)
-        if k is None:
-            return [TokenChoice(int(t)) for t in tokens]
-        choices = top_logprobs(raw.log_softmax(dim=-1), tokens, k)
-        for choice, row in zip(choices, rows, strict=True):
-            if row.params.logprobs is None:
-                choice.logprob = choice.rank = choice.top = None
-            else:
-                choice.top = choice.top[: row.params.logprobs]
-        return choices
+        Sampler._penalize(logits, row)
+        vocab = logits.shape[0]
+        blocked = [t for t in row.block_eos if 0 <= t < vocab]  # an id outside the vocabulary blocks nothing
+        if blocked:
+            logits[blocked] = float("-inf")
+        return logits
 
     @staticmethod
     def _penalize(logits: torch.Tensor, row: SamplingRow) -> None:
@@ -83,8 +127,8 @@ class Sampler:
     def _choose(self, logits: torch.Tensor, row: SamplingRow) -> int:
         p = row.params
         if p.greedy:
-            return int(logits.argmax())
-        logits = logits / p.temperature
+            return int(_finite(logits).argmax())
+        logits = _finite(logits / p.temperature)
         if p.top_k and p.top_k < logits.shape[0]:
             kth = logits.topk(p.top_k).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -94,7 +138,10 @@ class Sampler:
         if p.top_p < 1.0:
             sorted_probs, order = probs.sort(descending=True)
             before = sorted_probs.cumsum(0) - sorted_probs  # mass strictly above each token
-            sorted_probs = sorted_probs.masked_fill(before >= p.top_p * sorted_probs.sum(), 0.0)
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            cut = before >= p.top_p * sorted_probs.sum()
+            cut[0] = False  # the most likely token always stays: a tiny top_p underflows the threshold to 0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs.masked_fill(cut, 0.0))
+        if not (torch.isfinite(probs).all() and probs.sum() > 0):  # every logit was -inf (all blocked)
+            return int(logits.argmax())
         generator = row.generator or self._default
         return int(torch.multinomial(probs, 1, generator=generator))

@@ -10,9 +10,10 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from moecloud.engine.failures import FAULT_STAGES
 from moecloud.serving.chat import ChatRun
 from moecloud.serving.completions import CompletionRun
-from moecloud.serving.errors import ClientDisconnected, install_error_handlers
+from moecloud.serving.errors import ClientDisconnected, InvalidRequest, install_error_handlers
 from moecloud.serving.metrics import ServingMetrics
 from moecloud.serving.protocol import ChatCompletionRequest, CompletionRequest
 from moecloud.serving.sse import event_stream
@@ -22,6 +23,7 @@ T = TypeVar("T")
 router = APIRouter()
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _COUNTED_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/models"}
+FAULT_HEADER = "x-moecloud-fault"
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
@@ -44,7 +46,19 @@ async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return work_task.result()
 
 
+def _arm_fault(request: Request, run: ChatRun | CompletionRun) -> None:
+    """Tests only: with serving.fault_injection, `x-moecloud-fault: forward|sample|fatal` makes the engine fail
+    this request at that stage (fatal: as a lost device would). Without the setting the header means nothing."""
+    faults, stage = run.state.client.faults, request.headers.get(FAULT_HEADER)
+    if faults is None or stage is None:
+        return
+    if stage not in FAULT_STAGES:
+        raise InvalidRequest(f"{FAULT_HEADER} must be one of {', '.join(FAULT_STAGES)}", param=FAULT_HEADER)
+    faults.arm(run.generation.request_id, stage)
+
+
 async def _respond(request: Request, run: ChatRun | CompletionRun, stream: bool) -> Response:
+    _arm_fault(request, run)
     try:
         await _unless_disconnected(request, run.start())
     except BaseException:

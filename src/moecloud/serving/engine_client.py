@@ -4,6 +4,9 @@
 `add_request`, `abort` and `step` runs there, fed by a command queue. Outputs come back to the event loop
 through `call_soon_threadsafe`. Each request keeps only its latest output: outputs are cumulative, so a slow
 reader just sees bigger deltas and never makes the engine wait or memory grow.
+
+A request the engine fails alone ends its stream with `RequestFailed`; an error that stops the loop ends every
+stream with `EngineDead`, refuses new work, and calls `on_fatal` (the worker process then exits).
 """
 
 from __future__ import annotations
@@ -12,11 +15,20 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from moecloud.engine import EngineStats, LLMEngine, PromptTooLong, RequestOutput, SamplingParams
-from moecloud.serving.errors import ContextLengthExceeded, EngineDead, InvalidRequest, QueueFull, ServingError
+from moecloud.engine.failures import FaultInjector, is_fatal
+from moecloud.serving.errors import (
+    ContextLengthExceeded,
+    EngineDead,
+    InvalidRequest,
+    QueueFull,
+    RequestFailed,
+    ServingError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +88,7 @@ class EngineClient(Protocol):
     tokenizer: Any
     model_name: str
     max_model_len: int
+    faults: FaultInjector | None  # tests only: see serving.fault_injection
 
     async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> RequestStream:
         """Queue a request (raising QueueFull, ContextLengthExceeded, InvalidRequest) and stream its outputs."""
@@ -87,7 +100,9 @@ class EngineClient(Protocol):
 
     def num_aborted(self) -> int: ...
 
-    def healthy(self) -> bool: ...
+    def healthy(self) -> bool:
+        """True while the engine loop runs: alive, not failed, and not stuck in one step."""
+        ...
 
     def abort_all(self) -> None: ...
 
@@ -99,9 +114,15 @@ class EngineClient(Protocol):
 class ThreadEngineClient:
     """`EngineClient` over an `LLMEngine` owned by one background thread in this process."""
 
-    def __init__(self, engine: LLMEngine, max_waiting_requests: int) -> None:
+    def __init__(self, engine: LLMEngine, max_waiting_requests: int, *, stall_seconds: float | None = None,
+                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+        """``stall_seconds``: a step running longer counts as a stuck loop, not healthy (None: never);
+        ``on_fatal`` is called on the engine thread once the loop has died and every stream has been ended."""
         self._engine = engine
         self._max_waiting = max_waiting_requests
+        self._stall_seconds = stall_seconds
+        self._on_fatal = on_fatal
+        self._busy_since: float | None = None  # when the step running now began; None: idle
         self._commands: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._streams: dict[str, RequestStream] = {}  # engine thread only
         self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
@@ -111,6 +132,7 @@ class ThreadEngineClient:
         self.tokenizer = engine.tokenizer
         self.model_name = engine.model_name
         self.max_model_len = engine.max_model_len
+        self.faults = engine.faults
 
     def start(self) -> None:
         self._thread.start()
@@ -121,7 +143,9 @@ class ThreadEngineClient:
             self._thread.join(timeout=30)
 
     def healthy(self) -> bool:
-        return self._error is None and self._thread.is_alive()
+        busy_since, limit = self._busy_since, self._stall_seconds
+        stalled = busy_since is not None and limit is not None and time.monotonic() - busy_since > limit
+        return self._error is None and self._thread.is_alive() and not stalled
 
     def num_active(self) -> int:
         return self._active
@@ -160,9 +184,12 @@ class ThreadEngineClient:
         try:
             while True:
                 block = not self._engine.has_unfinished_requests()
+                if block:
+                    self._busy_since = None  # waiting for work is not being stuck
                 if not self._drain_commands(block):
                     break
                 if self._engine.has_unfinished_requests():
+                    self._busy_since = time.monotonic()
                     for output in self._engine.step():
                         self._deliver(output)
         except BaseException as exc:  # noqa: BLE001 - any engine failure must end every open stream
@@ -170,6 +197,9 @@ class ThreadEngineClient:
             self._error = exc
             for stream in list(self._streams.values()):
                 self._end(stream, EngineDead(f"the engine failed: {exc!r}"))
+            self._refuse_pending()
+            if self._on_fatal is not None:
+                self._on_fatal(exc)
         finally:
             for stream in list(self._streams.values()):
                 self._end(stream, None)
@@ -205,7 +235,7 @@ class ThreadEngineClient:
                 for request_id in list(self._streams):
                     self._abort(request_id)
             elif kind == "stats":
-                self._resolve(command[1], self._engine.stats())
+                self._stats(command[1])
 
     def _add(self, stream: RequestStream, prompt: str | list[int], params: SamplingParams,
              accepted: asyncio.Future[None]) -> None:
@@ -219,11 +249,29 @@ class ThreadEngineClient:
             except PromptTooLong as exc:
                 error = ContextLengthExceeded(str(exc), param="prompt")
             except ValueError as exc:
-                error = InvalidRequest(str(exc))
+                error = InvalidRequest(str(exc), param=getattr(exc, "param", None))
+            except Exception as exc:  # add_request leaves no trace of a request it refused: only this one fails
+                if is_fatal(exc):
+                    _notify(stream.loop, _settle, accepted, None, EngineDead(f"the engine failed: {exc!r}"))
+                    raise
+                log.exception("adding request %s failed", stream.request_id)
+                error = RequestFailed(f"{type(exc).__name__} while adding it")
         if error is None:
             self._streams[stream.request_id] = stream
             self._active += 1
         _notify(stream.loop, _settle, accepted, None, error)
+
+    def _stats(self, future: asyncio.Future[EngineStats]) -> None:
+        try:
+            stats = self._engine.stats()
+        except Exception as exc:
+            if is_fatal(exc):
+                _notify(future.get_loop(), _settle, future, None, EngineDead(f"the engine failed: {exc!r}"))
+                raise
+            log.exception("reading the engine's stats failed")
+            _notify(future.get_loop(), _settle, future, None, RequestFailed(f"{type(exc).__name__} reading stats"))
+            return
+        self._resolve(future, stats)
 
     def _abort(self, request_id: str) -> None:
         stream = self._streams.get(request_id)
@@ -235,6 +283,9 @@ class ThreadEngineClient:
     def _deliver(self, output: RequestOutput) -> None:
         stream = self._streams.get(output.request_id)
         if stream is None:
+            return
+        if output.error is not None:
+            self._end(stream, RequestFailed(output.error))
             return
         _notify(stream.loop, stream.push, output)
         if output.finished:

@@ -72,6 +72,15 @@ class EngineDead(ServingError):
     status, type, code = 503, "service_unavailable", "engine_dead"
 
 
+class RequestFailed(ServingError):
+    """The engine failed this one request (a bug it met, not bad input it could name); the others go on."""
+
+    status, type, code = 500, "server_error", "request_failed"
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(f"The engine could not complete this request ({cause}); other requests are unaffected.")
+
+
 class ClientDisconnected(ServingError):
     """The client went away before the reply; nobody reads the response (499 as nginx logs it)."""
 

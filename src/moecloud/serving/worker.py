@@ -1,4 +1,8 @@
-"""`moecloud worker`: one engine behind the OpenAI API, served by uvicorn, drained gracefully on SIGTERM."""
+"""`moecloud worker`: one engine behind the OpenAI API, served by uvicorn, drained gracefully on SIGTERM.
+
+A worker whose engine has failed does not live on as a shell answering 503: the process stops serving and exits
+with `ENGINE_FAILED_EXIT_STATUS`, so whoever runs it (the gateway, Ray, systemd) starts a new one.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,29 +24,58 @@ from fastapi import FastAPI
 
 from moecloud.config import Settings
 from moecloud.engine import EngineConfig, LLMEngine
+from moecloud.engine.failures import FaultInjector
 from moecloud.serving.api import build_app
 from moecloud.serving.engine_client import ThreadEngineClient
 from moecloud.serving.state import ServingState
 
 log = logging.getLogger(__name__)
+ENGINE_FAILED_EXIT_STATUS = 3
 
 
 def build_engine(model: str | Path, settings: Settings) -> LLMEngine:
     # every engine setting is an EngineConfig field of the same name, except the two the worker itself uses
     options = settings.engine.model_dump(exclude={"server_threads", "max_waiting_requests"})
-    return LLMEngine(EngineConfig(model=str(model), **options))
+    faults = FaultInjector() if settings.serving.fault_injection else None
+    return LLMEngine(EngineConfig(model=str(model), **options), faults=faults)
 
 
-def start_engine_client(model: str | Path, settings: Settings) -> ThreadEngineClient:
-    """The engine loaded and its loop running; the caller shuts the client down."""
+def start_engine_client(model: str | Path, settings: Settings,
+                        on_fatal: Callable[[BaseException], None] | None = None) -> ThreadEngineClient:
+    """The engine loaded and its loop running; the caller shuts the client down. ``on_fatal`` runs on the engine
+    thread if the loop dies (e.g. an `ExitOnEngineFailure`)."""
     # Math threads on every core starve the event loop that streams the results (measured: 0.29x of offline
     # throughput with 2 threads on 2 cores, 0.64x with 1): leave it a core.
     torch.set_num_threads(settings.engine.server_threads or max(1, (os.cpu_count() or 2) - 1))
     engine = build_engine(model, settings)
     engine.warm_up()  # with engine.compile: compile before the port opens, not in the first request
-    client = ThreadEngineClient(engine, settings.engine.max_waiting_requests)
+    client = ThreadEngineClient(engine, settings.engine.max_waiting_requests,
+                                stall_seconds=settings.serving.health_stall_seconds, on_fatal=on_fatal)
     client.start()
     return client
+
+
+class ExitOnEngineFailure:
+    """The worker process's answer to a dead engine loop: stop serving now, exit `ENGINE_FAILED_EXIT_STATUS`.
+
+    Streams open when the engine died have already been ended with an error; the server gets up to ``grace``
+    seconds to send those answers and stop, then the process exits whatever is still running (a server that
+    hangs in shutdown must not become the 503 shell this exists to prevent).
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.server: uvicorn.Server | None = None
+        self.failed = False
+
+    def __call__(self, exc: BaseException) -> None:
+        log.critical("the engine failed (%r): the worker exits with status %d", exc, ENGINE_FAILED_EXIT_STATUS)
+        self.failed = True
+        if self.server is not None:
+            self.server.should_exit = True
+        deadline = threading.Timer(self.grace, os._exit, (ENGINE_FAILED_EXIT_STATUS,))
+        deadline.daemon = True
+        deadline.start()
 
 
 def serving_app(client: ThreadEngineClient, settings: Settings, served_model_name: str | None = None) -> FastAPI:
@@ -109,16 +142,22 @@ def create_server(client: ThreadEngineClient, settings: Settings, host: str, por
 
 
 def run_worker(model: str | Path, settings: Settings, host: str | None = None, port: int | None = None,
-               served_model_name: str | None = None) -> None:
-    """Load the model, serve it until a signal, drain, and stop the engine."""
-    client = start_engine_client(model, settings)
+               served_model_name: str | None = None) -> int:
+    """Load the model, serve it until a signal (drain, stop the engine: 0) or until the engine fails
+    (`ENGINE_FAILED_EXIT_STATUS`); returns the process's exit status."""
+    on_failure = ExitOnEngineFailure(settings.serving.engine_failure_grace_seconds)
+    client = start_engine_client(model, settings, on_fatal=on_failure)
     server = create_server(client, settings, host or settings.serving.host,
                            settings.serving.port if port is None else port,
                            served_model_name or settings.serving.served_model_name)
+    on_failure.server = server
+    if on_failure.failed:  # before the server existed
+        server.should_exit = True
     try:
         server.run()
     finally:
         client.shutdown()
+    return ENGINE_FAILED_EXIT_STATUS if on_failure.failed else 0
 
 
 def free_port(host: str = "127.0.0.1") -> int:
