@@ -23,7 +23,16 @@ from moecloud.gateway.cli_options import (
     show,
     tier,
 )
-from moecloud.gateway.schemas import DeploymentIn, KeyIn, KeyLimitsIn, PriceIn, TenantIn, TenantLimitsIn, UsageRowOut
+from moecloud.gateway.schemas import (
+    CreditIn,
+    DeploymentIn,
+    KeyIn,
+    KeyLimitsIn,
+    PriceIn,
+    TenantIn,
+    TenantLimitsIn,
+    UsageRowOut,
+)
 
 tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -172,7 +181,8 @@ def credits_add(
     note: str | None = None,
 ) -> None:
     with admin_for(ctx) as admin:
-        balance = admin.add_credit(tenant, amount, note)
+        credit = CreditIn(tenant=tenant, amount=amount, note=note)
+        balance = admin.add_credit(credit.tenant, credit.amount, credit.note)
     console().print(f"{balance.tenant}: balance {balance.balance} {balance.currency}")
 
 
