@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from decimal import Decimal
 
 import openai
@@ -11,6 +12,7 @@ from harness import MODEL, Gateway
 from typer.testing import CliRunner
 
 from moecloud.cli import app
+from moecloud.store import ledger, tenants
 
 
 def cli(gateway: Gateway, *args: str) -> str:
@@ -88,3 +90,15 @@ def test_usage_prints_totals_and_a_per_day_chart(gateway: Gateway) -> None:
     assert f"total: 3 requests, {prompt} prompt tokens (0 cached), 6 completion tokens, cost {cost}" in output
     assert f"{rows[0]['day']} {'█' * 40} {cost} (3 requests)" in output
     assert "█" not in cli(gateway, "usage", "--tenant", "acme")  # not a terminal: no chart unless asked
+
+
+def test_a_tenant_with_requests_in_flight_is_not_deleted(gateway: Gateway) -> None:
+    gateway.tenant("busy", credit="5")
+    with gateway.database.write() as session:  # what a request in flight holds
+        tenant_id = tenants.get_tenant(session, "busy").id
+        ledger.place_hold(session, tenant_id, "req_in_flight", Decimal("0.5"), ttl=timedelta(minutes=5))
+    env = {"MOECLOUD_HOME": str(gateway.settings.home), "MOECLOUD_GATEWAY__DB_URL": gateway.settings.database_url()}
+    result = CliRunner().invoke(app, ["tenants", "delete", "busy", "--yes"], env=env)
+    assert (result.exit_code, result.output) == (
+        1, "error: tenant 'busy' has 1 requests in flight; delete it once they finish\n")
+    assert [t["name"] for t in gateway.call("GET", "/admin/tenants")] == ["busy"]
