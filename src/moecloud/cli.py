@@ -100,7 +100,8 @@ def serve(
     configure_logging(settings.log)
     typer.echo(f"moecloud home: {settings.home} (database: {settings.database_url()})")
     try:
-        launch(settings, model=model, host=host or settings.gateway.host, port=port or settings.gateway.port,
+        launch(settings, model=model, host=host or settings.gateway.host,
+               port=settings.gateway.port if port is None else port,
                served_model_name=served_model_name)
     except LaunchError as exc:
         raise ClickException(str(exc)) from exc

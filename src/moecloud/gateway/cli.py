@@ -361,7 +361,7 @@ def gateway_run(
     settings = settings_for(ctx)
     configure_logging(settings.log)
     app = create_app(settings)
-    uvicorn.run(app, host=host or settings.gateway.host, port=port or settings.gateway.port,
+    uvicorn.run(app, host=host or settings.gateway.host, port=settings.gateway.port if port is None else port,
                 log_config=None, access_log=False)
 
 
