@@ -10,7 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -169,6 +169,14 @@ class RaySettings(BaseModel):
     replica_cpus: float = Field(1.0, ge=0, description="CPUs reserved for each engine replica")
 
 
+class LogSettings(BaseModel):
+    """What the processes log: one access line per gateway request at INFO; HTTP-client lines at DEBUG."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="the least severe line shown")
+    json_lines: bool = Field(False, alias="json", description="one JSON object per line instead of text")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOECLOUD_", env_nested_delimiter="__", extra="ignore")
 
@@ -182,6 +190,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     scaling: ScalingSettings = ScalingSettings()
     ray: RaySettings = RaySettings()
+    log: LogSettings = LogSettings()
 
     def database_url(self) -> str:
         return self.gateway.db_url or f"sqlite:///{self.home / 'moecloud.db'}"

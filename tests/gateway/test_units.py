@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from moecloud.gateway.auth import Caller, Limits
-from moecloud.gateway.cli import parse_expiry
+from moecloud.gateway.cli_options import parse_expiry
 from moecloud.gateway.errors import RateLimited
 from moecloud.gateway.limits import RateLimiter
 from moecloud.gateway.metering import PriceSheet, TokenUsage, measure_prompt

@@ -28,11 +28,13 @@ from moecloud.gateway.schemas import (
     EvaluationIn,
     EvaluationOut,
     KeyIn,
+    KeyLimitsIn,
     KeyOut,
     NewKeyOut,
     PriceIn,
     PriceOut,
     ScaleIn,
+    TenantDeletedOut,
     TenantIn,
     TenantLimitsIn,
     TenantOut,
@@ -62,7 +64,7 @@ def list_tenants(admin: AdminOps) -> list[TenantOut]:
 
 @router.patch("/tenants/{name}")
 def set_tenant_limits(name: str, limits: TenantLimitsIn, admin: AdminOps, state: State) -> TenantOut:
-    tenant = admin.set_tenant_limits(name, limits.rpm, limits.tpm)
+    tenant = admin.update_tenant(name, limits)
     state.authenticator.forget()
     return tenant
 
@@ -213,3 +215,34 @@ def get_evaluation(evaluation_id: str, _: AdminDep, state: State) -> EvaluationO
 @router.get("/evaluations/{evaluation_id}/report", response_class=HTMLResponse)
 def evaluation_report(evaluation_id: str, _: AdminDep, state: State) -> HTMLResponse:
     return HTMLResponse(evaluations.evaluation_report(state.database, evaluation_id))
+
+
+# Changing and deleting what exists (the CLI's `tenants delete`, `keys limits|rotate`, `prices delete`).
+
+
+@router.delete("/tenants/{name}")
+def delete_tenant(name: str, admin: AdminOps, state: State) -> TenantDeletedOut:
+    tenant = admin.delete_tenant(name)
+    state.authenticator.forget()
+    return tenant
+
+
+@router.patch("/keys/{key_id}")
+def update_key(key_id: str, limits: KeyLimitsIn, admin: AdminOps, state: State) -> KeyOut:
+    key = admin.update_key(key_id, limits)
+    state.authenticator.forget()
+    return key
+
+
+@router.post("/keys/{key_id}/rotate")
+def rotate_key(key_id: str, admin: AdminOps, state: State) -> NewKeyOut:
+    key = admin.rotate_key(key_id)
+    state.authenticator.forget()
+    return key
+
+
+@router.delete("/prices/{model}")
+def delete_price(model: str, admin: AdminOps, state: State) -> PriceOut:
+    price = admin.delete_price(model)
+    state.catalog.forget()
+    return price

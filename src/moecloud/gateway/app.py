@@ -14,7 +14,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from moecloud import __version__
 from moecloud.config import Settings
-from moecloud.gateway import admin, proxy
+from moecloud.gateway import admin, prices_api, proxy
+from moecloud.gateway.access_log import AccessLog
 from moecloud.gateway.admission import Dispatcher
 from moecloud.gateway.auth import Authenticator
 from moecloud.gateway.autoscale import Autoscaler
@@ -77,7 +78,9 @@ def create_app(settings: Settings, database: Database | None = None, *, launcher
     install_error_handlers(app)
     app.include_router(proxy.router)
     app.include_router(admin.router)
+    app.include_router(prices_api.router)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
+    app.add_middleware(AccessLog)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -7,6 +7,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 
 import anyio
 
@@ -40,6 +41,8 @@ class MeteredRequest:
     route: Route | None = None  # where it was served, once a replica took it
     started: float = field(default_factory=time.monotonic)
     finished: bool = False
+    usage: TokenUsage | None = None  # what was charged, once finished (the access line reads it)
+    cost: Decimal | None = None
 
     @classmethod
     async def open(
@@ -96,6 +99,7 @@ class MeteredRequest:
             status=status,
             cost=self.price.cost(usage),
         )
+        self.usage, self.cost = usage, outcome.cost
 
         def settle() -> None:
             with self.database.write() as session:

@@ -3,26 +3,37 @@
 from __future__ import annotations
 
 import csv
-import re
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from decimal import Decimal
 
 import typer
-from pydantic import BaseModel, ValidationError
-from rich.console import Console
-from rich.table import Table
 
-from moecloud.config import Settings, load_settings
-from moecloud.gateway.credentials import load_secrets
-from moecloud.gateway.operations import Admin
-from moecloud.gateway.schemas import DeploymentIn, KeyIn, PriceIn, TenantIn, UsageRowOut
-from moecloud.store import Database
-from moecloud.store.errors import StoreError
+from moecloud.gateway.cli_options import (
+    DbOption,
+    JsonOption,
+    admin_for,
+    console,
+    day,
+    expiry,
+    given,
+    limit,
+    money,
+    settings_for,
+    show,
+    tier,
+)
+from moecloud.gateway.schemas import (
+    CreditIn,
+    DeploymentIn,
+    KeyIn,
+    KeyLimitsIn,
+    PriceIn,
+    TenantIn,
+    TenantLimitsIn,
+    UsageRowOut,
+)
 
-DbOption = typer.Option(None, "--db", help="SQLAlchemy URL (default: settings, then <home>/moecloud.db)")
 tenants_app = typer.Typer(help="Create and list tenants.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 credits_app = typer.Typer(help="Prepaid credit: add, show balance, release expired holds.", no_args_is_help=True)
@@ -34,28 +45,6 @@ SUB_APPS = {
     "tenants": tenants_app, "keys": keys_app, "credits": credits_app, "prices": prices_app,
     "deployments": deployments_app, "audit": audit_app, "gateway": gateway_app,
 }
-console = Console()
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    db_url = (ctx.obj or {}).get("db")
-    settings = load_settings()
-    if db_url:
-        settings.gateway.db_url = db_url
-    return settings
-
-
-@contextmanager
-def _admin(ctx: typer.Context) -> Iterator[Admin]:
-    settings = _settings(ctx)
-    database = Database.open(settings.database_url())
-    try:
-        yield Admin(database, settings, load_secrets(settings).audit_key, actor="cli")
-    except (StoreError, ValidationError, ValueError) as error:
-        console.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(1) from error
-    finally:
-        database.dispose()
 
 
 def _keep_db(app: typer.Typer) -> None:
@@ -69,55 +58,54 @@ for _sub in SUB_APPS.values():
         _keep_db(_sub)
 
 
-def _table(rows: list[BaseModel], columns: list[str] | None = None) -> None:
-    if not rows:
-        console.print("(none)")
-        return
-    columns = columns or list(type(rows[0]).model_fields)
-    table = Table(*columns)
-    for row in rows:
-        values = row.model_dump()
-        table.add_row(*("" if values[c] is None else str(values[c]) for c in columns))
-    console.print(table)
-
-
-def parse_expiry(value: str | None, *, now: datetime | None = None) -> datetime | None:
-    """``30d``, ``12h``, ``45m``, or an ISO date/datetime (UTC unless it says otherwise)."""
-    if value is None:
-        return None
-    match = re.fullmatch(r"(\d+)([dhm])", value.strip())
-    if match:
-        unit = {"d": "days", "h": "hours", "m": "minutes"}[match[2]]
-        return (now or datetime.now(UTC)) + timedelta(**{unit: int(match[1])})
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 @tenants_app.command("create")
 def tenants_create(
     ctx: typer.Context,
     name: str,
-    rpm: int | None = typer.Option(None, help="requests per minute (default: gateway.tenant_rpm)"),
-    tpm: int | None = typer.Option(None, help="tokens per minute (default: gateway.tenant_tpm)"),
-    trial_credit: str | None = typer.Option(None, help="free credit (default: billing.trial_credit)"),
+    rpm: int | None = typer.Option(None, min=1, help="requests per minute (default: gateway.tenant_rpm)"),
+    tpm: int | None = typer.Option(None, min=1, help="tokens per minute (default: gateway.tenant_tpm)"),
+    trial_credit: Decimal | None = typer.Option(None, parser=money, help="free credit (default: billing.trial_credit)"),
     weight: int = typer.Option(1, min=1, help="share of busy capacity against other tenants"),
 ) -> None:
-    with _admin(ctx) as admin:
-        credit = Decimal(trial_credit) if trial_credit is not None else None
-        _table([admin.create_tenant(TenantIn(name=name, rpm=rpm, tpm=tpm, trial_credit=credit, weight=weight))])
+    with admin_for(ctx) as admin:
+        show([admin.create_tenant(TenantIn(name=name, rpm=rpm, tpm=tpm, trial_credit=trial_credit, weight=weight))])
 
 
 @tenants_app.command("list")
-def tenants_list(ctx: typer.Context) -> None:
-    with _admin(ctx) as admin:
-        _table(list(admin.list_tenants()))
+def tenants_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    with admin_for(ctx) as admin:
+        show(admin.list_tenants(), as_json=as_json)
 
 
 @tenants_app.command("limits")
-def tenants_limits(ctx: typer.Context, name: str, rpm: int | None = None, tpm: int | None = None) -> None:
-    """Set a tenant's RPM/TPM (omitted: back to the gateway default)."""
-    with _admin(ctx) as admin:
-        _table([admin.set_tenant_limits(name, rpm, tpm)])
+def tenants_limits(
+    ctx: typer.Context,
+    name: str,
+    rpm: str | None = typer.Option(None, parser=limit, help="requests per minute, or 'default'"),
+    tpm: str | None = typer.Option(None, parser=limit, help="tokens per minute, or 'default'"),
+    weight: int | None = typer.Option(None, min=1, help="share of busy capacity against other tenants"),
+) -> None:
+    """Change a tenant's RPM, TPM or weight; what is not given stays ('default': back to the gateway's)."""
+    changes = given(rpm=rpm, tpm=tpm, weight=weight)
+    if not changes:
+        raise typer.BadParameter("give at least one of --rpm, --tpm, --weight", param_hint="'--rpm'")
+    with admin_for(ctx) as admin:
+        show([admin.update_tenant(name, TenantLimitsIn(**changes))])
+
+
+@tenants_app.command("delete")
+def tenants_delete(
+    ctx: typer.Context,
+    name: str,
+    yes: bool = typer.Option(False, "--yes", help="do not ask"),
+) -> None:
+    """Delete a tenant with its keys, credit, usage and evaluations (the audit log keeps the record)."""
+    if not yes:
+        typer.confirm(f"delete tenant {name!r} with its keys, ledger and usage records?", abort=True)
+    with admin_for(ctx) as admin:
+        deleted = admin.delete_tenant(name)
+    counts = ", ".join(f"{rows} {table}" for table, rows in deleted.removed.items() if isinstance(rows, int))
+    console().print(f"deleted tenant {deleted.name} (balance {deleted.balance}; {counts})")
 
 
 @keys_app.command("create")
@@ -125,56 +113,97 @@ def keys_create(
     ctx: typer.Context,
     tenant: str = typer.Option(..., help="owner tenant"),
     name: str = typer.Option(..., help="a label for the key"),
-    rpm: int | None = typer.Option(None, help="requests per minute (default: gateway.key_rpm)"),
-    tpm: int | None = typer.Option(None, help="tokens per minute (default: gateway.key_tpm)"),
-    max_concurrency: int | None = typer.Option(None, help="in-flight requests (default: gateway.key_max_concurrency)"),
+    rpm: int | None = typer.Option(None, min=1, help="requests per minute (default: gateway.key_rpm)"),
+    tpm: int | None = typer.Option(None, min=1, help="tokens per minute (default: gateway.key_tpm)"),
+    max_concurrency: int | None = typer.Option(
+        None, min=1, help="in-flight requests (default: gateway.key_max_concurrency)"
+    ),
     models: str | None = typer.Option(None, help="comma-separated models the key may use (default: all)"),
-    expires: str | None = typer.Option(None, help="30d, 12h, or an ISO date/datetime"),
+    expires: datetime | None = typer.Option(None, parser=expiry, help="30d, 12h, 45m, or an ISO date"),
     priority: int | None = typer.Option(None, min=0, help="admission tier, 0 first (default: admission setting)"),
 ) -> None:
-    with _admin(ctx) as admin:
+    with admin_for(ctx) as admin:
         spec = KeyIn(
             tenant=tenant, name=name, rpm=rpm, tpm=tpm, max_concurrency=max_concurrency,
             models=[m.strip() for m in models.split(",") if m.strip()] if models else None,
-            expires_at=parse_expiry(expires), priority=priority,
+            expires_at=expires, priority=priority,
         )
         created = admin.create_key(spec)
-        _table([created], ["id", "tenant", "name", "models", "expires_at"])
-        console.print(f"API key (shown once, store it now): [bold]{created.key}[/bold]")
+    show([created], ["id", "tenant", "name", "models", "expires_at"])
+    console().print(f"API key (shown once, store it now): [bold]{created.key}[/bold]")
 
 
 @keys_app.command("list")
-def keys_list(ctx: typer.Context, tenant: str | None = typer.Option(None)) -> None:
-    with _admin(ctx) as admin:
-        _table(list(admin.list_keys(tenant)))
+def keys_list(ctx: typer.Context, tenant: str | None = typer.Option(None), as_json: bool = JsonOption) -> None:
+    with admin_for(ctx) as admin:
+        show(admin.list_keys(tenant), as_json=as_json)
+
+
+@keys_app.command("limits")
+def keys_limits(
+    ctx: typer.Context,
+    key_id: str,
+    rpm: str | None = typer.Option(None, parser=limit, help="requests per minute, or 'default'"),
+    tpm: str | None = typer.Option(None, parser=limit, help="tokens per minute, or 'default'"),
+    max_concurrency: str | None = typer.Option(None, parser=limit, help="in-flight requests, or 'default'"),
+    priority: str | None = typer.Option(None, parser=tier, help="admission tier, or 'default'"),
+) -> None:
+    """Change a key's limits; what is not given stays ('default': back to the gateway's)."""
+    changes = given(rpm=rpm, tpm=tpm, max_concurrency=max_concurrency, priority=priority)
+    if not changes:
+        raise typer.BadParameter("give at least one of --rpm, --tpm, --max-concurrency, --priority",
+                                 param_hint="'--rpm'")
+    with admin_for(ctx) as admin:
+        show([admin.update_key(key_id, KeyLimitsIn(**changes))],
+             ["id", "tenant", "name", "rpm", "tpm", "max_concurrency", "priority"])
+
+
+@keys_app.command("rotate")
+def keys_rotate(ctx: typer.Context, key_id: str) -> None:
+    """A new secret for the key (same id, scopes and limits); the old secret stops working."""
+    with admin_for(ctx) as admin:
+        rotated = admin.rotate_key(key_id)
+    show([rotated], ["id", "tenant", "name", "models", "expires_at"])
+    console().print(f"new API key (shown once, store it now): [bold]{rotated.key}[/bold]")
 
 
 @keys_app.command("revoke")
 def keys_revoke(ctx: typer.Context, key_id: str) -> None:
-    with _admin(ctx) as admin:
-        _table([admin.revoke_key(key_id)], ["id", "tenant", "name", "revoked_at"])
+    with admin_for(ctx) as admin:
+        show([admin.revoke_key(key_id)], ["id", "tenant", "name", "revoked_at"])
 
 
 @credits_app.command("add")
-def credits_add(ctx: typer.Context, tenant: str, amount: str, note: str | None = None) -> None:
-    with _admin(ctx) as admin:
-        balance = admin.add_credit(tenant, Decimal(amount), note)
-        console.print(f"{balance.tenant}: balance {balance.balance} {balance.currency}")
+def credits_add(
+    ctx: typer.Context,
+    tenant: str,
+    amount: Decimal = typer.Argument(..., parser=money),
+    note: str | None = None,
+) -> None:
+    with admin_for(ctx) as admin:
+        credit = CreditIn(tenant=tenant, amount=amount, note=note)
+        balance = admin.add_credit(credit.tenant, credit.amount, credit.note)
+    console().print(f"{balance.tenant}: balance {balance.balance} {balance.currency}")
 
 
 @credits_app.command("show")
-def credits_show(ctx: typer.Context, tenant: str, entries: int = 20) -> None:
-    with _admin(ctx) as admin:
+def credits_show(
+    ctx: typer.Context, tenant: str, entries: int = typer.Option(20, min=0), as_json: bool = JsonOption
+) -> None:
+    with admin_for(ctx) as admin:
         balance = admin.balance(tenant, entries=entries)
-        console.print(f"{balance.tenant}: balance {balance.balance} {balance.currency}, held {balance.held}")
-        _table(list(balance.entries))
+    if as_json:
+        typer.echo(balance.model_dump_json(indent=2))
+        return
+    console().print(f"{balance.tenant}: balance {balance.balance} {balance.currency}, held {balance.held}")
+    show(balance.entries)
 
 
 @credits_app.command("reconcile")
 def credits_reconcile(ctx: typer.Context) -> None:
     """Release holds past their expiry (left by requests that never finished)."""
-    with _admin(ctx) as admin:
-        console.print(f"released {admin.release_expired_holds()} expired holds")
+    with admin_for(ctx) as admin:
+        console().print(f"released {admin.release_expired_holds()} expired holds")
 
 
 def usage(
@@ -182,23 +211,50 @@ def usage(
     tenant: str | None = None,
     key: str | None = None,
     model: str | None = None,
-    since: str | None = typer.Option(None, help="first UTC day, YYYY-MM-DD"),
-    until: str | None = typer.Option(None, help="last UTC day, YYYY-MM-DD"),
+    since: date | None = typer.Option(None, parser=day, help="first UTC day: YYYY-MM-DD, or 7d ago"),
+    until: date | None = typer.Option(None, parser=day, help="last UTC day: YYYY-MM-DD, or 1d ago"),
     csv_out: bool = typer.Option(False, "--csv", help="CSV on stdout instead of a table"),
+    as_json: bool = JsonOption,
+    chart: bool | None = typer.Option(None, help="cost per day as bars (default: on a terminal)"),
     db: str | None = DbOption,
 ) -> None:
-    """Usage per day, tenant, key and model."""
+    """Usage per day, tenant, key and model, with totals."""
     ctx.obj = {"db": db}
-    with _admin(ctx) as admin:
-        rows = admin.usage(
-            tenant=tenant, key=key, model=model,
-            since=date.fromisoformat(since) if since else None,
-            until=date.fromisoformat(until) if until else None,
-        )
-        if csv_out:
-            _write_csv(rows)
-        else:
-            _table(list(rows))
+    with admin_for(ctx) as admin:
+        rows = admin.usage(tenant=tenant, key=key, model=model, since=since, until=until)
+    if csv_out:
+        _write_csv(rows)
+        return
+    show(rows, as_json=as_json)
+    if as_json or not rows:
+        return
+    out = console()
+    out.print(_totals(rows))
+    if out.is_terminal if chart is None else chart:
+        out.print(_chart(rows))
+
+
+def _totals(rows: list[UsageRowOut]) -> str:
+    requests = sum(r.requests for r in rows)
+    prompt, cached = sum(r.prompt_tokens for r in rows), sum(r.cached_tokens for r in rows)
+    completion, cost = sum(r.completion_tokens for r in rows), sum((r.cost for r in rows), Decimal(0))
+    return (f"total: {requests} requests, {prompt} prompt tokens ({cached} cached), "
+            f"{completion} completion tokens, cost {cost}")
+
+
+def _chart(rows: list[UsageRowOut], width: int = 40) -> str:
+    """One bar per day, as long as its cost against the dearest day (requests when nothing cost anything)."""
+    days: dict[str, tuple[int, Decimal]] = {}
+    for row in rows:
+        requests, cost = days.get(row.day, (0, Decimal(0)))
+        days[row.day] = (requests + row.requests, cost + row.cost)
+    by_cost = any(cost for _, cost in days.values())
+    top = max((cost if by_cost else Decimal(requests)) for requests, cost in days.values()) or Decimal(1)
+    lines = []
+    for when, (requests, cost) in sorted(days.items()):
+        bar = "█" * max(1, round(width * (cost if by_cost else Decimal(requests)) / top))
+        lines.append(f"{when} {bar} {cost} ({requests} requests)")
+    return "\n".join(lines)
 
 
 def _write_csv(rows: list[UsageRowOut]) -> None:
@@ -212,19 +268,25 @@ def _write_csv(rows: list[UsageRowOut]) -> None:
 def prices_set(
     ctx: typer.Context,
     model: str,
-    input_miss: str = typer.Option(..., help="per 1M input tokens on a prefix-cache miss"),
-    input_hit: str = typer.Option(..., help="per 1M input tokens on a prefix-cache hit"),
-    output: str = typer.Option(..., help="per 1M output tokens"),
+    input_miss: Decimal = typer.Option(..., parser=money, help="per 1M input tokens on a prefix-cache miss"),
+    input_hit: Decimal = typer.Option(..., parser=money, help="per 1M input tokens on a prefix-cache hit"),
+    output: Decimal = typer.Option(..., parser=money, help="per 1M output tokens"),
 ) -> None:
-    with _admin(ctx) as admin:
-        spec = PriceIn(input_miss=Decimal(input_miss), input_hit=Decimal(input_hit), output=Decimal(output))
-        _table([admin.set_price(model, spec)])
+    with admin_for(ctx) as admin:
+        show([admin.set_price(model, PriceIn(input_miss=input_miss, input_hit=input_hit, output=output))])
 
 
 @prices_app.command("list")
-def prices_list(ctx: typer.Context) -> None:
-    with _admin(ctx) as admin:
-        _table(list(admin.list_prices()))
+def prices_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    with admin_for(ctx) as admin:
+        show(admin.list_prices(), as_json=as_json)
+
+
+@prices_app.command("delete")
+def prices_delete(ctx: typer.Context, model: str) -> None:
+    """Forget a model's price: it is billed at the billing defaults again."""
+    with admin_for(ctx) as admin:
+        show([admin.delete_price(model)])
 
 
 @deployments_app.callback(invoke_without_command=True)
@@ -243,57 +305,64 @@ def deployments_add(
     base_url: str = typer.Option(..., help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1"),
     upstream_model: str | None = typer.Option(None, help="the name the upstream knows (default: --model)"),
     priority: int = typer.Option(0, help="lower is tried first"),
-    weight: int = typer.Option(1),
+    weight: int = typer.Option(1, min=1),
 ) -> None:
-    with _admin(ctx) as admin:
+    with admin_for(ctx) as admin:
         spec = DeploymentIn(name=name, model=model, base_url=base_url, upstream_model=upstream_model,
                             priority=priority, weight=weight)
-        _table([admin.add_deployment(spec)])
+        show([admin.add_deployment(spec)])
 
 
 @deployments_app.command("list")
-def deployments_list(ctx: typer.Context) -> None:
-    with _admin(ctx) as admin:
-        _table(list(admin.list_deployments()), ["name", "model", "kind", "replicas", "min_replicas", "max_replicas",
-                                                "base_url", "checkpoint", "upstream_model", "priority", "weight"])
+def deployments_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    with admin_for(ctx) as admin:
+        show(admin.list_deployments(), ["name", "model", "kind", "replicas", "min_replicas", "max_replicas",
+                                        "base_url", "checkpoint", "upstream_model", "priority", "weight"],
+             as_json=as_json)
 
 
 @deployments_app.command("remove")
 def deployments_remove(ctx: typer.Context, name: str) -> None:
-    with _admin(ctx) as admin:
-        _table([admin.remove_deployment(name)])
+    with admin_for(ctx) as admin:
+        show([admin.remove_deployment(name)])
 
 
 @audit_app.command("verify")
 def audit_verify(ctx: typer.Context) -> None:
     """Check the audit chain; names every edited, inserted or deleted row. Exit code 1 if any."""
-    with _admin(ctx) as admin:
+    with admin_for(ctx) as admin:
         result = admin.verify_audit()
+    out = console()
     for problem in result.problems:
-        console.print(f"[red]{problem}[/red]")
-    console.print(f"{result.rows} rows, " + ("chain intact" if result.ok else f"{len(result.problems)} problems"))
+        out.print(f"[red]{problem}[/red]")
+    out.print(f"{result.rows} rows, " + ("chain intact" if result.ok else f"{len(result.problems)} problems"))
     if not result.ok:
         raise typer.Exit(1)
 
 
 @audit_app.command("list")
-def audit_list(ctx: typer.Context, limit: int = 50) -> None:
-    with _admin(ctx) as admin:
-        _table(list(admin.audit_entries(limit)))
+def audit_list(ctx: typer.Context, limit: int = typer.Option(50, min=1), as_json: bool = JsonOption) -> None:
+    with admin_for(ctx) as admin:
+        show(admin.audit_entries(limit), as_json=as_json)
 
 
 @gateway_app.command("run")
 def gateway_run(
-    ctx: typer.Context, host: str | None = None, port: int | None = None
+    ctx: typer.Context,
+    host: str | None = typer.Option(None, help="default: gateway.host"),
+    port: int | None = typer.Option(None, min=0, max=65535, help="default: gateway.port"),
 ) -> None:
     """Serve the gateway (routes to the deployments in the database)."""
     import uvicorn
 
     from moecloud.gateway.app import create_app
+    from moecloud.logs import configure_logging
 
-    settings = _settings(ctx)
+    settings = settings_for(ctx)
+    configure_logging(settings.log)
     app = create_app(settings)
-    uvicorn.run(app, host=host or settings.gateway.host, port=port or settings.gateway.port)
+    uvicorn.run(app, host=host or settings.gateway.host, port=settings.gateway.port if port is None else port,
+                log_config=None, access_log=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 import typer
 
 from moecloud.gateway.bootstrap import deployment_name
-from moecloud.gateway.cli import DbOption, _admin, _keep_db, _table
+from moecloud.gateway.cli import _keep_db
+from moecloud.gateway.cli_options import DbOption, JsonOption, admin_for, money, show
 from moecloud.gateway.schemas import AliasIn, DeploymentIn, ScaleIn
 
 providers_app = typer.Typer(help="External OpenAI-compatible providers serving a model.", no_args_is_help=True)
@@ -38,13 +39,13 @@ def deploy(
     """Deploy a checkpoint as local engine-worker replicas run by the gateway."""
     ctx.obj = {"db": db}
     served = served_model_name or model.name
-    with _admin(ctx) as admin:
+    with admin_for(ctx) as admin:
         spec = DeploymentIn(
             name=name or deployment_name(served), model=served, kind="local", checkpoint=str(model.resolve()),
             replicas=replicas, min_replicas=replicas if min_replicas is None else min_replicas,
             max_replicas=max_replicas, max_concurrency=max_concurrency, priority=priority, backend=backend,
         )
-        _table([admin.add_deployment(spec)], _SHOWN)
+        show([admin.add_deployment(spec)], _SHOWN)
 
 
 def scale(
@@ -57,9 +58,9 @@ def scale(
 ) -> None:
     """Set how many replicas a local deployment runs (and optionally its autoscaling bounds)."""
     ctx.obj = {"db": db}
-    with _admin(ctx) as admin:
+    with admin_for(ctx) as admin:
         spec = ScaleIn(replicas=replicas, min_replicas=min_replicas, max_replicas=max_replicas)
-        _table([admin.scale_deployment(name, spec)], _SHOWN)
+        show([admin.scale_deployment(name, spec)], _SHOWN)
 
 
 @providers_app.command("add")
@@ -76,26 +77,27 @@ def providers_add(
 ) -> None:
     """Route a model to an external provider (failover target, or cheaper/dearer capacity)."""
     cost_input, cost_output = _price(price)
-    with _admin(ctx) as admin:
+    with admin_for(ctx) as admin:
         spec = DeploymentIn(
             name=name, model=serves or model, base_url=base_url, upstream_model=model, api_key_env=api_key_env,
             cost_input=cost_input, cost_output=cost_output, priority=priority, max_concurrency=max_concurrency,
         )
-        _table([admin.add_deployment(spec)], ["name", "model", "base_url", "upstream_model", "api_key_env",
+        show([admin.add_deployment(spec)], ["name", "model", "base_url", "upstream_model", "api_key_env",
                                               "cost_input", "cost_output", "priority"])
 
 
 @providers_app.command("list")
-def providers_list(ctx: typer.Context) -> None:
-    with _admin(ctx) as admin:
-        _table([d for d in admin.list_deployments() if d.kind == "remote"],
-               ["name", "model", "base_url", "upstream_model", "api_key_env", "cost_input", "cost_output"])
+def providers_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    with admin_for(ctx) as admin:
+        show([d for d in admin.list_deployments() if d.kind == "remote"],
+             ["name", "model", "base_url", "upstream_model", "api_key_env", "cost_input", "cost_output"],
+             as_json=as_json)
 
 
 @aliases_app.command("list")
-def aliases_list(ctx: typer.Context) -> None:
-    with _admin(ctx) as admin:
-        _table(list(admin.list_aliases()), ["name", "model", "note", "updated_at"])
+def aliases_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+    with admin_for(ctx) as admin:
+        show(admin.list_aliases(), ["name", "model", "note", "updated_at"], as_json=as_json)
 
 
 @aliases_app.command("set")
@@ -106,14 +108,14 @@ def aliases_set(
     note: str | None = typer.Option(None, help="why (kept with the alias and in the audit row)"),
 ) -> None:
     """Create an alias, or point an existing one at another model."""
-    with _admin(ctx) as admin:
-        _table([admin.set_alias(name, AliasIn(model=model, note=note))], ["name", "model", "note"])
+    with admin_for(ctx) as admin:
+        show([admin.set_alias(name, AliasIn(model=model, note=note))], ["name", "model", "note"])
 
 
 @aliases_app.command("delete")
 def aliases_delete(ctx: typer.Context, name: str) -> None:
-    with _admin(ctx) as admin:
-        _table([admin.remove_alias(name)], ["name", "model"])
+    with admin_for(ctx) as admin:
+        show([admin.remove_alias(name)], ["name", "model"])
 
 
 def _price(value: str | None) -> tuple[Decimal | None, Decimal | None]:
@@ -121,8 +123,11 @@ def _price(value: str | None) -> tuple[Decimal | None, Decimal | None]:
         return None, None
     parts = [part.strip() for part in value.split(",")]
     if len(parts) != 2:
-        raise typer.BadParameter("--price takes INPUT,OUTPUT per million tokens, e.g. 0.27,1.10")
-    return Decimal(parts[0]), Decimal(parts[1])
+        raise typer.BadParameter("takes INPUT,OUTPUT per million tokens, e.g. 0.27,1.10", param_hint="'--price'")
+    try:
+        return money(parts[0]), money(parts[1])
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="'--price'") from error
 
 
 def register(app: typer.Typer) -> None:

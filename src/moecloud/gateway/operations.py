@@ -19,13 +19,16 @@ from moecloud.gateway.schemas import (
     DeploymentIn,
     DeploymentOut,
     KeyIn,
+    KeyLimitsIn,
     KeyOut,
     LedgerEntryOut,
     NewKeyOut,
     PriceIn,
     PriceOut,
     ScaleIn,
+    TenantDeletedOut,
     TenantIn,
+    TenantLimitsIn,
     TenantOut,
     UsageRowOut,
 )
@@ -51,11 +54,19 @@ class Admin:
             self._audit(session, "tenant.create", spec.name, {**spec.model_dump(), "trial_credit": trial})
             return _tenant_out(tenant)
 
-    def set_tenant_limits(self, name: str, rpm: int | None, tpm: int | None) -> TenantOut:
+    def update_tenant(self, name: str, spec: TenantLimitsIn) -> TenantOut:
+        """Change the limits or weight given in ``spec``; the others stay."""
+        changes = spec.model_dump(exclude_unset=True)
         with self._database.write() as session:
-            tenant = tenants.set_tenant_limits(session, name, rpm=rpm, tpm=tpm)
-            self._audit(session, "tenant.limits", name, {"rpm": rpm, "tpm": tpm})
+            tenant = tenants.update_tenant(session, name, changes)
+            self._audit(session, "tenant.limits", name, changes)
             return _tenant_out(tenant)
+
+    def delete_tenant(self, name: str) -> TenantDeletedOut:
+        with self._database.write() as session:
+            tenant, removed = tenants.delete_tenant(session, name)
+            self._audit(session, "tenant.delete", name, removed)
+            return TenantDeletedOut(**_tenant_out(tenant).model_dump(), removed=removed)
 
     def list_tenants(self) -> list[TenantOut]:
         with self._database.read() as session:
@@ -89,12 +100,31 @@ class Admin:
             tenant_id = tenants.get_tenant(session, tenant).id if tenant else None
             return [_key_out(key, name) for key, name in tenants.list_keys(session, tenant_id=tenant_id)]
 
+    def update_key(self, public_id: str, spec: KeyLimitsIn) -> KeyOut:
+        """Change the limits given in ``spec``; the others stay."""
+        changes = spec.model_dump(exclude_unset=True)
+        with self._database.write() as session:
+            key = tenants.update_key(session, public_id, changes)
+            self._audit(session, "key.limits", public_id, changes)
+            return self._key_with_owner(session, key)
+
+    def rotate_key(self, public_id: str) -> NewKeyOut:
+        """A new secret for the same key (id, scopes, limits); the old secret stops working."""
+        secret, key_hash, _ = mint_key()
+        with self._database.write() as session:
+            key = tenants.rotate_key(session, public_id, key_hash=key_hash, key_prefix=secret[:10])
+            self._audit(session, "key.rotate", public_id, {"prefix": key.key_prefix})
+            return NewKeyOut(**self._key_with_owner(session, key).model_dump(), key=secret)
+
     def revoke_key(self, public_id: str) -> KeyOut:
         with self._database.write() as session:
             key = tenants.revoke_key(session, public_id, now=utcnow())
-            owner = session.get(Tenant, key.tenant_id)
             self._audit(session, "key.revoke", public_id, {})
-            return _key_out(key, owner.name if owner else "?")
+            return self._key_with_owner(session, key)
+
+    def _key_with_owner(self, session: Session, key: ApiKey) -> KeyOut:
+        owner = session.get(Tenant, key.tenant_id)
+        return _key_out(key, owner.name if owner else "?")
 
     def add_credit(self, tenant_name: str, amount: Decimal, note: str | None = None) -> BalanceOut:
         with self._database.write() as session:
@@ -146,6 +176,14 @@ class Admin:
             catalog.set_price(session, model, **spec.model_dump())
             self._audit(session, "price.set", model, spec.model_dump())
         return PriceOut(model=model, **spec.model_dump())
+
+    def delete_price(self, model: str) -> PriceOut:
+        """The model is priced at the billing defaults again."""
+        with self._database.write() as session:
+            price = catalog.delete_price(session, model)
+            self._audit(session, "price.delete", model, {})
+            return PriceOut(model=price.model, input_miss=price.input_miss, input_hit=price.input_hit,
+                            output=price.output)
 
     def list_prices(self) -> list[PriceOut]:
         with self._database.read() as session:

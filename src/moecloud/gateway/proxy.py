@@ -84,6 +84,7 @@ async def _forward(request: Request, caller: Caller, state: GatewayState, path: 
     meter = await MeteredRequest.open(
         state.database, billing, caller, model, price, prompt, max_tokens * choices, admission
     )
+    request.state.meter = meter  # for the access line
     headers = {"x-request-id": meter.request_id, **admission.headers}
     upstream_body = {**body, "max_tokens": max_tokens}
     upstream_body.pop("max_completion_tokens", None)

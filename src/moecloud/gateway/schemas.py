@@ -24,8 +24,11 @@ class TenantIn(BaseModel):
 
 
 class TenantLimitsIn(BaseModel):
+    """A partial update: fields left out stay as they are; null puts rpm/tpm back to the gateway default."""
+
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
+    weight: int = Field(1, ge=1, description="share of busy capacity against other tenants")
 
 
 class TenantOut(BaseModel):
@@ -61,6 +64,19 @@ class KeyOut(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
     created_at: datetime
+
+
+class KeyLimitsIn(BaseModel):
+    """A partial update of a key's limits: fields left out stay as they are; null means the default."""
+
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    max_concurrency: int | None = Field(None, ge=1)
+    priority: int | None = Field(None, ge=0)
+
+
+class TenantDeletedOut(TenantOut):
+    removed: dict[str, Any] = Field(description="what went with it: rows per table, balance, usage cost")
 
 
 class NewKeyOut(KeyOut):

@@ -43,8 +43,12 @@ def get_state(request: Request) -> GatewayState:
 State = Annotated[GatewayState, Depends(get_state)]
 
 
-async def get_caller(state: State, authorization: Annotated[str | None, Header()] = None) -> Caller:
-    return await state.authenticator.authenticate(bearer_token(authorization))
+async def get_caller(
+    request: Request, state: State, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
+    caller = await state.authenticator.authenticate(bearer_token(authorization))
+    request.state.caller = caller  # for the access line
+    return caller
 
 
 def require_admin(state: State, authorization: Annotated[str | None, Header()] = None) -> str:

@@ -24,6 +24,14 @@ def set_price(session: Session, model: str, *, input_miss: Decimal, input_hit: D
     return price
 
 
+def delete_price(session: Session, model: str) -> Price:
+    """The model is priced at the billing defaults again."""
+    price = found(session.get(Price, model), "price", model)
+    session.delete(price)
+    session.flush()
+    return price
+
+
 def list_prices(session: Session) -> list[Price]:
     return list(session.scalars(select(Price).order_by(Price.model)))
 

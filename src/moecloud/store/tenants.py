@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from moecloud.store.errors import AlreadyExists, found
-from moecloud.store.tables import ApiKey, LedgerEntry, Tenant
+from moecloud.store.errors import AlreadyExists, InvalidValue, found
+from moecloud.store.tables import ApiKey, Evaluation, Hold, LedgerEntry, Tenant, UsageRecord
 
 
 def create_tenant(
@@ -34,10 +35,32 @@ def list_tenants(session: Session) -> list[Tenant]:
     return list(session.scalars(select(Tenant).order_by(Tenant.id)))
 
 
-def set_tenant_limits(session: Session, name: str, *, rpm: int | None, tpm: int | None) -> Tenant:
+def update_tenant(session: Session, name: str, changes: dict[str, Any]) -> Tenant:
+    """Set only the fields in ``changes`` (rpm, tpm: None means the gateway default; weight)."""
     tenant = get_tenant(session, name)
-    tenant.rpm, tenant.tpm = rpm, tpm
+    for field in ("rpm", "tpm", "weight"):
+        if field in changes:
+            setattr(tenant, field, changes[field])
+    session.flush()
     return tenant
+
+
+def delete_tenant(session: Session, name: str) -> tuple[Tenant, dict[str, Any]]:
+    """Delete a tenant with its keys, ledger, usage records and evaluations; returns it and what went with it.
+
+    Refused while it has requests in flight (open holds): their settlement would have nowhere to go.
+    """
+    tenant = get_tenant(session, name)
+    open_holds = session.scalar(select(func.count()).where(Hold.tenant_id == tenant.id, Hold.status == "held"))
+    if open_holds:
+        raise InvalidValue(f"tenant {name!r} has {open_holds} requests in flight; delete it once they finish")
+    spent = session.scalar(select(func.sum(UsageRecord.cost)).where(UsageRecord.tenant_id == tenant.id))
+    removed: dict[str, Any] = {"balance": tenant.balance, "usage_cost": spent or Decimal(0)}
+    for table in (UsageRecord, LedgerEntry, Hold, Evaluation, ApiKey):
+        removed[table.__tablename__] = session.execute(delete(table).where(table.tenant_id == tenant.id)).rowcount
+    session.delete(tenant)
+    session.flush()
+    return tenant, removed
 
 
 def add_key(session: Session, key: ApiKey) -> ApiKey:
@@ -66,6 +89,26 @@ def find_key_by_hash(session: Session, key_hash: str) -> tuple[ApiKey, Tenant] |
         select(ApiKey, Tenant).join(Tenant, Tenant.id == ApiKey.tenant_id).where(ApiKey.key_hash == key_hash)
     ).first()
     return None if row is None else (row[0], row[1])
+
+
+def update_key(session: Session, public_id: str, changes: dict[str, Any]) -> ApiKey:
+    """Set only the limits in ``changes`` (rpm, tpm, max_concurrency, priority: None means the default)."""
+    key = get_key(session, public_id)
+    for field in ("rpm", "tpm", "max_concurrency", "priority"):
+        if field in changes:
+            setattr(key, field, changes[field])
+    session.flush()
+    return key
+
+
+def rotate_key(session: Session, public_id: str, *, key_hash: str, key_prefix: str) -> ApiKey:
+    """Give a live key a new secret: the old one stops working, id, scopes and limits stay."""
+    key = get_key(session, public_id)
+    if key.revoked_at is not None:
+        raise InvalidValue(f"key {public_id!r} is revoked; create a new key instead")
+    key.key_hash, key.key_prefix = key_hash, key_prefix
+    session.flush()
+    return key
 
 
 def revoke_key(session: Session, public_id: str, *, now: datetime) -> ApiKey:

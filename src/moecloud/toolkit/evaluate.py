@@ -1,8 +1,10 @@
 """`moecloud eval`: run a suite against models behind any OpenAI-compatible API and recommend one.
 
-Each model answers every example through ``POST /chat/completions`` (greedy). Measured: accuracy,
-latency p50/p95 per request, output tokens per second of a request, and cost per 1,000 requests from a
-price table (the ``/admin/prices`` shape, priced by the gateway's own ``PriceSheet``). The
+Each model answers every example through ``POST /chat/completions`` (greedy); a 429 with ``Retry-After``
+is waited out and retried (a bounded number of times), other failures are counted with their reason.
+Measured: accuracy, latency p50/p95 per request, output tokens per second of a request, and cost per 1,000
+requests from a price table (the ``/admin/prices`` shape, priced by the gateway's own ``PriceSheet``):
+a moecloud gateway's own, read from its ``GET /v1/prices`` with the tenant key, unless one is given. The
 recommendation is the cheapest model whose accuracy meets the bar; ``register_alias`` makes it the model
 that ``auto-<suite>`` routes to, through the gateway's admin API. The gateway runs the same functions for
 ``POST /admin/evaluations`` (``moecloud.gateway.evaluations``).
@@ -45,12 +47,13 @@ class ModelResult:
     requests: int
     errors: int
     by_group: dict[str, float] = field(default_factory=dict)
+    first_error: str | None = None  # the reason of the first failed request
 
     def row(self) -> dict[str, Any]:
         return {"model": self.model, "accuracy": self.accuracy, "latency_p50": self.latency_p50,
                 "latency_p95": self.latency_p95, "tokens_per_second": self.tokens_per_second,
                 "cost_per_1k": str(self.cost_per_1k), "requests": self.requests, "errors": self.errors,
-                "by_group": self.by_group}
+                "by_group": self.by_group, "first_error": self.first_error}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -74,25 +77,73 @@ def load_prices(path: str | Path) -> dict[str, PriceSheet]:
     return parse_prices(json.loads(Path(path).read_text()))
 
 
-def ask(client: httpx.Client, model: str, example: Example, max_tokens: int) -> Answer:
+@dataclass(frozen=True)
+class Retry:
+    """How a 429 with ``Retry-After`` is handled: waited out (at most ``max_wait`` seconds), ``attempts`` times."""
+
+    attempts: int = 5
+    max_wait: float = 60.0
+
+
+def fetch_prices(base_url: str, api_key: str, *, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> dict[str, PriceSheet] | None:
+    """A moecloud gateway's prices for this key (``GET /v1/prices``); None where the API has no such route."""
+    with httpx.Client(base_url=base_url.rstrip("/") + "/", headers={"Authorization": f"Bearer {api_key}"},
+                      timeout=timeout, transport=transport) as client:
+        response = client.get("prices")
+    if response.status_code == 404:
+        return None
+    response.raise_for_status()
+    return parse_prices(response.json()["data"])
+
+
+def ask(client: httpx.Client, model: str, example: Example, max_tokens: int, retry: Retry = Retry()) -> Answer:
     body = {"model": model, "messages": [{"role": "user", "content": example.prompt}], "temperature": 0,
             "max_tokens": max_tokens}
-    started = time.perf_counter()
-    try:
-        response = client.post("chat/completions", json=body)
-        response.raise_for_status()
-        data = response.json()
-    except (httpx.HTTPError, ValueError) as exc:
-        return Answer("", time.perf_counter() - started, error=str(exc))
+    for attempt in range(retry.attempts + 1):
+        started = time.perf_counter()
+        try:
+            response = client.post("chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            return Answer("", time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
+        wait = _retry_after(response)
+        if wait is None or attempt == retry.attempts:
+            break
+        time.sleep(min(wait, retry.max_wait))
     seconds = time.perf_counter() - started
-    text = data["choices"][0]["message"].get("content") or ""
+    if not response.is_success:
+        return Answer("", seconds, error=_reason(response))
+    try:
+        data = response.json()
+        text = data["choices"][0]["message"].get("content") or ""
+    except (ValueError, LookupError, TypeError, AttributeError):
+        return Answer("", seconds, error=f"HTTP {response.status_code}: not an OpenAI chat completion")
     return Answer(text, seconds, TokenUsage.from_openai(data.get("usage")))
 
 
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait before retrying a 429 that says when (``Retry-After`` in seconds); None otherwise."""
+    if response.status_code != 429:
+        return None
+    try:
+        return max(0.0, float(response.headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
+def _reason(response: httpx.Response) -> str:
+    """``HTTP 402: insufficient credit ...``: the status and the OpenAI error message (or the body's start)."""
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, LookupError, TypeError):
+        message = response.text[:200]
+    return f"HTTP {response.status_code}: {message}"
+
+
 def evaluate_model(client: httpx.Client, model: str, examples: Sequence[Example], price: PriceSheet,
-                   concurrency: int = 8, max_tokens: int = 32) -> ModelResult:
+                   concurrency: int = 8, max_tokens: int = 32, retry: Retry = Retry()) -> ModelResult:
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        answers = list(pool.map(lambda e: ask(client, model, e, max_tokens), examples))
+        answers = list(pool.map(lambda e: ask(client, model, e, max_tokens, retry), examples))
     correct = [a.error is None and score(e, a.text) for e, a in zip(examples, answers, strict=True)]
     ok = [a for a in answers if a.error is None]
     latencies = [a.seconds for a in ok]
@@ -108,17 +159,19 @@ def evaluate_model(client: httpx.Client, model: str, examples: Sequence[Example]
         requests=len(answers),
         errors=len(answers) - len(ok),
         by_group=group_accuracy(examples, correct),
+        first_error=next((a.error for a in answers if a.error is not None), None),
     )
 
 
 def evaluate(base_url: str, api_key: str, models: Sequence[str], examples: Sequence[Example],
              prices: dict[str, PriceSheet], default_price: PriceSheet, concurrency: int = 8, max_tokens: int = 32,
-             timeout: float = 120.0, transport: httpx.BaseTransport | None = None) -> list[ModelResult]:
+             timeout: float = 120.0, transport: httpx.BaseTransport | None = None,
+             retry: Retry = Retry()) -> list[ModelResult]:
     headers = {"Authorization": f"Bearer {api_key}"}
     limits = httpx.Limits(max_connections=concurrency)
     with httpx.Client(base_url=base_url.rstrip("/") + "/", headers=headers, timeout=timeout, limits=limits,
                       transport=transport) as client:
-        return [evaluate_model(client, m, examples, prices.get(m, default_price), concurrency, max_tokens)
+        return [evaluate_model(client, m, examples, prices.get(m, default_price), concurrency, max_tokens, retry)
                 for m in models]
 
 
