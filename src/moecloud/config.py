@@ -8,10 +8,13 @@ from __future__ import annotations
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+PROVIDER_KEY_PREFIX = "MOECLOUD_PROVIDER_KEY_"
 
 
 class EngineSettings(BaseModel):
@@ -85,6 +88,22 @@ class GatewaySettings(BaseModel):
     tenant_rpm: int | None = Field(3000, ge=1, description="requests per minute per tenant")
     tenant_tpm: int | None = Field(5_000_000, ge=1, description="tokens per minute per tenant")
     auth_cache_seconds: float = Field(2.0, ge=0, description="how long a key lookup is reused")
+    auth_cache_entries: int = Field(
+        100_000, ge=1, description="keys remembered (least recently used go first); as many unknown tokens "
+                                   "and client addresses with failed authentications are remembered apart"
+    )
+    auth_negative_cache_seconds: float = Field(
+        1.0, ge=0, description="how long an unknown token is answered 401 without a database read"
+    )
+    auth_failure_limit: int = Field(
+        20, ge=1, description="failed authentications from one client address per window, then 429"
+    )
+    auth_failure_window_seconds: float = Field(60.0, gt=0, description="the window of auth_failure_limit")
+    admin_path_roots: list[Path] = Field(
+        default_factory=list,
+        description="directories under which the admin API accepts host paths (a deployment's checkpoint, "
+                    "an evaluation's suite); empty: <home>/models",
+    )
     catalog_cache_seconds: float = Field(2.0, ge=0, description="how long deployments and prices are reused")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest accepted request body")
     upstream_connect_timeout_seconds: float = Field(5.0, gt=0)
@@ -94,11 +113,18 @@ class GatewaySettings(BaseModel):
     internal_url: str | None = Field(
         None, pattern=r"^https?://",
         description="the gateway's own root URL, which evaluations started by the admin API call; "
-                    "default: the URL the admin request came to",
+                    "default: http://<host>:<port> of this gateway (loopback when bound to every address)",
     )
 
     _check_admin = field_validator("admin_key")(_refuse_weak_secret)
     _check_audit = field_validator("audit_key")(_refuse_weak_secret)
+
+    def own_url(self) -> str:
+        """The root URL at which this gateway reaches itself: ``internal_url``, else its bound address."""
+        if self.internal_url:
+            return self.internal_url.rstrip("/")
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
 
 class BillingSettings(BaseModel):
@@ -177,8 +203,29 @@ class LogSettings(BaseModel):
     json_lines: bool = Field(False, alias="json", description="one JSON object per line instead of text")
 
 
+class _ProviderKeys(PydanticBaseSettingsSource):
+    """``MOECLOUD_PROVIDER_KEY_<NAME>`` variables as ``provider_keys[NAME]``: the only variables whose values
+    the gateway sends to a deployment (its other settings, e.g. the audit key, never leave it)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        keys = {name.removeprefix(PROVIDER_KEY_PREFIX): value for name, value in os.environ.items()
+                if name.startswith(PROVIDER_KEY_PREFIX) and len(name) > len(PROVIDER_KEY_PREFIX) and value}
+        return {"provider_keys": keys} if keys else {}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOECLOUD_", env_nested_delimiter="__", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _ProviderKeys(settings_cls), env_settings, dotenv_settings, file_secret_settings
 
     home: Path = Field(Path("var"), description="where moecloud keeps its database, models and logs")
     model: str | None = Field(None, description="default model path for `moecloud serve`")
@@ -191,6 +238,9 @@ class Settings(BaseSettings):
     scaling: ScalingSettings = ScalingSettings()
     ray: RaySettings = RaySettings()
     log: LogSettings = LogSettings()
+    provider_keys: dict[str, SecretStr] = Field(
+        default_factory=dict, description="external providers' keys by NAME, from MOECLOUD_PROVIDER_KEY_<NAME>"
+    )
 
     def database_url(self) -> str:
         return self.gateway.db_url or f"sqlite:///{self.home / 'moecloud.db'}"
@@ -198,8 +248,3 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     return Settings(**overrides)
-
-
-def provider_api_key(variable: str) -> str | None:
-    """An external provider's key, read from the variable its deployment names (never stored)."""
-    return os.environ.get(variable) or None

@@ -49,7 +49,8 @@ def create_fake_upstream() -> FastAPI:
         if app.state.down:
             return JSONResponse({"error": {"message": "replica down", "type": "server_error"}}, 503)
         body = await request.json()
-        app.state.received.append({"body": body, "request_id": request.headers.get("x-request-id")})
+        app.state.received.append({"body": body, "request_id": request.headers.get("x-request-id"),
+                                   "authorization": request.headers.get("authorization")})
         text = prompt_text(body)
         if "FAIL" in text:
             return JSONResponse({"error": {"message": "engine exploded", "type": "server_error"}}, 500)

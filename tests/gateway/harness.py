@@ -34,11 +34,17 @@ MODEL = "fake-model"
 PRICES = {"input_miss": Decimal("0.137"), "input_hit": Decimal("0.0123"), "output": Decimal("2.19")}
 
 
-@contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` with uvicorn in a thread on a free port; yields its base URL."""
+def bound_socket() -> socket.socket:
+    """A socket on a free loopback port, bound before the app is built so its settings can name the port."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def serve(app: FastAPI, sock: socket.socket | None = None) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a thread (on ``sock``, default a free port); yields its base URL."""
+    sock = sock or bound_socket()
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -111,17 +117,21 @@ def make_gateway(
     def make(gateway: dict[str, Any] | None = None, billing: dict[str, Any] | None = None, *,
              launcher: Launcher | None = None, **sections: dict[str, Any]) -> Gateway:
         """``sections``: other settings sections (admission, routing, scaling) as dicts."""
+        sock = bound_socket()
         settings = load_settings(
             home=tmp_path,
             gateway=GatewaySettings(**{
                 "db_url": database_url, "admin_key": ADMIN_KEY, "audit_key": AUDIT_KEY,
-                "auth_cache_seconds": 0, "catalog_cache_seconds": 0, **(gateway or {}),
+                "host": "127.0.0.1", "port": sock.getsockname()[1],
+                "auth_cache_seconds": 0, "catalog_cache_seconds": 0,
+                "auth_failure_limit": 10_000,  # every test's client is 127.0.0.1; the tests of the limit set their own
+                **(gateway or {}),
             }),
             billing=BillingSettings(**(billing or {})),
             **sections,
         )
         database = Database.open(database_url)
-        server = serve(create_app(settings, database, launcher=launcher))
+        server = serve(create_app(settings, database, launcher=launcher), sock)
         url = server.__enter__()
         started.append((server, database))
         harness = Gateway(url, settings, database, upstream[1])

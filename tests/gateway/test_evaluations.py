@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import MODEL, Gateway
+from fastapi import FastAPI, Request
+from harness import MODEL, Gateway, serve
 
 from moecloud.gateway.app import create_app
 from moecloud.gateway.evaluations import INTERRUPTED
@@ -101,7 +102,8 @@ def test_no_model_meeting_the_bar_succeeds_without_touching_the_alias(gateway: G
 
 def test_the_gateway_keeps_serving_while_an_evaluation_runs(gateway: Gateway, tmp_path: Path) -> None:
     """A JSONL suite whose prompts make the fake upstream wait 0.4 s: the run is still going while others are served."""
-    suite = tmp_path / "slow.jsonl"
+    suite = tmp_path / "models" / "slow.jsonl"  # the admin API reads files under the models directory only
+    suite.parent.mkdir()
     suite.write_text("".join(json.dumps({"prompt": f"SLOW {i}", "answer": "tok", "split": "test"}) + "\n"
                              for i in range(3)))
     gateway.tenant("eval")
@@ -114,6 +116,65 @@ def test_the_gateway_keeps_serving_while_an_evaluation_runs(gateway: Gateway, tm
     evaluation = finished(gateway, started["id"])
     assert evaluation["status"] == "succeeded" and evaluation["results"][0]["requests"] == 3
     assert evaluation["recommended"] == MODEL and evaluation["alias"] is None  # auto-slow was not asked for
+
+
+def test_the_runs_key_goes_to_the_gateways_own_address_not_the_host_header(gateway: Gateway) -> None:
+    """Without ``internal_url``, the run calls the gateway's bound address, whatever Host the admin request named."""
+    seen: list[tuple[str, str | None]] = []
+    elsewhere = FastAPI()
+
+    @elsewhere.api_route("/{path:path}", methods=["GET", "POST"])
+    async def record(path: str, request: Request) -> dict[str, Any]:
+        seen.append((path, request.headers.get("authorization")))
+        return {}
+
+    gateway.tenant("eval")
+    with serve(elsewhere) as other_url:
+        started = gateway.admin.post("/admin/evaluations", headers={"host": other_url.removeprefix("http://")},
+                                     json={"models": [MODEL], "limit": 2, "min_accuracy": 0, "tenant": "eval"})
+        assert started.status_code == 202, started.text
+        evaluation = finished(gateway, started.json()["id"])
+    assert evaluation["status"] == "succeeded", evaluation["error"]
+    assert evaluation["results"][0]["requests"] == 2 and evaluation["results"][0]["errors"] == 0
+    assert seen == []
+    assert gateway.settings.gateway.own_url() == gateway.url
+
+
+def test_suites_outside_the_path_roots_are_refused(make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    lines = "".join(json.dumps({"prompt": f"q {i}", "answer": "tok", "split": "test"}) + "\n" for i in range(2))
+    outside, allowed = tmp_path / "outside", tmp_path / "suites"
+    for folder in (outside, allowed, tmp_path / "models"):
+        folder.mkdir()
+    (outside / "secret.jsonl").write_text(lines)
+    (allowed / "mine.jsonl").write_text(lines)
+    (tmp_path / "models" / "link.jsonl").symlink_to(outside / "secret.jsonl")
+    gateway = make_gateway()
+    gateway.tenant("eval")
+
+    def post(suite: str) -> httpx.Response:
+        return gateway.admin.post("/admin/evaluations", json={"models": [MODEL], "suite": suite, "tenant": "eval"})
+
+    for suite in (str(outside / "secret.jsonl"), str(tmp_path / "models" / "link.jsonl"),
+                  str(tmp_path / "models" / ".." / "outside" / "secret.jsonl"), "models/link.jsonl", "/etc/passwd",
+                  str(allowed / "mine.jsonl"), "/tmp/\x00.jsonl"):
+        error = error_of(post(suite), 400)
+        assert error["param"] == "suite" and error["type"] == "invalid_request_error", suite
+    assert gateway.call("GET", "/admin/evaluations") == []
+
+
+def test_the_path_roots_are_a_setting(make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    allowed = tmp_path / "suites"
+    allowed.mkdir()
+    (allowed / "mine.jsonl").write_text(json.dumps({"prompt": "q", "answer": "tok", "split": "test"}) + "\n")
+    gateway = make_gateway({"admin_path_roots": [str(allowed)]})
+    gateway.tenant("eval")
+    accepted = gateway.admin.post("/admin/evaluations", json={
+        "models": [MODEL], "suite": str(allowed / "mine.jsonl"), "min_accuracy": 0, "tenant": "eval"})
+    assert accepted.status_code == 202, accepted.text
+    assert finished(gateway, accepted.json()["id"])["status"] == "succeeded"
+    in_models = gateway.admin.post("/admin/evaluations", json={  # the default root no longer applies
+        "models": [MODEL], "suite": str(tmp_path / "models" / "x.jsonl"), "tenant": "eval"})
+    assert error_of(in_models, 400)["param"] == "suite"
 
 
 def test_a_run_whose_every_request_fails_is_failed(make_gateway: Callable[..., Gateway]) -> None:
@@ -146,7 +207,7 @@ def test_bad_requests_are_refused_before_anything_runs(gateway: Gateway, tmp_pat
     assert error_of(post(models=[MODEL, MODEL]), 400)["param"] == "models"
     assert error_of(post(min_accuracy=1.5), 400)["param"] == "min_accuracy"
     assert error_of(post(concurrency=0), 400)["param"] == "concurrency"
-    assert error_of(post(suite=str(tmp_path / "missing.jsonl")), 400)["param"] == "suite"
+    assert error_of(post(suite=str(tmp_path / "models" / "missing.jsonl")), 400)["param"] == "suite"
     assert error_of(post(models=["nowhere"]), 404)["code"] == "model_not_found"
     assert error_of(gateway.admin.post("/admin/evaluations", json={"models": [MODEL]}), 400)["param"] == "tenant"
     assert gateway.call("GET", "/admin/evaluations") == []

@@ -129,6 +129,11 @@ class FakeLauncher:
         return replica.handle not in self.dead
 
 
+def unused(gateway: Gateway) -> str:
+    """A checkpoint path the admin API accepts (under the models directory); the fake launcher never reads it."""
+    return str(gateway.settings.home / "models" / "unused")
+
+
 def test_local_deployment_scales_from_zero_for_a_waiting_request_and_back_down_when_idle(
     make_gateway: Callable[..., Gateway]
 ) -> None:
@@ -137,7 +142,7 @@ def test_local_deployment_scales_from_zero_for_a_waiting_request_and_back_down_w
                                                        "scale_up_cooldown_seconds": 0})
     gateway.call("DELETE", "/admin/deployments/fake-1")
     gateway.call("POST", "/admin/deployments", json={"name": "local", "model": MODEL, "kind": "local",
-                                                     "checkpoint": "/unused", "replicas": 0, "max_replicas": 2})
+                                                     "checkpoint": unused(gateway), "replicas": 0, "max_replicas": 2})
     client = gateway.client(gateway.key(gateway.tenant("t")))
     reply = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2)  # waits for the cold start
     assert reply.usage.completion_tokens == 2
@@ -155,7 +160,7 @@ def test_a_dead_local_replica_is_replaced_and_manual_scaling_is_audited(make_gat
     launcher = FakeLauncher()
     gateway = make_gateway(launcher=launcher, scaling={"tick_seconds": 0.05})
     gateway.call("POST", "/admin/deployments", json={"name": "local", "model": "other", "kind": "local",
-                                                     "checkpoint": "/unused", "replicas": 1, "max_replicas": 3})
+                                                     "checkpoint": unused(gateway), "replicas": 1, "max_replicas": 3})
     gateway.call("POST", "/admin/deployments/local/scale", json={"replicas": 2})
     _wait_for(lambda: set(launcher.servers) == {"local/0", "local/1"})
     dead = launcher.servers["local/0"]
@@ -174,7 +179,7 @@ def test_each_local_deployment_runs_its_replicas_with_its_backends_launcher(
     processes, ray = FakeLauncher(), FakeLauncher()
     gateway = make_gateway(launcher=BackendLauncher({"process": processes, "ray": ray}), scaling={"tick_seconds": 0.05})
     gateway.call("POST", "/admin/deployments", json={"name": "on-ray", "model": "other", "kind": "local",
-                                                     "backend": "ray", "checkpoint": "/unused", "replicas": 1})
+                                                     "backend": "ray", "checkpoint": unused(gateway), "replicas": 1})
     _wait_for(lambda: set(ray.servers) == {"on-ray/0"})
     assert not processes.servers
     assert {d["name"]: d["backend"] for d in gateway.call("GET", "/admin/deployments")}["on-ray"] == "ray"

@@ -58,3 +58,5 @@ def test_serve_starts_gateway_and_worker_and_stops_both(tmp_path: Path) -> None:
         output, _ = process.communicate(timeout=60)
     assert process.returncode == 0
     assert f"{base_url}/v1" in output and "curl" in output and "OpenAI(" in output and api_key in output
+    admin_key_file = (tmp_path / "secrets" / "admin_key").resolve()
+    assert str(admin_key_file) in output and admin_key_file.read_text().strip() not in output  # its path, not its value

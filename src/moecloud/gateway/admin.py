@@ -7,13 +7,16 @@ they need the gateway's async catalog.
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import HTMLResponse
 
+from moecloud.config import Settings
 from moecloud.gateway import evaluations
+from moecloud.gateway.errors import InvalidRequest
 from moecloud.gateway.operations import Admin
 from moecloud.gateway.schemas import (
     AliasIn,
@@ -70,8 +73,10 @@ def set_tenant_limits(name: str, limits: TenantLimitsIn, admin: AdminOps, state:
 
 
 @router.post("/keys", status_code=201)
-def create_key(spec: KeyIn, admin: AdminOps) -> NewKeyOut:
-    return admin.create_key(spec)
+def create_key(spec: KeyIn, admin: AdminOps, state: State) -> NewKeyOut:
+    key = admin.create_key(spec)
+    state.authenticator.forget_unknown()
+    return key
 
 
 @router.get("/keys")
@@ -148,6 +153,8 @@ def scale_deployment(name: str, spec: ScaleIn, admin: AdminOps, state: State) ->
 
 @router.post("/deployments", status_code=201)
 def add_deployment(spec: DeploymentIn, admin: AdminOps, state: State) -> DeploymentOut:
+    if spec.checkpoint is not None:
+        spec = spec.model_copy(update={"checkpoint": host_path(state.settings, spec.checkpoint, "checkpoint")})
     deployment = admin.add_deployment(spec)
     state.catalog.forget()
     return deployment
@@ -190,14 +197,17 @@ def verify_audit(admin: AdminOps) -> AuditVerifyOut:
 
 
 @router.post("/evaluations", status_code=202)
-async def start_evaluation(spec: EvaluationIn, request: Request, admin: AdminOps, state: State) -> EvaluationOut:
+async def start_evaluation(spec: EvaluationIn, admin: AdminOps, state: State) -> EvaluationOut:
     """`moecloud eval` run by the gateway in the background; poll ``GET /admin/evaluations/{id}``.
 
     The models are priced (and an unknown one refused) through the catalog, as the run's requests will be.
+    The run's key goes to this gateway's own address (or ``internal_url``), never to the request's Host.
     """
+    if spec.suite != "core":
+        spec = spec.model_copy(update={"suite": host_path(state.settings, spec.suite, "suite")})
     catalog = state.catalog
     prices = {model: await catalog.price(await catalog.resolve(model)) for model in spec.models}
-    root_url = state.settings.gateway.internal_url or str(request.base_url)
+    root_url = state.settings.gateway.own_url()
     return await anyio.to_thread.run_sync(evaluations.start_evaluation, state, admin, spec, prices, root_url)
 
 
@@ -215,6 +225,24 @@ def get_evaluation(evaluation_id: str, _: AdminDep, state: State) -> EvaluationO
 @router.get("/evaluations/{evaluation_id}/report", response_class=HTMLResponse)
 def evaluation_report(evaluation_id: str, _: AdminDep, state: State) -> HTMLResponse:
     return HTMLResponse(evaluations.evaluation_report(state.database, evaluation_id))
+
+
+def host_path(settings: Settings, value: str, field: str) -> str:
+    """``value`` with symlinks and ``..`` resolved, if that lies under one of ``gateway.admin_path_roots``
+    (default ``<home>/models``); else a 400 naming ``field``. The admin key then reads no file elsewhere."""
+    roots = settings.gateway.admin_path_roots or [settings.home / "models"]
+    try:
+        path = Path(value)
+        if not path.is_absolute():
+            raise InvalidRequest(f"{field}: must be an absolute path", param=field)
+        resolved = path.resolve()
+        allowed = any(resolved.is_relative_to(root.resolve()) for root in roots)
+    except (OSError, ValueError) as error:  # e.g. a NUL byte, a symlink loop
+        raise InvalidRequest(f"{field}: not a usable path ({error})", param=field) from error
+    if not allowed:
+        raise InvalidRequest(f"{field}: {value!r} is outside the directories the admin API may read "
+                             f"({', '.join(map(str, roots))}; setting gateway.admin_path_roots)", param=field)
+    return str(resolved)
 
 
 # Changing and deleting what exists (the CLI's `tenants delete`, `keys limits|rotate`, `prices delete`).

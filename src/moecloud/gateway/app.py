@@ -46,12 +46,8 @@ def create_app(settings: Settings, database: Database | None = None, *, launcher
     """
     database = database or Database.open(settings.database_url())
     secrets = load_secrets(settings)
-    if secrets.admin_key_created:
-        log.warning(
-            "generated the admin key (shown once, kept in %s): %s",
-            settings.home / "secrets" / "admin_key",
-            secrets.admin_key,
-        )
+    if secrets.admin_key_created:  # its value never goes to a log: logs are shipped and kept elsewhere
+        log.warning("generated the admin key, kept in %s (mode 0600)", secrets.admin_key_path)
     state = _build_state(settings, database, secrets, launcher)
     interrupted = fail_interrupted(database, Admin(database, settings, secrets.audit_key, actor="gateway"))
     if interrupted:

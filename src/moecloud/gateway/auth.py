@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 
 import anyio
 
 from moecloud.config import GatewaySettings
-from moecloud.gateway.errors import AuthenticationFailed
+from moecloud.gateway.errors import AuthenticationFailed, RateLimited
 from moecloud.store import Database
 from moecloud.store.tables import ApiKey, Tenant
 from moecloud.store.tenants import find_key_by_hash
 from moecloud.store.types import utcnow
 
 KEY_PREFIX = "mc-"
+V = TypeVar("V")
 
 
 @dataclass(frozen=True)
@@ -69,38 +74,112 @@ def is_admin(token: str, admin_key: str) -> bool:
     return hmac.compare_digest(token.encode(), admin_key.encode())
 
 
+class _ExpiringLRU(Generic[V]):
+    """At most ``capacity`` entries, each for ``ttl`` seconds; the least recently used goes first when full.
+
+    Locked: admin routes running in the thread pool clear it while the event loop reads it.
+    """
+
+    def __init__(self, capacity: int, ttl: float) -> None:
+        self._capacity = capacity
+        self._ttl = ttl
+        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> V | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: str, value: V) -> None:
+        if self._ttl <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (time.monotonic() + self._ttl, value)
+            self._entries.move_to_end(key)
+            if len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+@dataclass
+class _Failures:
+    window_start: float
+    count: int
+
+
 class Authenticator:
     """Resolves keys, remembering each answer for ``auth_cache_seconds`` (revocation takes effect within it
-    in other processes, at once in this one)."""
+    in other processes, at once in this one) and each unknown token for ``auth_negative_cache_seconds``.
+
+    Known keys and unknown tokens are remembered apart, so a flood of random tokens never evicts a valid key.
+    A client address with ``auth_failure_limit`` failed authentications in a window gets 429 until the window
+    ends, without a database read; a key it already used successfully (still remembered) keeps working.
+    """
 
     def __init__(self, database: Database, settings: GatewaySettings, *, default_priority: int = 1) -> None:
         self._database = database
         self._settings = settings
         self._default_priority = default_priority
-        self._cache: dict[str, tuple[float, Caller | None]] = {}
+        entries = settings.auth_cache_entries
+        self._known: _ExpiringLRU[Caller] = _ExpiringLRU(entries, settings.auth_cache_seconds)
+        self._unknown: _ExpiringLRU[bool] = _ExpiringLRU(entries, settings.auth_negative_cache_seconds)
+        self._failures: _ExpiringLRU[_Failures] = _ExpiringLRU(entries, settings.auth_failure_window_seconds)
 
-    async def authenticate(self, token: str) -> Caller:
+    async def authenticate(self, token: str, address: str) -> Caller:
+        """The caller ``token`` belongs to; 401 if none (counted against ``address``), 429 if ``address``
+        failed too often."""
         key_hash = hash_key(token)
-        cached = self._cache.get(key_hash)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            caller = cached[1]
-        else:
-            caller = await anyio.to_thread.run_sync(self._lookup, key_hash)
-            if self._settings.auth_cache_seconds > 0:
-                if len(self._cache) > 100_000:
-                    self._cache.clear()
-                self._cache[key_hash] = (now + self._settings.auth_cache_seconds, caller)
+        caller = self._known.get(key_hash)
         if caller is None:
-            raise AuthenticationFailed("invalid API key")
+            self.check_failures(address)
+            if self._unknown.get(key_hash) is None:
+                caller = await anyio.to_thread.run_sync(self._lookup, key_hash)
+            if caller is None:
+                self._unknown.put(key_hash, True)
+                self.failed(address)
+                raise AuthenticationFailed("invalid API key")
+            self._known.put(key_hash, caller)
         if caller.revoked:
+            self.failed(address)
             raise AuthenticationFailed("this API key was revoked")
         if caller.expires_at is not None and caller.expires_at <= utcnow():
+            self.failed(address)
             raise AuthenticationFailed("this API key has expired")
         return caller
 
+    def check_failures(self, address: str) -> None:
+        """429 with Retry-After while ``address`` is over its failed-authentication limit."""
+        failures = self._failures.get(address)
+        if failures is not None and failures.count >= self._settings.auth_failure_limit:
+            ends = failures.window_start + self._settings.auth_failure_window_seconds
+            wait = max(1, math.ceil(ends - time.monotonic()))
+            raise RateLimited(f"too many failed authentications from this address; retry in {wait}s",
+                              headers={"retry-after": str(wait)})
+
+    def failed(self, address: str) -> None:
+        failures = self._failures.get(address)
+        if failures is None:  # a new window, remembered until it ends
+            self._failures.put(address, _Failures(time.monotonic(), 1))
+        else:
+            failures.count += 1
+
     def forget(self) -> None:
-        self._cache.clear()
+        self._known.clear()
+        self._unknown.clear()
+
+    def forget_unknown(self) -> None:
+        """A key was created: no token stays refused because it was unknown a moment ago."""
+        self._unknown.clear()
 
     def _lookup(self, key_hash: str) -> Caller | None:
         with self._database.read() as session:

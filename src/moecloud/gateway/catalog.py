@@ -9,20 +9,30 @@ A remote deployment is one route; a local deployment is one route per ready repl
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import re
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import anyio
 
-from moecloud.config import Settings, provider_api_key
+from moecloud.config import Settings
+from moecloud.gateway.credentials import provider_key, provider_key_file, provider_key_name
 from moecloud.gateway.errors import ModelNotFound
 from moecloud.gateway.metering import PriceSheet
 from moecloud.store import Database
 from moecloud.store.catalog import list_aliases, list_deployments, list_prices
 from moecloud.store.tables import Deployment
 
+log = logging.getLogger(__name__)
+
+_HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+# Names that resolve only on the operator's own network (RFC 6761, 6762, 8375; ICANN's .internal).
+_PRIVATE_SUFFIXES = (".localhost", ".local", ".internal", ".home.arpa")
 
 @dataclass(frozen=True)
 class DeploymentSpec:
@@ -79,6 +89,7 @@ class Catalog:
         self._settings = settings
         self._local = local
         self._snapshot: _Snapshot | None = None
+        self._warned: set[str] = set()  # deployments whose missing provider key was logged
 
     async def resolve(self, model: str) -> str:
         """The model an alias routes to; any other name unchanged."""
@@ -151,11 +162,80 @@ class Catalog:
             weight=row.weight, replicas=row.replicas, min_replicas=row.min_replicas, max_replicas=row.max_replicas,
             max_concurrency=row.max_concurrency or self._settings.routing.replica_max_concurrency,
             cost=(row.cost_input or Decimal(0)) + (row.cost_output or Decimal(0)),
-            api_key=provider_api_key(row.api_key_env) if row.api_key_env else None, backend=row.backend,
+            api_key=self._provider_key(row), backend=row.backend,
         )
+
+    def _provider_key(self, row: Deployment) -> str | None:
+        """The key sent to a remote deployment; a row naming any other variable (stored before provider keys
+        had their own prefix) is served without one, and the operator told once how to fix it."""
+        if not row.api_key_env:
+            return None
+        key = provider_key(self._settings, row.api_key_env)
+        if key is None and row.name not in self._warned:
+            self._warned.add(row.name)
+            name = provider_key_name(row.api_key_env)
+            if name is None:
+                log.warning("deployment %r names %s, which is not a provider key: no key is sent; add it again "
+                            "with api_key_env MOECLOUD_PROVIDER_KEY_<NAME>", row.name, row.api_key_env)
+            else:
+                log.warning("deployment %r: neither %s nor %s is set: no key is sent", row.name, row.api_key_env,
+                            provider_key_file(self._settings, name))
+        return key
 
 
 def _route(spec: DeploymentSpec, price: PriceSheet, replica: str, base_url: str) -> Route:
     return Route(model=spec.model, deployment=spec.name, replica=replica, base_url=base_url,
                  upstream_model=spec.upstream_model, price=price, priority=spec.priority, weight=spec.weight,
                  cost=spec.cost, max_concurrency=spec.max_concurrency, api_key=spec.api_key)
+
+
+def check_provider_url(url: str) -> str:
+    """``url`` if it can be a provider's base URL, else ``ValueError`` saying why.
+
+    https to any host; plain http only to a host on the operator's own network (a loopback or private
+    address, ``localhost``, a name without a dot, or one under .local/.internal/.home.arpa), since the
+    gateway sends tenants' prompts and the provider's key to it. No credentials, query or fragment.
+    """
+    if any(char.isspace() or not char.isprintable() for char in url):
+        raise ValueError("must not contain spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"is not a valid URL ({error})") from error
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if scheme not in ("http", "https"):
+        raise ValueError("must start with https:// (or http:// for a host on the operator's network)")
+    if "@" in parts.netloc:
+        raise ValueError("must not carry credentials: give the key as api_key_env")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValueError("a base URL has no query or fragment")
+    if not host:
+        raise ValueError("has no host")
+    if port == 0:
+        raise ValueError("port 0 is not a port a provider listens on")
+    private = _check_host(host)
+    if scheme == "http" and not private:
+        raise ValueError(f"plain http:// is accepted only for a host on the operator's network, not {host!r}: "
+                         "use https://")
+    return url
+
+
+def _check_host(host: str) -> bool:
+    """Whether ``host`` (an IP address or DNS name) is on the operator's own network; ``ValueError`` if it
+    cannot be a provider's host."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        name = host.removesuffix(".")
+        if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+            raise ValueError(f"{host!r} is not a valid host name") from None
+        if name.split(".")[-1].isdigit():
+            raise ValueError(f"{host!r} is not a valid IP address") from None
+        return "." not in name or name == "localhost" or name.endswith(_PRIVATE_SUFFIXES)
+    if address.is_loopback:
+        return True
+    # Link-local includes 169.254.169.254, the cloud metadata service: never a provider.
+    if address.is_unspecified or address.is_multicast or address.is_link_local or address.is_reserved:
+        raise ValueError(f"{host!r} is not an address a provider can have")
+    return address.is_private

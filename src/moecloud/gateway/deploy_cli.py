@@ -68,7 +68,7 @@ def providers_add(
     ctx: typer.Context,
     name: str,
     base_url: str = typer.Option(..., help="OpenAI-compatible base URL, e.g. https://api.example.com/v1"),
-    api_key_env: str | None = typer.Option(None, help="environment variable holding the provider's key"),
+    api_key_env: str | None = typer.Option(None, help="MOECLOUD_PROVIDER_KEY_<NAME>, the provider's key"),
     model: str = typer.Option(..., help="the model's name at the provider"),
     serves: str | None = typer.Option(None, help="the model name clients ask for (default: --model)"),
     price: str | None = typer.Option(None, help="what the provider charges per 1M tokens: INPUT,OUTPUT"),

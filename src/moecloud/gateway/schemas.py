@@ -4,31 +4,41 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from moecloud.gateway.catalog import check_provider_url
+from moecloud.gateway.credentials import PROVIDER_KEY_VARIABLE
 from moecloud.store import Database
 from moecloud.store.usage import usage_by_day
+
+# Every integer is bounded: the store keeps them in 32-bit columns (PostgreSQL's integer; larger values
+# overflow SQLite too), and a bound with a meaning is tighter still.
+MAX_INT32 = 2**31 - 1
+Rate = Annotated[int, Field(ge=1, le=MAX_INT32)]  # requests or tokens per minute
+Weight = Annotated[int, Field(ge=1, le=1_000_000)]
+Concurrency = Annotated[int, Field(ge=1, le=1_000_000)]
+Replicas = Annotated[int, Field(ge=0, le=1000)]
 
 
 class TenantIn(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
+    rpm: Rate | None = None
+    tpm: Rate | None = None
     trial_credit: Decimal | None = Field(
         None, ge=0, max_digits=18, decimal_places=9, description="default: billing.trial_credit"
     )
-    weight: int = Field(1, ge=1, description="share of busy capacity against other tenants")
+    weight: Weight = Field(1, description="share of busy capacity against other tenants")
 
 
 class TenantLimitsIn(BaseModel):
     """A partial update: fields left out stay as they are; null puts rpm/tpm back to the gateway default."""
 
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    weight: int = Field(1, ge=1, description="share of busy capacity against other tenants")
+    rpm: Rate | None = None
+    tpm: Rate | None = None
+    weight: Weight = Field(1, description="share of busy capacity against other tenants")
 
 
 class TenantOut(BaseModel):
@@ -44,10 +54,11 @@ class KeyIn(BaseModel):
     tenant: str
     name: str = Field(min_length=1, max_length=100)
     models: list[str] | None = Field(None, description="models the key may use; default: all")
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    max_concurrency: int | None = Field(None, ge=1)
-    priority: int | None = Field(None, ge=0, description="admission tier, lower first; default: admission setting")
+    rpm: Rate | None = None
+    tpm: Rate | None = None
+    max_concurrency: Concurrency | None = None
+    priority: int | None = Field(None, ge=0, le=1_000_000,
+                                 description="admission tier, lower first; default: admission setting")
     expires_at: datetime | None = None
 
 
@@ -69,10 +80,10 @@ class KeyOut(BaseModel):
 class KeyLimitsIn(BaseModel):
     """A partial update of a key's limits: fields left out stay as they are; null means the default."""
 
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    max_concurrency: int | None = Field(None, ge=1)
-    priority: int | None = Field(None, ge=0)
+    rpm: Rate | None = None
+    tpm: Rate | None = None
+    max_concurrency: Concurrency | None = None
+    priority: int | None = Field(None, ge=0, le=1_000_000)
 
 
 class TenantDeletedOut(TenantOut):
@@ -115,23 +126,44 @@ class PriceOut(PriceIn):
     model: str
 
 
-class DeploymentIn(BaseModel):
+class DeploymentFields(BaseModel):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: str = Field(min_length=1, max_length=200)
     kind: Literal["remote", "local"] = Field("remote", description="a base URL, or workers the gateway runs")
-    base_url: str | None = Field(None, pattern=r"^https?://", description="remote: e.g. http://h:8001/v1")
-    checkpoint: str | None = Field(None, description="local: the checkpoint directory the workers load")
+    base_url: str | None = Field(None, max_length=2000, description="remote: e.g. https://h/v1 (http: private "
+                                                                    "hosts only)")
+    checkpoint: str | None = Field(None, max_length=4096,
+                                   description="local: the checkpoint directory the workers load")
     backend: Literal["process", "ray"] = Field("process", description="local: worker processes or Ray Serve")
     upstream_model: str | None = Field(None, description="the name the upstream knows; default: model")
-    priority: int = Field(0, description="lower is tried first")
-    weight: int = Field(1, ge=1)
-    replicas: int = Field(1, ge=0, description="local: replicas wanted now")
-    min_replicas: int = Field(0, ge=0)
-    max_replicas: int | None = Field(None, ge=0, description="default: replicas")
-    max_concurrency: int | None = Field(None, ge=1, description="in-flight requests per replica")
-    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="provider key variable")
+    priority: int = Field(0, ge=-1_000_000, le=1_000_000, description="lower is tried first")
+    weight: Weight = 1
+    replicas: Replicas = Field(1, description="local: replicas wanted now")
+    min_replicas: Replicas = 0
+    max_replicas: Replicas | None = Field(None, description="default: replicas")
+    max_concurrency: Concurrency | None = Field(None, description="in-flight requests per replica")
+    api_key_env: str | None = Field(None, max_length=200,
+                                    description="the provider's key: MOECLOUD_PROVIDER_KEY_<NAME>, set in the "
+                                                "gateway's environment or kept in <home>/secrets/providers/<NAME>")
     cost_input: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=9, description="our cost per 1M in")
     cost_output: Decimal | None = Field(None, ge=0, max_digits=18, decimal_places=9, description="per 1M out")
+
+
+class DeploymentIn(DeploymentFields):
+    """What the API accepts; rows stored before a rule was added are still listed (``DeploymentOut``)."""
+
+    @field_validator("base_url")
+    @classmethod
+    def _provider_url(cls, url: str | None) -> str | None:
+        return None if url is None else check_provider_url(url)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _provider_key(cls, variable: str | None) -> str | None:
+        if variable is not None and not PROVIDER_KEY_VARIABLE.fullmatch(variable):
+            raise ValueError("must be MOECLOUD_PROVIDER_KEY_<NAME> (letters, digits, _): provider keys come only "
+                             "from those variables or <home>/secrets/providers/<NAME>, never other settings")
+        return variable
 
     @model_validator(mode="after")
     def _consistent(self) -> DeploymentIn:
@@ -164,16 +196,16 @@ class ScaleEventOut(BaseModel):
     reason: str
 
 
-class DeploymentOut(DeploymentIn):
+class DeploymentOut(DeploymentFields):
     created_at: datetime
     ready_replicas: int | None = Field(None, description="local: replicas serving now (gateway API only)")
     scale_events: list[ScaleEventOut] = Field(default_factory=list, description="newest first (gateway API only)")
 
 
 class ScaleIn(BaseModel):
-    replicas: int = Field(ge=0)
-    min_replicas: int | None = Field(None, ge=0, description="default: unchanged")
-    max_replicas: int | None = Field(None, ge=0, description="default: unchanged")
+    replicas: Replicas
+    min_replicas: Replicas | None = Field(None, description="default: unchanged")
+    max_replicas: Replicas | None = Field(None, description="default: unchanged")
 
 
 class UsageRowOut(BaseModel):
@@ -212,9 +244,10 @@ class EvaluationIn(BaseModel):
     """`moecloud eval` as a request: the suite runs through this gateway as ``tenant``'s billed traffic."""
 
     models: list[str] = Field(min_length=1, max_length=20, description="deployed models (or aliases) to compare")
-    suite: str = Field("core", min_length=1, max_length=1000, description="'core' or a JSONL file on the gateway")
+    suite: str = Field("core", min_length=1, max_length=4096,
+                       description="'core' or a JSONL file on the gateway, under gateway.admin_path_roots")
     split: Literal["train", "val", "test"] = "test"
-    limit: int | None = Field(None, ge=1, description="only the first N examples")
+    limit: int | None = Field(None, ge=1, le=1_000_000, description="only the first N examples")
     min_accuracy: float = Field(0.9, ge=0, le=1, description="the bar for the recommendation")
     register_alias: bool = Field(False, description="route auto-<suite> to the recommendation")
     tenant: str = Field(description="whose traffic the evaluation is: metered and billed to this tenant")

@@ -43,17 +43,23 @@ def get_state(request: Request) -> GatewayState:
 State = Annotated[GatewayState, Depends(get_state)]
 
 
-async def get_caller(
-    request: Request, state: State, authorization: Annotated[str | None, Header()] = None
-) -> Caller:
-    caller = await state.authenticator.authenticate(bearer_token(authorization))
+def client_address(request: Request) -> str:
+    """Whom failed authentications are counted against (uvicorn takes X-Forwarded-For from trusted proxies only)."""
+    return request.client.host if request.client else "unknown"
+
+
+async def get_caller(request: Request, state: State, authorization: Annotated[str | None, Header()] = None) -> Caller:
+    caller = await state.authenticator.authenticate(bearer_token(authorization), client_address(request))
     request.state.caller = caller  # for the access line
     return caller
 
 
-def require_admin(state: State, authorization: Annotated[str | None, Header()] = None) -> str:
+def require_admin(request: Request, state: State, authorization: Annotated[str | None, Header()] = None) -> str:
     """Returns the actor name written to the audit log."""
     if not is_admin(bearer_token(authorization), state.secrets.admin_key):
+        address = client_address(request)
+        state.authenticator.check_failures(address)
+        state.authenticator.failed(address)
         raise AuthenticationFailed("this endpoint needs the admin key")
     return "admin-api"
 

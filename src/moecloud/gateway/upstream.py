@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import httpx
@@ -17,6 +18,8 @@ from moecloud.gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+
+log = logging.getLogger(__name__)
 
 
 class Upstream:
@@ -35,9 +38,9 @@ class Upstream:
         try:
             payload = response.json()
         except ValueError as error:
-            raise UpstreamFailed(f"deployment {route.deployment!r} answered with invalid JSON") from error
+            raise _failed(UpstreamFailed, route, request_id, "answered with invalid JSON") from error
         if not isinstance(payload, dict):
-            raise UpstreamFailed(f"deployment {route.deployment!r} answered with a non-object")
+            raise _failed(UpstreamFailed, route, request_id, "answered with a non-object")
         return payload
 
     async def open(
@@ -53,7 +56,7 @@ class Upstream:
         except httpx.TimeoutException as error:
             raise UpstreamTimeout(f"deployment {route.deployment!r} did not answer in time") from error
         except httpx.HTTPError as error:
-            raise UpstreamUnavailable(f"deployment {route.deployment!r} is unreachable: {error}") from error
+            raise _failed(UpstreamUnavailable, route, request_id, f"is unreachable: {error!r}") from error
         if response.is_success:
             return response
         try:
@@ -62,7 +65,7 @@ class Upstream:
             pass
         finally:
             await response.aclose()
-        raise _refusal(route, response)
+        raise _refusal(route, response, request_id)
 
     async def healthy(self, route: Route, timeout: float) -> bool:
         """An active health check: does ``GET {base_url}/models`` answer 2xx within ``timeout``?"""
@@ -77,7 +80,15 @@ class Upstream:
         await self._client.aclose()
 
 
-def _refusal(route: Route, response: httpx.Response) -> GatewayError:
+def _failed(kind: type[GatewayError], route: Route, request_id: str, detail: str) -> GatewayError:
+    """What the tenant is told of an upstream failure: its kind and the request id; the detail (a worker's
+    exception text, an address) goes to the operator's log only."""
+    log.warning("request %s: deployment %r (%s) %s", request_id, route.deployment, route.replica, detail)
+    reason = "could not be reached" if kind is UpstreamUnavailable else "failed"
+    return kind(f"the model's server {reason}; request id {request_id}", headers={"x-request-id": request_id})
+
+
+def _refusal(route: Route, response: httpx.Response, request_id: str) -> GatewayError:
     message = _upstream_message(response)
     if response.status_code == 429:
         return RateLimited(
@@ -86,7 +97,7 @@ def _refusal(route: Route, response: httpx.Response) -> GatewayError:
         )
     if response.status_code in (400, 413, 422):
         return InvalidRequest(message)
-    return UpstreamFailed(f"deployment {route.deployment!r} failed ({response.status_code}): {message}")
+    return _failed(UpstreamFailed, route, request_id, f"failed ({response.status_code}): {message}")
 
 
 def _upstream_message(response: httpx.Response) -> str:

@@ -77,9 +77,10 @@ def wait_healthy(url: str, timeout: float, process: subprocess.Popen[bytes] | su
     raise LaunchError(f"{url} was not healthy within {timeout:.0f}s")
 
 
-def usage_snippets(base_url: str, model: str, api_key: str) -> str:
+def usage_snippets(base_url: str, model: str, api_key: str, admin_key_at: str) -> str:
     return f"""
 moecloud is serving {model!r} at {base_url}/v1  (API key of the default tenant: {api_key})
+The admin key (for /admin) is in {admin_key_at}
 
   curl {base_url}/v1/chat/completions -H 'Content-Type: application/json' \\
     -H 'Authorization: Bearer {api_key}' \\
@@ -103,15 +104,18 @@ def serve(settings: Settings, model: str | None = None, host: str = "127.0.0.1",
     name = served_model_name or settings.serving.served_model_name or model_path.name
     database = Database.open(settings.database_url())
     try:
-        admin = Admin(database, settings, load_secrets(settings).audit_key, actor="serve")
+        secrets = load_secrets(settings)
+        admin = Admin(database, settings, secrets.audit_key, actor="serve")
         deployment = ensure_local_deployment(admin, name, model_path.resolve())
         api_key = ensure_default_key(admin, database, settings)
     finally:
         database.dispose()
+    settings.gateway.host, settings.gateway.port = host, port  # where evaluations reach this gateway
     app = create_app(settings)
     server = _Gateway(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    announcement = usage_snippets(f"http://{shown_host}:{port}", name, api_key)
+    admin_key_at = str(secrets.admin_key_path) if secrets.admin_key_path else "the setting MOECLOUD_GATEWAY__ADMIN_KEY"
+    announcement = usage_snippets(f"http://{shown_host}:{port}", name, api_key, admin_key_at)
     asyncio.run(_serve_and_announce(server, app.state.gateway, deployment, announcement))
 
 
