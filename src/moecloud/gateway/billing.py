@@ -99,6 +99,11 @@ class MeteredRequest:
             status = "cancelled"
         else:
             status = "error"
+        await self.end(status)
+
+    async def end(self, status: str) -> None:
+        """Settle now, ahead of leaving (a stream settles before its last event, so a client that saw it
+        complete was billed even if the gateway dies next); leaving then changes nothing."""
         with anyio.CancelScope(shield=True):  # a client that hangs up cannot skip its bill
             await self._finish(status)
 

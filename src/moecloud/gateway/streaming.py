@@ -41,6 +41,8 @@ class StreamRelay:
                 if not line.startswith("data:"):
                     continue
                 out = self._relay(line[5:].strip())
+                if out == b"[DONE]" and self._meter.status != "error":
+                    await self._meter.end("ok")  # billed before the client can see it complete
                 if out is not None:
                     yield b"data: " + out + b"\n\n"
             if self._meter.status == "cancelled":
