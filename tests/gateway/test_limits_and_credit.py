@@ -1,4 +1,5 @@
-"""402 when credit cannot cover a hold, no overspend under concurrency, and 429s with OpenAI's headers."""
+"""Out of credit (429 insufficient_quota) when credit cannot cover a hold, no overspend under concurrency, and
+429s with OpenAI's headers."""
 
 from __future__ import annotations
 
