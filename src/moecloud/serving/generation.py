@@ -153,6 +153,10 @@ class Generation:
         """Abort whatever has not finished (a client that went away, an error half-way)."""
         for task in self._tasks:
             task.cancel()
+        self.abort()
+
+    def abort(self) -> None:
+        """Abort what the engine still runs, leaving a reader to see its outputs end (the gateway's report)."""
         for stream in self.streams:
             stream.close()
         self._finalize()

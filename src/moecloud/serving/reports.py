@@ -43,7 +43,7 @@ class UsageReports:
         entry = self._entries.get(request_id)
         if not isinstance(entry, Generation):
             return entry
-        entry.close()
+        entry.abort()
         return await entry.final_usage()
 
 
