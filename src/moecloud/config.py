@@ -57,6 +57,9 @@ class ServingSettings(BaseModel):
     fault_injection: bool = Field(
         False, description="tests only: honour the x-moecloud-fault header (never enable where tenants reach it)"
     )
+    usage_reports: int = Field(
+        10_000, ge=1, description="latest requests whose final usage the worker keeps for the gateway to read"
+    )
 
 
 _WEAK_SECRETS = {"admin", "secret", "changeme", "change-me", "password", "test", "default", "moecloud"}
@@ -132,7 +135,18 @@ class BillingSettings(BaseModel):
 
     currency: str = "USD"
     trial_credit: Decimal = Field(Decimal("1.00"), ge=0, decimal_places=9, description="credit for each new tenant")
-    hold_ttl_seconds: float = Field(900.0, gt=0, description="a hold older than this is released")
+    hold_ttl_seconds: float = Field(
+        900.0, gt=0, description="a hold not renewed for this long is released (a running request renews its "
+                                 "hold every third of it)"
+    )
+    gateway_name: str = Field(
+        "gateway", min_length=1, max_length=100,
+        description="names this gateway's holds; gateways sharing a database need distinct names, since a "
+                    "gateway releases the holds of its own name when it starts",
+    )
+    usage_report_timeout_seconds: float = Field(
+        10.0, gt=0, description="longest wait for a worker's final usage of a request cut short"
+    )
     reconcile_interval_seconds: float = Field(60.0, gt=0, description="how often expired holds are released")
     default_max_tokens: int = Field(256, ge=1, description="max_tokens sent upstream when a request has none")
     max_tokens_limit: int = Field(131072, ge=1, description="largest max_tokens a request may ask for")

@@ -5,7 +5,8 @@ The last user message (or the prompt) steers it:
 - ``SLOW`` -> waits 0.4 s before answering;
 - ``NOUSAGE`` -> no usage in the answer or the stream;
 - ``HANG_AFTER_3`` -> streams 3 tokens then goes silent; ``DIE_AFTER_2`` -> streams 2 tokens then drops;
-- ``CACHE`` -> half the prompt tokens are reported as prefix-cache hits.
+- ``CACHE`` -> half the prompt tokens are reported as prefix-cache hits;
+- ``MALFORMED`` -> a 200 answer without ``choices``; ``BADTYPES`` -> ``choices`` and ``usage`` of wrong types.
 Otherwise it answers ``max_tokens`` tokens. Usage: prompt = 5 + number of words, completion = tokens sent.
 Whole-replica failures: ``app.state.down = True`` answers 503 to everything (health checks included).
 """
@@ -64,6 +65,10 @@ def create_fake_upstream() -> FastAPI:
         tokens = body.get("max_tokens") or 16
         if body.get("stream"):
             return StreamingResponse(_stream(body, text, tokens, chat), media_type="text/event-stream")
+        if "MALFORMED" in text:
+            return JSONResponse({"id": "cmpl-fake", "object": "text_completion", "usage": usage_for(body, tokens)})
+        if "BADTYPES" in text:
+            return JSONResponse({"id": "cmpl-fake", "choices": "oops", "usage": {"prompt_tokens": "many"}})
         content = "tok " * tokens
         choice = (
             {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "length"}

@@ -1,4 +1,5 @@
-"""402 when credit cannot cover a hold, no overspend under concurrency, and 429s with OpenAI's headers."""
+"""Out of credit (429 insufficient_quota) when credit cannot cover a hold, no overspend under concurrency, and
+429s with OpenAI's headers."""
 
 from __future__ import annotations
 
@@ -19,15 +20,62 @@ def hold_for(content: str, max_tokens: int) -> Decimal:
     return PriceSheet(**PRICES).worst_case(prompt, max_tokens)
 
 
-def test_402_when_balance_cannot_cover_the_hold(gateway: Gateway) -> None:
+def test_out_of_credit_is_openais_insufficient_quota(gateway: Gateway) -> None:
     gateway.tenant("acme", credit=str(hold_for("hi", 100) - Decimal("0.000000001")))
     client = gateway.client(gateway.key("acme"))
-    with pytest.raises(openai.APIStatusError) as refused:
+    with pytest.raises(openai.RateLimitError) as refused:  # the typed error OpenAI's SDK raises for it
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=100)
-    assert refused.value.status_code == 402
-    assert refused.value.body["code"] == "insufficient_credit"  # type: ignore[index]
-    assert "credit" in refused.value.message
+    assert refused.value.status_code == 429
+    assert refused.value.code == "insufficient_quota"
+    assert refused.value.type == "insufficient_quota"  # type: ignore[attr-defined]
+    assert f"up to {hold_for('hi', 100).normalize():f}" in refused.value.message
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=99)
+
+
+def test_amounts_in_refusals_are_printed_as_money(gateway: Gateway) -> None:
+    gateway.tenant("broke", credit="0")
+    client = gateway.client(gateway.key("broke"))
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=1)
+    assert "the balance available is 0.00;" in refused.value.message
+    assert "E-" not in refused.value.message
+
+
+def test_the_hold_counts_every_prompt_and_every_choice(gateway: Gateway) -> None:
+    """The issue's case: 64 prompts of 256 tokens from a balance that covers a few must be refused (it was
+    accepted and charged 36 times the balance)."""
+    credit = PriceSheet(**PRICES).worst_case(1, 256) * 4  # four such prompts
+    gateway.tenant("acme", credit=str(credit))
+    client = gateway.client(gateway.key("acme"))
+    with pytest.raises(openai.RateLimitError, match="insufficient credit"):
+        client.completions.create(model=MODEL, prompt=["a"] * 64, max_tokens=256)
+    with pytest.raises(openai.RateLimitError, match="insufficient credit"):
+        client.completions.create(model=MODEL, prompt=["a"] * 2, max_tokens=256, n=4)
+    assert gateway.balance("acme") == credit
+    client.completions.create(model=MODEL, prompt=["a"] * 2, max_tokens=256, n=2)
+    assert Decimal(0) <= gateway.balance("acme") < credit
+
+
+@pytest.mark.parametrize(("prompt", "prompts", "prompt_tokens"), [
+    ([5, 6, 7], 1, 3),  # a list of token ids is one prompt
+    ([[5, 6, 7], [8, 9]], 2, 5),  # a list of token lists is several
+    (["ab", "cd", "ef"], 3, 6),
+])
+def test_holds_count_token_id_prompts(gateway: Gateway, prompt: list, prompts: int, prompt_tokens: int) -> None:
+    worst = PriceSheet(**PRICES).worst_case(prompt_tokens, 10 * 2 * prompts)
+    gateway.tenant("exact", credit=str(worst))
+    gateway.tenant("short", credit=str(worst - Decimal("0.000000001")))
+    with pytest.raises(openai.RateLimitError, match="insufficient credit"):
+        gateway.client(gateway.key("short")).completions.create(model=MODEL, prompt=prompt, max_tokens=10, n=2)
+    gateway.client(gateway.key("exact")).completions.create(model=MODEL, prompt=prompt, max_tokens=10, n=2)
+
+
+def test_tokens_per_minute_count_every_prompt_and_choice(gateway: Gateway) -> None:
+    gateway.tenant("acme", tpm=1000)
+    client = gateway.client(gateway.key("acme"))
+    with pytest.raises(openai.RateLimitError, match="needs 1601 tokens"):  # 4 prompts x 2 x 200 + 1 estimated
+        client.completions.create(model=MODEL, prompt=["a", "b", "c", "d"], max_tokens=200, n=2)
+    client.completions.create(model=MODEL, prompt=["a", "b", "c", "d"], max_tokens=100, n=2)
 
 
 def test_concurrent_requests_never_overspend(gateway: Gateway) -> None:
@@ -36,14 +84,15 @@ def test_concurrent_requests_never_overspend(gateway: Gateway) -> None:
     gateway.tenant("acme", credit=str(hold * covered + hold // 2))
     key = gateway.key("acme")
 
-    def call(_: int) -> int:
+    def call(_: int) -> tuple[int, str | None]:
         body = {"model": MODEL, "messages": [{"role": "user", "content": "SLOW go"}], "max_tokens": 1000}
-        return httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30,
-                          headers={"authorization": f"Bearer {key}"}).status_code
+        reply = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30,
+                           headers={"authorization": f"Bearer {key}"})
+        return reply.status_code, reply.json().get("error", {}).get("code")
 
     with ThreadPoolExecutor(attempts) as pool:
-        statuses = sorted(pool.map(call, range(attempts)))
-    assert statuses == [200] * covered + [402] * (attempts - covered)
+        outcomes = sorted(pool.map(call, range(attempts)), key=str)
+    assert outcomes == [(200, None)] * covered + [(429, "insufficient_quota")] * (attempts - covered)
     balance = gateway.balance("acme")
     assert Decimal(0) <= balance < hold
     rows = gateway.wait_for_usage("acme", covered)

@@ -34,7 +34,7 @@ from moecloud.gateway.state import GatewayState
 from moecloud.gateway.upstream import Upstream
 from moecloud.gateway.workers import WorkerLauncher
 from moecloud.store import Database
-from moecloud.store.ledger import release_expired_holds
+from moecloud.store.ledger import release_expired_holds, release_gateway_holds
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ def create_app(settings: Settings, database: Database | None = None, *, launcher
     if secrets.admin_key_created:  # its value never goes to a log: logs are shipped and kept elsewhere
         log.warning("generated the admin key, kept in %s (mode 0600)", secrets.admin_key_path)
     state = _build_state(settings, database, secrets, launcher)
+    released = _release_holds_left_behind(database, settings.billing.gateway_name)
+    if released:
+        log.warning("released %d holds left by requests the last gateway did not finish", released)
     interrupted = fail_interrupted(database, Admin(database, settings, secrets.audit_key, actor="gateway"))
     if interrupted:
         log.warning("%d evaluations were left running by the last gateway: marked failed", interrupted)
@@ -125,6 +128,13 @@ def _build_state(
         metrics=metrics,
         control=control,
     )
+
+
+def _release_holds_left_behind(database: Database, gateway: str) -> int:
+    """At start none of this gateway's requests runs yet: every hold of its name belongs to a request that died
+    with the previous process."""
+    with database.write() as session:
+        return release_gateway_holds(session, gateway)
 
 
 async def _reconcile_forever(state: GatewayState) -> None:

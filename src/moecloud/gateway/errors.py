@@ -21,8 +21,10 @@ class AuthenticationFailed(GatewayError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
 
 
-class PaymentRequired(GatewayError):
-    status, type, code = 402, "insufficient_quota", "insufficient_credit"
+class QuotaExceeded(GatewayError):
+    """Out of credit: OpenAI answers 429 ``insufficient_quota``, which its SDKs raise as a typed error."""
+
+    status, type, code = 429, "insufficient_quota", "insufficient_quota"
 
 
 class PermissionDenied(GatewayError):
@@ -63,7 +65,7 @@ class UpstreamTimeout(GatewayError):
 
 def from_store_error(error: Exception) -> GatewayError:
     if isinstance(error, InsufficientCredit):
-        return PaymentRequired(str(error))
+        return QuotaExceeded(str(error))
     if isinstance(error, NotFound):
         return ResourceNotFound(str(error))
     if isinstance(error, AlreadyExists):

@@ -67,6 +67,7 @@ class PromptSize:
     text_bytes: int  # UTF-8 bytes of text that will be tokenized
     known_tokens: int  # prompts given as token ids count exactly
     messages: int
+    prompts: int = 1  # a completions request may send several; each gets ``n`` choices
 
     def tokens(self, bytes_per_token: float, overhead_per_message: int) -> int:
         from_text = math.ceil(self.text_bytes / bytes_per_token) if self.text_bytes else 0
@@ -85,14 +86,23 @@ def measure_prompt(body: dict[str, Any]) -> PromptSize:
             if isinstance(message, dict):
                 text_bytes += sum(_json_bytes(v) for k, v in message.items() if k != "role")
     prompt = body.get("prompt")
-    for item in prompt if isinstance(prompt, list) else [prompt] if prompt is not None else []:
+    items = prompt if isinstance(prompt, list) else [prompt] if prompt is not None else []
+    for item in items:
         if isinstance(item, str):
             text_bytes += len(item.encode())
         elif isinstance(item, int):
             known_tokens += 1
         elif isinstance(item, list):
             known_tokens += len(item)
-    return PromptSize(text_bytes=text_bytes, known_tokens=known_tokens, messages=messages)
+    return PromptSize(text_bytes=text_bytes, known_tokens=known_tokens, messages=messages, prompts=_count(items))
+
+
+def _count(prompts: list[Any]) -> int:
+    """Prompts in a completions ``prompt``: a list of token ids is one prompt, a list of strings or of token
+    lists is several."""
+    if not prompts or all(isinstance(item, int) and not isinstance(item, bool) for item in prompts):
+        return 1
+    return len(prompts)
 
 
 def _json_bytes(value: Any) -> int:

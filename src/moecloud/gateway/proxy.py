@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from moecloud.config import AdmissionSettings
 from moecloud.gateway.admission import Ticket
 from moecloud.gateway.auth import Caller
-from moecloud.gateway.billing import MeteredRequest
+from moecloud.gateway.billing import ClientGone, MeteredRequest
 from moecloud.gateway.catalog import Route
-from moecloud.gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied
+from moecloud.gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied, UpstreamFailed
 from moecloud.gateway.metering import TokenUsage, measure_prompt
 from moecloud.gateway.router import affinity_key
 from moecloud.gateway.schemas import UsageOut, usage_rows
 from moecloud.gateway.state import CallerDep, GatewayState, State
-from moecloud.gateway.streaming import MeteredStreamingResponse, StreamRelay
+from moecloud.gateway.streaming import StreamRelay
 
+T = TypeVar("T")
 router = APIRouter()
 _MAX_CHOICES = 16
 DEADLINE_HEADER = "x-moecloud-deadline"
@@ -71,21 +75,16 @@ async def _forward(request: Request, caller: Caller, state: GatewayState, path: 
     deadline = _deadline(request, state.settings.admission)
     billing = state.settings.billing
     stream = _flag(body, "stream")
-    max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
-    max_tokens = max_tokens or billing.default_max_tokens
+    max_tokens = _max_tokens(body, billing.default_max_tokens)
     if max_tokens > billing.max_tokens_limit:
         raise InvalidRequest(f"'max_tokens' may be at most {billing.max_tokens_limit}", param="max_tokens")
     choices = _positive_int(body, "n") or 1
     if choices > _MAX_CHOICES:
         raise InvalidRequest(f"'n' may be at most {_MAX_CHOICES}", param="n")
     prompt = measure_prompt(body)
-    expected = prompt.tokens(billing.estimate_bytes_per_token, billing.message_overhead_tokens)
-    admission = state.limiter.admit(caller, expected + max_tokens * choices)
-    meter = await MeteredRequest.open(
-        state.database, billing, caller, model, price, prompt, max_tokens * choices, admission
-    )
-    request.state.meter = meter  # for the access line
-    headers = {"x-request-id": meter.request_id, **admission.headers}
+    # the worst case: every prompt gets ``n`` choices of ``max_tokens`` each
+    meter = MeteredRequest(state, caller, model, price, prompt, completion_budget=max_tokens * choices * prompt.prompts)
+    request.state.meter = meter
     upstream_body = {**body, "max_tokens": max_tokens}
     upstream_body.pop("max_completion_tokens", None)
     client_options = body.get("stream_options")
@@ -97,29 +96,83 @@ async def _forward(request: Request, caller: Caller, state: GatewayState, path: 
                     affinity=affinity_key(body, state.settings.routing.affinity_prefix_bytes))
 
     def send(route: Route) -> Awaitable[Any]:
+        meter.attempt(route)
         routed = {**upstream_body, "model": route.upstream_model}
         if stream:
             return state.upstream.open(route, path, routed, meter.request_id, stream=True)
         return state.upstream.post(route, path, routed, meter.request_id)
 
+    wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
+    return _Forwarded(state, meter, ticket, send, stream=stream, client_wants_usage=wants_usage)
+
+
+class _Forwarded(Response):
+    """The forwarding itself, run as the response so that one ``async with meter`` spans the whole request,
+    a stream included; errors raised before the answer starts still reach the error handlers."""
+
+    def __init__(self, state: GatewayState, meter: MeteredRequest, ticket: Ticket,
+                 send: Callable[[Route], Awaitable[Any]], *, stream: bool, client_wants_usage: bool) -> None:
+        super().__init__()
+        self._state, self._meter, self._ticket, self._send = state, meter, ticket, send
+        self._stream, self._client_wants_usage = stream, client_wants_usage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state, meter = self._state, self._meter
+        try:
+            async with meter:
+                lease, answer = await _unless_disconnected(receive, state.failover.first_answer(self._ticket,
+                                                                                                self._send))
+                meter.serve(lease)
+                state.metrics.queue_wait.labels(meter.model).observe(lease.waited)
+                if self._stream:
+                    relay = StreamRelay(answer, meter, lease.route, client_wants_usage=self._client_wants_usage)
+                    await relay.respond(meter.headers, scope, receive, send)
+                    return
+                _check_answer(answer, lease.route)
+                usage = TokenUsage.from_openai(answer.get("usage")) or meter.estimated_usage(
+                    _output_estimate(answer, state.settings.billing.estimate_bytes_per_token))
+                meter.answered(usage, "ok")
+                answer["model"] = meter.model
+            await JSONResponse(answer, headers=meter.headers)(scope, receive, send)  # sent once settled
+        except ClientGone:
+            return  # nobody is left to answer
+
+
+async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Await ``work`` unless the client disconnects first: then it is cancelled (closing the upstream call, which
+    aborts it at the engine) and ``ClientGone`` raised."""
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.ensure_future(disconnected())
     try:
-        lease, answer = await state.failover.first_answer(ticket, send)
-    except BaseException:
-        await meter.finish(None, "error")
-        raise
-    meter.route = lease.route
-    state.metrics.queue_wait.labels(model).observe(lease.waited)
-    if stream:
-        wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
-        relay = StreamRelay(answer, meter, lease.route, client_wants_usage=wants_usage,
-                            on_close=lambda status: state.dispatcher.release(lease, ok=status != "error"))
-        return MeteredStreamingResponse(relay, headers)
-    state.dispatcher.release(lease, ok=True)
-    usage = TokenUsage.from_openai(answer.get("usage"))
-    usage = usage or meter.estimated_usage(_output_estimate(answer, billing.estimate_bytes_per_token))
-    await meter.finish(usage, "ok")
-    answer["model"] = model
-    return JSONResponse(answer, headers=headers)
+        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch_task.cancel()
+        if not work_task.done():
+            work_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work_task  # the upstream call is closed and its lease given back before billing starts
+    if work_task.cancelled():
+        raise ClientGone()
+    return work_task.result()
+
+
+def _check_answer(answer: dict[str, Any], route: Route) -> None:
+    """A non-streamed answer must at least carry its choices; anything else is the upstream's failure."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+        raise UpstreamFailed(f"deployment {route.deployment!r} answered without a list of choices")
+
+
+def _max_tokens(body: dict[str, Any], default: int) -> int:
+    """``max_tokens`` (or ``max_completion_tokens``); 0 only with ``echo``: scoring a prompt generates nothing."""
+    if body.get("echo") is True and body.get("max_tokens") == 0 and not isinstance(body["max_tokens"], bool):
+        return 0
+    return _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens") or default
 
 
 def _deadline(request: Request, settings: AdmissionSettings) -> float:

@@ -1,15 +1,15 @@
-"""Relaying an upstream SSE stream while counting what it delivers, then settling once it ends.
+"""Relaying an upstream SSE stream to the client while telling the request's meter what it delivers.
 
 The gateway always asks the upstream for ``stream_options.include_usage``; the usage chunk is passed on only
-when the client asked for it. If the stream ends without usage (client hung up, upstream died), the bill is
-the prompt estimate plus one token per content chunk relayed.
+when the client asked for it. A stream that ends without usage (the client hung up, the upstream died) is billed
+from the worker's own report of what its engine produced (see ``MeteredRequest``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -24,19 +24,16 @@ from moecloud.openai_errors import error_body
 
 
 class StreamRelay:
-    """``on_close(status)`` runs once the stream is over (the replica's slot is given back there)."""
+    """Owns the upstream response: ``close`` ends it (which aborts the request at a worker that still runs it)."""
 
-    def __init__(self, upstream: httpx.Response, meter: MeteredRequest, route: Route, *, client_wants_usage: bool,
-                 on_close: Callable[[str], None]) -> None:
+    def __init__(self, upstream: httpx.Response, meter: MeteredRequest, route: Route, *,
+                 client_wants_usage: bool) -> None:
         self._upstream = upstream
         self._meter = meter
         self._route = route
         self._client_wants_usage = client_wants_usage
-        self._on_close = on_close
         self._rename = route.upstream_model != route.model
-        self.usage: TokenUsage | None = None
-        self.content_chunks = 0
-        self.status = "cancelled"
+        meter.status = "cancelled"  # until the stream ends by itself
 
     async def events(self) -> AsyncIterator[bytes]:
         try:
@@ -44,12 +41,14 @@ class StreamRelay:
                 if not line.startswith("data:"):
                     continue
                 out = self._relay(line[5:].strip())
+                if out == b"[DONE]" and self._meter.status != "error":
+                    await self._meter.end("ok")  # billed before the client can see it complete
                 if out is not None:
                     yield b"data: " + out + b"\n\n"
-            if self.status == "cancelled":
-                self.status = "ok"
+            if self._meter.status == "cancelled":
+                self._meter.status = "ok"
         except httpx.HTTPError:
-            self.status = "error"
+            self._meter.status = "error"
             message = f"deployment {self._route.deployment!r} dropped the stream"
             yield b"data: " + json.dumps(error_body(message, "api_error", code="upstream_error")).encode() + b"\n\n"
             yield b"data: [DONE]\n\n"
@@ -64,13 +63,14 @@ class StreamRelay:
         if not isinstance(chunk, dict):
             return data.encode()
         if "error" in chunk:
-            self.status = "error"
+            self._meter.status = "error"
             return data.encode()
         usage = TokenUsage.from_openai(chunk.get("usage"))
         if usage is not None:
-            self.usage = usage
-        choices = chunk.get("choices") or []
-        self.content_chunks += sum(1 for choice in choices if _has_content(choice))
+            self._meter.usage = usage
+        choices = chunk.get("choices")
+        choices = choices if isinstance(choices, list) else []
+        self._meter.counted_tokens += sum(1 for choice in choices if _has_content(choice))
         if usage is not None and not choices and not self._client_wants_usage:
             return None
         if self._rename:
@@ -78,12 +78,14 @@ class StreamRelay:
             return json.dumps(chunk).encode()
         return data.encode()
 
-    async def close(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await self._upstream.aclose()
-            self._on_close(self.status)
-            usage = self.usage or self._meter.estimated_usage(self.content_chunks)
-            await self._meter.finish(usage, self.status)
+    async def respond(self, headers: dict[str, str], scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream to the client until the upstream ends or the client disconnects (even while the upstream is
+        silent); the upstream is closed on the way out, whatever happened."""
+        try:
+            await _DisconnectAwareStream(self.events(), headers)(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._upstream.aclose()
 
 
 def _has_content(choice: Any) -> bool:
@@ -95,25 +97,20 @@ def _has_content(choice: Any) -> bool:
     return bool(choice.get("text"))
 
 
-class MeteredStreamingResponse(StreamingResponse):
-    """Streams the relay, stops as soon as the client disconnects (even while the upstream is silent),
-    and always settles the bill on the way out."""
+class _DisconnectAwareStream(StreamingResponse):
+    """Stops as soon as the client disconnects, not only at the next write."""
 
-    def __init__(self, relay: StreamRelay, headers: dict[str, str]) -> None:
-        super().__init__(relay.events(), media_type="text/event-stream", headers=headers)
-        self._relay = relay
+    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            async with anyio.create_task_group() as group:
+        async with anyio.create_task_group() as group:
 
-                async def stream() -> None:
-                    with contextlib.suppress(OSError):  # the client went away mid-send
-                        await self.stream_response(send)
-                    group.cancel_scope.cancel()
-
-                group.start_soon(stream)
-                await self.listen_for_disconnect(receive)
+            async def stream() -> None:
+                with contextlib.suppress(OSError):  # the client went away mid-send
+                    await self.stream_response(send)
                 group.cancel_scope.cancel()
-        finally:
-            await self._relay.close()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()

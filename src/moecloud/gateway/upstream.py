@@ -67,6 +67,17 @@ class Upstream:
             await response.aclose()
         raise _refusal(route, response, request_id)
 
+    async def final_usage(self, route: Route, request_id: str, timeout: float) -> Any:
+        """Ask an engine worker for what it produced for a request the gateway cut short (aborting it there);
+        the ``usage`` object it reports, or None where the upstream keeps no such report (a provider)."""
+        headers = {"authorization": f"Bearer {route.api_key}"} if route.api_key else {}
+        try:
+            response = await self._client.post(f"{route.base_url}/requests/{request_id}/abort", headers=headers,
+                                                timeout=timeout)
+            return response.json().get("usage") if response.is_success else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+
     async def healthy(self, route: Route, timeout: float) -> bool:
         """An active health check: does ``GET {base_url}/models`` answer 2xx within ``timeout``?"""
         headers = {"authorization": f"Bearer {route.api_key}"} if route.api_key else {}

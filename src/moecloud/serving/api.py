@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from moecloud.engine.failures import FAULT_STAGES
+from moecloud.serving import reports
 from moecloud.serving.chat import ChatRun
 from moecloud.serving.completions import CompletionRun
 from moecloud.serving.errors import ClientDisconnected, InvalidRequest, install_error_handlers
@@ -64,6 +65,7 @@ async def _respond(request: Request, run: ChatRun | CompletionRun, stream: bool)
     except BaseException:
         run.generation.close()
         raise
+    request.app.state.serving.reports.track(request.headers.get("x-request-id"), run.generation)
     if stream:
         return StreamingResponse(event_stream(run.chunks(), run.generation), media_type="text/event-stream",
                                  headers=_SSE_HEADERS)
@@ -134,6 +136,7 @@ def build_app(state: ServingState) -> FastAPI:
     app = FastAPI(title="moecloud worker", docs_url=None, redoc_url=None)
     app.state.serving = state
     app.include_router(router)
+    app.include_router(reports.router)
     install_error_handlers(app)
     app.add_middleware(_CountRequests, metrics=state.metrics)
     return app

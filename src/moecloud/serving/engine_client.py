@@ -46,10 +46,14 @@ class RequestStream(AsyncIterator[RequestOutput]):
         self._ready = asyncio.Event()
         self.finished = False
         self.aborted = False
+        self.last: RequestOutput | None = None  # what the engine produced so far, read or not
+        self.ended = asyncio.Event()  # the engine will push nothing more: ``last`` is final
 
     def push(self, output: RequestOutput) -> None:
-        self._latest = output
+        self._latest = self.last = output
         self._ready.set()
+        if output.finished:
+            self.ended.set()
 
     def end(self, error: ServingError | None = None) -> None:
         """End the stream early: with an error, or (None) as aborted; outputs already pushed are still read."""
@@ -57,6 +61,7 @@ class RequestStream(AsyncIterator[RequestOutput]):
         self._ended = True
         self.aborted = error is None
         self._ready.set()
+        self.ended.set()
 
     def __aiter__(self) -> RequestStream:
         return self

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from moecloud.engine import CompletionOutput, RequestOutput, SamplingParams
@@ -60,6 +60,8 @@ class Generation:
         self.final: list[RequestOutput] = []
         self._n = 1
         self._tasks: list[asyncio.Task[None]] = []
+        self._final: asyncio.Future[dict[str, object]] | None = None
+        self.on_final: Callable[[dict[str, object]], None] | None = None  # told the final usage, once
 
     async def open(self, prompts: list[str | list[int]], params: SamplingParams) -> None:
         try:
@@ -106,24 +108,41 @@ class Generation:
                 last_token_time = now
             self.final[index] = item
             yield index, item
-        self._record()
+        self._finalize()
 
-    def _record(self) -> None:
+    def usage(self) -> dict[str, object]:
+        """The usage of the outputs read so far (what a response or its usage chunk reports)."""
+        return _usage(self.final)
+
+    async def final_usage(self) -> dict[str, object]:
+        """The usage of everything the engine produced, once each of its requests has ended, finished or
+        aborted: tokens generated after the last one read (a client that hung up) included."""
+        return await asyncio.shield(self._finalize())
+
+    def _finalize(self) -> asyncio.Future[dict[str, object]]:
+        if self._final is None:
+            self._final = asyncio.ensure_future(self._settle())
+        return self._final
+
+    async def _settle(self) -> dict[str, object]:
+        await asyncio.gather(*(stream.ended.wait() for stream in self.streams))
+        produced = [stream.last or _empty_output(stream.request_id, self._n) for stream in self.streams]
+        usage = _usage(produced)
+        if self.streams:  # a request refused before the engine took it is not counted
+            self._record(usage, produced)
+        if self.on_final is not None:
+            self.on_final(usage)
+        return usage
+
+    def _record(self, usage: dict[str, object], produced: list[RequestOutput]) -> None:
+        """Counted once per request, aborted ones included."""
         self.metrics.e2e.observe(time.monotonic() - self.arrival)
-        usage = self.usage()
-        self.metrics.prompt_tokens.inc(usage["prompt_tokens"])
-        self.metrics.generation_tokens.inc(usage["completion_tokens"])
-        for output in self.final:
+        self.metrics.prompt_tokens.inc(usage["prompt_tokens"])  # type: ignore[arg-type]
+        self.metrics.generation_tokens.inc(usage["completion_tokens"])  # type: ignore[arg-type]
+        for output in produced:
             timing = output.metrics
             if timing is not None and timing.first_scheduled_time is not None:
                 self.metrics.queue_time.observe(max(0.0, timing.first_scheduled_time - timing.arrival_time))
-
-    def usage(self) -> dict[str, object]:
-        prompt = sum(len(o.prompt_token_ids) for o in self.final)
-        completion = sum(len(c.token_ids) for o in self.final for c in o.outputs)
-        cached = sum(o.num_cached_tokens for o in self.final)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-                "prompt_tokens_details": {"cached_tokens": cached}}
 
     async def collect(self) -> list[RequestOutput]:
         async for _ in self.outputs():
@@ -134,8 +153,21 @@ class Generation:
         """Abort whatever has not finished (a client that went away, an error half-way)."""
         for task in self._tasks:
             task.cancel()
+        self.abort()
+
+    def abort(self) -> None:
+        """Abort what the engine still runs, leaving a reader to see its outputs end (the gateway's report)."""
         for stream in self.streams:
             stream.close()
+        self._finalize()
+
+
+def _usage(outputs: list[RequestOutput]) -> dict[str, object]:
+    prompt = sum(len(o.prompt_token_ids) for o in outputs)
+    completion = sum(len(c.token_ids) for o in outputs for c in o.outputs)
+    cached = sum(o.num_cached_tokens for o in outputs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def _empty_output(request_id: str, n: int) -> RequestOutput:

@@ -14,6 +14,7 @@ from moecloud.serving.engine_client import EngineClient
 from moecloud.serving.errors import InvalidRequest, ModelNotFound, ShuttingDown, UnsupportedParameter
 from moecloud.serving.metrics import ServingMetrics
 from moecloud.serving.protocol import SamplingRequest
+from moecloud.serving.reports import UsageReports
 
 
 @dataclass
@@ -21,6 +22,7 @@ class ServingState:
     client: EngineClient
     served_model_name: str
     max_tokens_default: int
+    reports: UsageReports
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
     draining: bool = False
     created: int = field(default_factory=lambda: int(time.time()))

@@ -27,6 +27,7 @@ from moecloud.engine import EngineConfig, LLMEngine
 from moecloud.engine.failures import FaultInjector
 from moecloud.serving.api import build_app
 from moecloud.serving.engine_client import ThreadEngineClient
+from moecloud.serving.reports import UsageReports
 from moecloud.serving.state import ServingState
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def serving_app(client: ThreadEngineClient, settings: Settings, served_model_nam
 
 def serving_state(client: ThreadEngineClient, settings: Settings, served_model_name: str | None) -> ServingState:
     return ServingState(client=client, served_model_name=served_model_name or client.model_name,
-                        max_tokens_default=settings.serving.max_tokens_default)
+                        max_tokens_default=settings.serving.max_tokens_default,
+                        reports=UsageReports(settings.serving.usage_reports))
 
 
 class DrainingServer(uvicorn.Server):

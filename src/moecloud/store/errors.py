@@ -34,11 +34,18 @@ class AlreadyExists(StoreError):
 class InsufficientCredit(StoreError):
     def __init__(self, needed: Decimal, available: Decimal) -> None:
         super().__init__(
-            f"insufficient credit: this request may cost up to {needed} but the balance available is "
-            f"{available}; add credit or lower max_tokens"
+            f"insufficient credit: this request may cost up to {money(needed)} but the balance available is "
+            f"{money(available)}; add credit or lower max_tokens"
         )
         self.needed = needed
         self.available = available
+
+
+def money(amount: Decimal) -> str:
+    """An amount as people write money: never an exponent, at least two decimals, no trailing zeros past them
+    (``0E-9`` -> ``0.00``, ``0.018000000`` -> ``0.018``)."""
+    whole, _, fraction = f"{amount:f}".partition(".")
+    return f"{whole}.{fraction.rstrip('0').ljust(2, '0')}"
 
 
 class InvalidValue(StoreError):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import ColumnElement, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from moecloud.store.errors import InsufficientCredit, NotFound
@@ -72,13 +72,19 @@ _CLAIM = (
     .values(status=bindparam("new_status"))
     .returning(_HOLDS.c.amount)
 )
+_RENEW = (
+    update(_HOLDS)
+    .where(_HOLDS.c.request_id == bindparam("request"), _HOLDS.c.status == "held")
+    .values(expires_at=bindparam("expires"))
+)
 _SETTLED = select(_USAGE.c.id).where(_USAGE.c.request_id == bindparam("request"))
 
 
 def place_hold(
-    session: Session, tenant_id: int, request_id: str, amount: Decimal, *, ttl: timedelta
+    session: Session, tenant_id: int, request_id: str, amount: Decimal, *, ttl: timedelta, gateway: str | None = None
 ) -> None:
-    """Reserve ``amount``; raises ``InsufficientCredit`` when the balance cannot cover it."""
+    """Reserve ``amount`` for ``ttl`` (renewed by ``renew_hold``), placed by ``gateway``; raises
+    ``InsufficientCredit`` when the balance cannot cover it."""
     connection = session.connection()
     if connection.execute(_TAKE, {"tenant": tenant_id, "amount": amount}).rowcount != 1:
         available = session.scalar(select(Tenant.balance).where(Tenant.id == tenant_id))
@@ -89,8 +95,14 @@ def place_hold(
     connection.execute(
         insert(_HOLDS),
         {"request_id": request_id, "tenant_id": tenant_id, "amount": amount, "status": "held",
-         "created_at": now, "expires_at": now + ttl},
+         "created_at": now, "expires_at": now + ttl, "gateway": gateway},
     )
+
+
+def renew_hold(session: Session, request_id: str, *, ttl: timedelta) -> bool:
+    """Push a running request's hold ``ttl`` past now; False when it is no longer held."""
+    renewed = session.connection().execute(_RENEW, {"request": request_id, "expires": utcnow() + ttl})
+    return renewed.rowcount == 1
 
 
 def finish_request(session: Session, outcome: RequestOutcome) -> bool:
@@ -117,12 +129,20 @@ def finish_request(session: Session, outcome: RequestOutcome) -> bool:
 
 
 def release_expired_holds(session: Session, *, now: datetime | None = None) -> int:
-    """Give back holds whose request never finished (a crash); returns how many were released."""
+    """Give back holds whose request never finished and stopped being renewed (its gateway died); returns how
+    many were released."""
+    return _expire(session, Hold.expires_at < (now or utcnow()))
+
+
+def release_gateway_holds(session: Session, gateway: str) -> int:
+    """Give back every hold ``gateway`` placed: run at its start, when none of its requests can still be
+    running; returns how many were released."""
+    return _expire(session, Hold.gateway == gateway)
+
+
+def _expire(session: Session, which: ColumnElement[bool]) -> int:
     expired = session.execute(
-        update(Hold)
-        .where(Hold.status == "held", Hold.expires_at < (now or utcnow()))
-        .values(status="expired")
-        .returning(Hold.tenant_id, Hold.amount)
+        update(Hold).where(Hold.status == "held", which).values(status="expired").returning(Hold.tenant_id, Hold.amount)
     ).all()
     for tenant_id, amount in expired:
         _change_balance(session, tenant_id, amount)

@@ -122,7 +122,11 @@ class Evaluation(Base):
 
 
 class Hold(Base):
-    """Worst-case cost reserved before a request is forwarded. held -> settled | released | expired."""
+    """Worst-case cost reserved before a request is forwarded. held -> settled | released | expired.
+
+    ``expires_at`` is pushed forward while the request runs; ``gateway`` names the gateway that placed it, so a
+    restarted gateway releases the holds its previous run left behind (and no other gateway's).
+    """
 
     __tablename__ = "holds"
     request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -131,6 +135,7 @@ class Hold(Base):
     status: Mapped[str] = mapped_column(String(16), default="held")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    gateway: Mapped[str | None] = mapped_column(String(100))
     __table_args__ = (Index("ix_holds_status_expires", "status", "expires_at"),)
 
 
