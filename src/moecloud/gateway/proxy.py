@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Awaitable
 from datetime import date
@@ -22,6 +21,7 @@ from moecloud.gateway.router import affinity_key
 from moecloud.gateway.schemas import UsageOut, usage_rows
 from moecloud.gateway.state import CallerDep, GatewayState, State
 from moecloud.gateway.streaming import MeteredStreamingResponse, StreamRelay
+from moecloud.gateway.validation import check_text, parse_body
 
 router = APIRouter()
 _MAX_CHOICES = 16
@@ -146,11 +146,12 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
         chunks.append(chunk)
     try:
-        body = json.loads(b"".join(chunks))
+        body = parse_body(b"".join(chunks))
     except (ValueError, RecursionError) as error:
         raise InvalidRequest("the request body is not valid JSON") from error
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    check_text(body)
     return body
 
 
