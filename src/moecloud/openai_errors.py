@@ -45,10 +45,10 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
 def validation_param(loc: tuple[object, ...]) -> str | None:
-    """The field path of a validation error as OpenAI writes it (``messages[0].content``), without "body"
-    and the union-member tags pydantic adds."""
+    """The field path of a validation error as OpenAI writes it (``messages[0].content``), without where it
+    came from ("body", "query", "path") and the union-member tags pydantic adds."""
     path = ""
-    for part in loc[1:] if loc[:1] == ("body",) else loc:
+    for part in loc[1:] if loc[:1] in (("body",), ("query",), ("path",)) else loc:
         if isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or "-" in part):
             continue
         path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)

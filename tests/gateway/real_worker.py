@@ -22,7 +22,7 @@ ENGINE_MODEL = "tiny"
 @pytest.fixture(scope="session")
 def engine_worker(tiny_checkpoint: Path) -> Iterator[RunningWorker]:
     settings = load_settings(
-        engine=EngineSettings(dtype="float32", device="cpu", max_model_len=512, kv_cache_tokens=16384),
+        engine=EngineSettings(dtype="float32", device="cpu", max_model_len=128, kv_cache_tokens=16384),
         serving=ServingSettings(shutdown_grace_seconds=1.0, max_tokens_default=16),
     )
     with background_worker(tiny_checkpoint, settings, served_model_name=ENGINE_MODEL) as running:

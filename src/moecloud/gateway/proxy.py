@@ -21,19 +21,19 @@ from moecloud.gateway.router import affinity_key
 from moecloud.gateway.schemas import UsageOut, usage_rows
 from moecloud.gateway.state import CallerDep, GatewayState, State
 from moecloud.gateway.streaming import MeteredStreamingResponse, StreamRelay
-from moecloud.gateway.validation import check_text, parse_body
+from moecloud.gateway.validation import CHAT_BODY, COMPLETION_BODY, check_text, parse_body
 
 router = APIRouter()
 _MAX_CHOICES = 16
 DEADLINE_HEADER = "x-moecloud-deadline"
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=CHAT_BODY)
 async def chat_completions(request: Request, caller: CallerDep, state: State) -> Response:
     return await _forward(request, caller, state, "/chat/completions", prompt_field="messages")
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=COMPLETION_BODY)
 async def completions(request: Request, caller: CallerDep, state: State) -> Response:
     return await _forward(request, caller, state, "/completions", prompt_field="prompt")
 

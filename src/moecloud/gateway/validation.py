@@ -1,6 +1,7 @@
 """What the gateway checks of a request body before it sizes, meters or forwards it: strict JSON (no NaN or
 Infinity, which the worker's JSON encoder refuses) whose every string is valid Unicode (a ``\\ud800`` escape
-decodes to a lone surrogate that cannot be encoded as UTF-8 again, so it would fail metering or forwarding)."""
+decodes to a lone surrogate that cannot be encoded as UTF-8 again, so it would fail metering or forwarding);
+and the OpenAPI request bodies of the routes that read their JSON themselves."""
 
 from __future__ import annotations
 
@@ -42,3 +43,25 @@ def _encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI request body: the fields the gateway reads itself; the rest pass through to the worker, whose
+    own document (``GET /openapi.json`` on a worker) has the full schema."""
+    shared = {"model": {"type": "string", "minLength": 1}, "stream": {"type": "boolean"},
+              "max_tokens": {"type": "integer", "minimum": 1}, "n": {"type": "integer", "minimum": 1},
+              "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}}}
+    schema = {"type": "object", "required": required, "properties": {**shared, **properties},
+              "additionalProperties": True}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+CHAT_BODY = _body(["model", "messages"], {
+    "messages": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["role"],
+        "properties": {"role": {"type": "string"}, "content": {"type": ["string", "array", "null"]}}}},
+    "max_completion_tokens": {"type": "integer", "minimum": 1},
+})
+COMPLETION_BODY = _body(["model", "prompt"], {
+    "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1}]},
+})
