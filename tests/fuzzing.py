@@ -22,8 +22,9 @@ TINY_FLOATS = [0.0, -0.0, 5e-324, 1e-45, 1e-38, 1e-6, 1e-5, 0.01]
 
 
 def mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any], bad_in: int = 20) -> st.SearchStrategy[Any]:
-    """``good`` except one draw in ``bad_in``."""
-    return st.integers(1, bad_in).flatmap(lambda i: bad if i == 1 else good)
+    """``good`` except about one draw in ``bad_in``. The bad branch is a middle value: Hypothesis draws the ends
+    of an integer range far more often than the rest."""
+    return st.integers(1, bad_in).flatmap(lambda i: bad if i == bad_in // 2 else good)
 
 
 def token_ids(vocab: int) -> st.SearchStrategy[int]:

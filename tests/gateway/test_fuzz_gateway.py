@@ -20,9 +20,9 @@ from schemathesis import GenerationMode
 
 from moecloud.serving.worker import RunningWorker
 
-FUZZ = settings(max_examples=30, derandomize=True, database=None, deadline=None,
+FUZZ = settings(max_examples=25, derandomize=True, database=None, deadline=None,
                 suppress_health_check=list(HealthCheck))
-HOSTILE_EXAMPLES = 100
+HOSTILE_EXAMPLES = 60
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from schemathesis import GenerationMode
 from moecloud.serving.worker import RunningWorker
 
 MODEL = "tiny"
-FUZZ = settings(max_examples=40, derandomize=True, database=None, deadline=None,
+FUZZ = settings(max_examples=30, derandomize=True, database=None, deadline=None,
                 suppress_health_check=list(HealthCheck))
-HOSTILE_EXAMPLES = 150
+HOSTILE_EXAMPLES = 100
 
 
 @pytest.fixture(scope="module")
