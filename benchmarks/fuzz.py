@@ -37,7 +37,7 @@ from moecloud.serving.worker import RunningWorker, background_worker, free_port
 from moecloud.store import Database
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fuzzing import Tally, requests, served_model  # noqa: E402  (the suite's strategies, shared)
+from fuzzing import Tally, requests  # noqa: E402  (the suite's strategies, shared)
 
 MODEL = "tiny"
 
@@ -85,10 +85,7 @@ def fuzz(url: str, headers: dict[str, str], vocab: int, args: argparse.Namespace
         tally, started = Tally(), time.monotonic()
 
         def call(case: object, tally: Tally = tally) -> None:
-            case = served_model(case, MODEL)
-            response = case.call(base_url=url, headers=headers, timeout=120)  # type: ignore[attr-defined]
-            tally.note(response.status_code, "".join(response.headers.get("content-type", [])), response.content,
-                       f"{case.method} {case.path} {case.body!r}")  # type: ignore[attr-defined]
+            tally.send_case(case, MODEL, url, headers)
 
         run_generator(args.count, args.seed, schema.as_strategy(generation_mode=mode), call)
         rows.append((f"schemathesis {mode.value}", tally, time.monotonic() - started))

@@ -134,6 +134,14 @@ def requests(vocab: int, model: str) -> st.SearchStrategy[tuple[str, bytes]]:
     return mostly(encoded, garbage, bad_in=20)
 
 
+def assert_serves(url: str, model: str, worker_url: str, headers: dict[str, str] | None = None) -> None:
+    """A normal chat request to ``url`` still gets its answer, and the worker's /health says its engine runs."""
+    body = {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+    response = httpx.post(url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+    assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"], response.text
+    assert httpx.get(worker_url + "/health").status_code == 200
+
+
 def failure(status: int, content_type: str, content: bytes) -> str | None:
     """Why an answer breaks the property (None when it holds): no 5xx, every error in OpenAI's shape, and a
     stream that ends with ``[DONE]`` and carries no error event."""
@@ -195,3 +203,11 @@ class Tally:
 
     def note_response(self, response: httpx.Response, sent: str) -> str | None:
         return self.note(response.status_code, response.headers.get("content-type", ""), response.content, sent)
+
+    def send_case(self, case: Any, model: str, base_url: str, headers: dict[str, str] | None = None) -> str | None:
+        """Send a schemathesis case (its body naming ``model``) and note the answer."""
+        case = served_model(case, model)
+        response = case.call(base_url=base_url, headers=headers, timeout=120)
+        content_type = "".join(response.headers.get("content-type", []))  # schemathesis: a list per header
+        return self.note(response.status_code, content_type, response.content,
+                         f"{case.method} {case.path} {case.body!r}")

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
+from fuzzing import assert_serves
 from harness import Gateway
 
 from moecloud.config import EngineSettings, ServingSettings, load_settings
@@ -41,8 +41,4 @@ def engine_gateway(make_gateway: Callable[..., Gateway], engine_worker: RunningW
 
 def assert_served(gateway: Gateway, key: str, worker: RunningWorker) -> None:
     """A normal request still gets its answer through the gateway, and the worker's engine runs."""
-    body = {"model": ENGINE_MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
-    response = httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=60,
-                          headers={"authorization": f"Bearer {key}"})
-    assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"], response.text
-    assert httpx.get(worker.base_url + "/health").status_code == 200
+    assert_serves(gateway.url, ENGINE_MODEL, worker.base_url, {"authorization": f"Bearer {key}"})

@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import openai
 import pytest
+from fuzzing import assert_serves
 
 from moecloud.serving.worker import RunningWorker
 
@@ -130,10 +131,7 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max
 
 
 def assert_engine_alive(worker: RunningWorker) -> None:
-    """A normal request still gets its answer, and /health says the engine runs."""
-    response = post(worker, "/v1/chat/completions", json=CHAT)
-    assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"], response.text
-    assert httpx.get(worker.base_url + "/health").status_code == 200
+    assert_serves(worker.base_url, MODEL, worker.base_url)
 
 
 def engine_killers(vocab: int) -> list[tuple[str, dict[str, object], str]]:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import schemathesis
-from fuzzing import Tally, requests, served_model
+from fuzzing import Tally, assert_serves, requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -30,13 +30,6 @@ def fuzz_worker(start_worker) -> Iterator[RunningWorker]:  # type: ignore[no-unt
         yield running
 
 
-def assert_engine_serves(worker: RunningWorker) -> None:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
-    response = httpx.post(worker.base_url + "/v1/chat/completions", json=body, timeout=60)
-    assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"], response.text
-    assert httpx.get(worker.base_url + "/health").status_code == 200
-
-
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_schemathesis_over_every_operation(fuzz_worker: RunningWorker, mode: GenerationMode) -> None:
     schema = schemathesis.openapi.from_url(fuzz_worker.base_url + "/openapi.json")
@@ -47,14 +40,11 @@ def test_schemathesis_over_every_operation(fuzz_worker: RunningWorker, mode: Gen
     @FUZZ
     @given(st.data())
     def run(data: st.DataObject) -> None:
-        case = served_model(data.draw(schema.as_strategy(generation_mode=mode)), MODEL)
-        response = case.call(base_url=fuzz_worker.base_url, timeout=60)
-        content_type = "".join(response.headers.get("content-type", []))
-        tally.note(response.status_code, content_type, response.content, f"{case.method} {case.path} {case.body!r}")
+        tally.send_case(data.draw(schema.as_strategy(generation_mode=mode)), MODEL, fuzz_worker.base_url)
 
     run()
     assert tally.requests >= FUZZ.max_examples and not tally.failures, tally.examples
-    assert_engine_serves(fuzz_worker)
+    assert_serves(fuzz_worker.base_url, MODEL, fuzz_worker.base_url)
 
 
 def test_hostile_bodies(fuzz_worker: RunningWorker) -> None:
@@ -72,4 +62,4 @@ def test_hostile_bodies(fuzz_worker: RunningWorker) -> None:
     run()
     assert tally.requests >= HOSTILE_EXAMPLES and not tally.failures, tally.examples
     assert tally.classes["2xx"] and tally.classes["4xx"]  # both the engine and the checks were reached
-    assert_engine_serves(fuzz_worker)
+    assert_serves(fuzz_worker.base_url, MODEL, fuzz_worker.base_url)
