@@ -45,18 +45,21 @@ _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none"}
 
 
 def validation_param(loc: tuple[object, ...]) -> str | None:
-    """The field path of a validation error, without "body" and the union-member tags pydantic adds."""
-    parts = []
-    for part in loc[1:] if loc[:1] == ("body",) else loc:
+    """The field path of a validation error as OpenAI writes it (``messages[0].content``), without where it
+    came from ("body", "query", "path") and the union-member tags pydantic adds."""
+    path = ""
+    for part in loc[1:] if loc[:1] in (("body",), ("query",), ("path",)) else loc:
         if isinstance(part, str) and (part in _TYPE_TAGS or "[" in part or "-" in part):
-            break
-        parts.append(str(part))
-    return ".".join(parts) or None
+            continue
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or None
 
 
 def invalid_request(error: RequestValidationError) -> tuple[str, str | None]:
     """(message, param) for FastAPI's validation error: OpenAI answers these with a 400, not a 422."""
-    first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
+    # Of a union's failed members, the one that got deepest names the field best (a list of parts, not "str").
+    errors = error.errors() or [{"loc": (), "msg": "invalid request", "type": ""}]
+    first = max(errors, key=lambda e: (len(e.get("loc", ())), not str(e.get("type", "")).endswith("_type")))
     if first.get("type") == "json_invalid":
         return "The request body is not valid JSON.", None
     param = validation_param(tuple(first.get("loc", ())))

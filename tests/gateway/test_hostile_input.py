@@ -5,6 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 from harness import MODEL, Gateway
+from real_worker import ENGINE_MODEL, assert_served
+
+from moecloud.serving.worker import RunningWorker
 
 BAD_BODIES = [
     b"not json",
@@ -58,3 +61,48 @@ def test_oversized_body_and_bad_admin_input(gateway: Gateway, key: str) -> None:
     assert gateway.admin.get("/admin/tenants", headers={"authorization": f"Bearer {key}"}).status_code == 401
     assert httpx.get(gateway.url + "/admin/tenants").status_code == 401
     assert httpx.get(gateway.url + f"/v1/models?model={MODEL}", headers={"authorization": "Basic x"}).status_code == 401
+
+
+ENGINE_KILLERS = [  # (extra fields, param): each stopped the engine behind `moecloud serve` for good
+    ({"stop_token_ids": [1_000_000_000], "min_tokens": 1}, "stop_token_ids[0]"),
+    ({"stop_token_ids": [-1_000_000], "min_tokens": 1}, "stop_token_ids[0]"),
+    ({"repetition_penalty": 1e-45}, "repetition_penalty"),
+    ({"logit_bias": {"1000000": 1}}, "logit_bias.1000000"),
+]
+
+
+def test_engine_killers_through_the_gateway_are_400s_and_the_engine_lives(
+    engine_gateway: Gateway, engine_worker: RunningWorker
+) -> None:
+    key = engine_gateway.key("acme")
+    headers = {"authorization": f"Bearer {key}"}
+    chat = {"model": ENGINE_MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+    for extra, param in ENGINE_KILLERS:
+        response = httpx.post(engine_gateway.url + "/v1/chat/completions", json={**chat, **extra},
+                              headers=headers, timeout=60)
+        assert response.status_code == 400, (extra, response.text)
+        assert response.json()["error"]["param"] == param
+        assert_served(engine_gateway, key, engine_worker)
+    for extra in ({"temperature": 1e-45}, {"top_p": 5e-324}):
+        response = httpx.post(engine_gateway.url + "/v1/chat/completions", json={**chat, **extra},
+                              headers=headers, timeout=60)
+        assert response.status_code == 200, (extra, response.text)
+        assert_served(engine_gateway, key, engine_worker)
+
+
+@pytest.mark.parametrize(("raw", "param"), [
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "a\\ud800b"}]}', "messages[0].content"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stop": ["\\udfff"]}', "stop[0]"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "user": "\\ud800"}', "user"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', None),
+])
+def test_text_that_is_not_unicode_or_json_is_a_400_at_the_gateway(
+    engine_gateway: Gateway, engine_worker: RunningWorker, raw: bytes, param: str | None
+) -> None:
+    key = engine_gateway.key("acme")
+    response = httpx.post(engine_gateway.url + "/v1/chat/completions", content=raw, timeout=60,
+                          headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert response.json()["error"]["param"] == param
+    assert_served(engine_gateway, key, engine_worker)

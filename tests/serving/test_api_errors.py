@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import openai
 import pytest
+from fuzzing import assert_serves
 
 from moecloud.serving.worker import RunningWorker
 
@@ -35,8 +36,8 @@ def test_malformed_json(worker: RunningWorker) -> None:
     ({"model": MODEL}, "messages"),
     ({"model": MODEL, "messages": []}, "messages"),
     ({"model": MODEL, "messages": "hello"}, "messages"),
-    ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ({"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_p": 0}, "top_p"),
@@ -44,7 +45,7 @@ def test_malformed_json(worker: RunningWorker) -> None:
     ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 50}, "top_logprobs"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs"),
-    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stop": [""]}, "stop"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stop": [""]}, "stop[0]"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
 ])
 def test_wrong_types_and_ranges_are_400(worker: RunningWorker, body: dict[str, object], param: str) -> None:
@@ -124,3 +125,93 @@ def test_full_waiting_queue_is_429(start_worker, model_name: str, async_client_f
     limited = [r for r in results if isinstance(r, openai.RateLimitError)]
     assert limited and all(r.body["code"] == "queue_full" for r in limited)
     assert all(isinstance(r, openai.RateLimitError) or r.choices for r in results)
+
+
+CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+
+
+def assert_engine_alive(worker: RunningWorker) -> None:
+    assert_serves(worker.base_url, MODEL, worker.base_url)
+
+
+def engine_killers(vocab: int) -> list[tuple[str, dict[str, object], str]]:
+    """(path, extra body fields, param) of requests that stopped the engine before the edge checked them."""
+    return [
+        ("/v1/chat/completions", {"stop_token_ids": [1_000_000_000], "min_tokens": 1}, "stop_token_ids[0]"),
+        ("/v1/chat/completions", {"stop_token_ids": [7, vocab], "min_tokens": 1}, "stop_token_ids[1]"),
+        ("/v1/chat/completions", {"stop_token_ids": [-(vocab + 1)], "min_tokens": 1}, "stop_token_ids[0]"),
+        ("/v1/chat/completions", {"stop_token_ids": [-1], "min_tokens": 1}, "stop_token_ids[0]"),
+        ("/v1/chat/completions", {"repetition_penalty": 1e-45}, "repetition_penalty"),
+        ("/v1/chat/completions", {"seed": 2**64}, "seed"),
+        ("/v1/chat/completions", {"logit_bias": {str(vocab): 1}}, f"logit_bias.{vocab}"),
+        ("/v1/chat/completions", {"logit_bias": {"token": 1}}, "logit_bias.token"),
+        ("/v1/chat/completions", {"logit_bias": {"5": 101}}, "logit_bias.5"),
+        ("/v1/chat/completions", {"stop": ["x"] * 17}, "stop"),
+        ("/v1/chat/completions", {"stop": "x" * 1001}, "stop"),
+        ("/v1/chat/completions", {"stop_token_ids": [1] * 65}, "stop_token_ids"),
+        ("/v1/completions", {"prompt": [1, vocab]}, "prompt[1]"),
+        ("/v1/completions", {"prompt": [[1], [2, -1]]}, "prompt[1][1]"),
+        ("/v1/completions", {"prompt": "x", "stop_token_ids": [vocab], "min_tokens": 1}, "stop_token_ids[0]"),
+        ("/v1/completions", {"prompt": "x", "best_of": 65, "n": 65}, "n"),
+    ]
+
+
+def test_requests_that_killed_the_engine_are_400s_naming_the_field(worker: RunningWorker) -> None:
+    vocab = worker.client.tokenizer.vocab_size
+    for path, extra, param in engine_killers(vocab):
+        base = CHAT if path == "/v1/chat/completions" else {"model": MODEL, "max_tokens": 4}
+        error = error_of(post(worker, path, json={**base, **extra}), 400)
+        assert error["param"] == param, (extra, error)
+        assert_engine_alive(worker)
+
+
+RAW_SURROGATES = [
+    ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "a\\ud800b"}]}',
+     "messages[0].content"),
+    ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text", '
+     b'"text": "\\udfff"}]}]}', "messages[0].content[0].text"),
+    ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "x", "name": "\\ud83d"}]}',
+     "messages[0].name"),
+    ("/v1/chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], '
+     b'"stop": ["ok", "\\ud800"]}', "stop[1]"),
+    ("/v1/chat/completions", b'{"model": "\\ud800", "messages": [{"role": "user", "content": "x"}]}', "model"),
+    ("/v1/completions", b'{"model": "tiny", "prompt": "\\ud800"}', "prompt"),
+    ("/v1/completions", b'{"model": "tiny", "prompt": ["a", "b\\udc00"]}', "prompt[1]"),
+]
+
+
+@pytest.mark.parametrize(("path", "raw", "param"), RAW_SURROGATES)
+def test_text_that_is_not_unicode_is_a_400(worker: RunningWorker, path: str, raw: bytes, param: str) -> None:
+    error = error_of(post(worker, path, content=raw, headers={"content-type": "application/json"}), 400)
+    assert error["param"] == param and "Unicode" in str(error["message"])
+    assert_engine_alive(worker)
+
+
+def test_nan_and_infinity_are_400s(worker: RunningWorker) -> None:
+    for raw, param in ((b'"temperature": NaN', "temperature"), (b'"top_p": Infinity', "top_p"),
+                       (b'"logit_bias": {"5": -Infinity}', "logit_bias.5")):
+        body = b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], ' + raw + b"}"
+        response = post(worker, "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        assert error_of(response, 400)["param"] == param
+    assert_engine_alive(worker)
+
+
+def greedy_text(worker: RunningWorker, **extra: object) -> str:
+    body = {"model": MODEL, "prompt": "the engine", "max_tokens": 12, "ignore_eos": True, "seed": 3, **extra}
+    response = post(worker, "/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["text"]
+
+
+def test_tiny_temperature_is_greedy_and_tiny_top_p_is_top_1(worker: RunningWorker) -> None:
+    greedy = greedy_text(worker, temperature=0)
+    assert greedy_text(worker, temperature=1e-45) == greedy
+    assert greedy_text(worker, temperature=1.5, top_p=5e-324) == greedy
+    assert greedy_text(worker, temperature=2, top_p=1e-6, top_k=50) == greedy
+    assert_engine_alive(worker)
+
+
+def test_empty_logit_bias_is_accepted_and_a_real_one_refused_by_name(worker: RunningWorker) -> None:
+    assert post(worker, "/v1/chat/completions", json={**CHAT, "logit_bias": {}}).status_code == 200
+    error = error_of(post(worker, "/v1/chat/completions", json={**CHAT, "logit_bias": {"5": 10}}), 400)
+    assert error["param"] == "logit_bias" and error["code"] == "unsupported_parameter"

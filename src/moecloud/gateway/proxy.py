@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 from collections.abc import Awaitable, Callable
 from datetime import date
@@ -25,6 +24,7 @@ from moecloud.gateway.router import affinity_key
 from moecloud.gateway.schemas import UsageOut, usage_rows
 from moecloud.gateway.state import CallerDep, GatewayState, State
 from moecloud.gateway.streaming import StreamRelay
+from moecloud.gateway.validation import CHAT_BODY, COMPLETION_BODY, check_text, parse_body
 
 T = TypeVar("T")
 router = APIRouter()
@@ -32,12 +32,12 @@ _MAX_CHOICES = 16
 DEADLINE_HEADER = "x-moecloud-deadline"
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=CHAT_BODY)
 async def chat_completions(request: Request, caller: CallerDep, state: State) -> Response:
     return await _forward(request, caller, state, "/chat/completions", prompt_field="messages")
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", openapi_extra=COMPLETION_BODY)
 async def completions(request: Request, caller: CallerDep, state: State) -> Response:
     return await _forward(request, caller, state, "/completions", prompt_field="prompt")
 
@@ -200,11 +200,12 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
             raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
         chunks.append(chunk)
     try:
-        body = json.loads(b"".join(chunks))
+        body = parse_body(b"".join(chunks))
     except (ValueError, RecursionError) as error:
         raise InvalidRequest("the request body is not valid JSON") from error
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    check_text(body)
     return body
 
 

@@ -107,15 +107,19 @@ def _refusal(route: Route, response: httpx.Response, request_id: str) -> Gateway
             headers={"retry-after": response.headers.get("retry-after", "1")},
         )
     if response.status_code in (400, 413, 422):
-        return InvalidRequest(message)
+        param = _upstream_error(response).get("param")  # the worker names the field; so does our answer
+        return InvalidRequest(message, param=param if isinstance(param, str) else None)
     return _failed(UpstreamFailed, route, request_id, f"failed ({response.status_code}): {message}")
 
 
-def _upstream_message(response: httpx.Response) -> str:
+def _upstream_error(response: httpx.Response) -> dict[str, Any]:
     try:
         error = json.loads(response.content).get("error")
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return error["message"]
     except (ValueError, AttributeError):
-        pass
-    return response.text[:200] or response.reason_phrase
+        return {}
+    return error if isinstance(error, dict) else {}
+
+
+def _upstream_message(response: httpx.Response) -> str:
+    message = _upstream_error(response).get("message")
+    return message if isinstance(message, str) else response.text[:200] or response.reason_phrase

@@ -26,12 +26,13 @@ class CompletionRun:
         state, body = self.state, self.body
         state.admit(body)
         requested = body.prompts()
+        body.check_prompt_ids(requested, state.client.tokenizer.vocab_size)
         prompts = [await state.encode(p, add_special_tokens=True) if isinstance(p, str) else p for p in requested]
         max_tokens = min(resolve_max_tokens(body.max_tokens, len(ids), state.client.max_model_len,
                                             state.max_tokens_default) for ids in prompts)
         prompt_logprobs = body.logprobs if body.echo and body.logprobs is not None else None
         params = body.sampling_params(max_tokens, logprobs=body.logprobs, prompt_logprobs=prompt_logprobs)
-        await self.generation.open(list(prompts), params)  # the engine checks token ids against its vocabulary
+        await self.generation.open(list(prompts), params)
         if body.echo:
             self.prompt_texts = [p if isinstance(p, str) else state.client.tokenizer.decode(p) for p in requested]
 

@@ -1,21 +1,47 @@
 """OpenAI request schemas. Unknown fields are ignored; known OpenAI fields this server cannot honour are
-declared so that `unsupported_parameter()` can name them in a 400 instead of silently dropping them."""
+declared so that `unsupported_parameter()` can name them in a 400 instead of silently dropping them.
+
+Every value is bounded here, before the engine sees it, so that the engine's arithmetic stays finite: the
+bounds are in docs/api.md ("Validation"). Token ids are checked against the vocabulary by `check_token_ids`,
+once the route knows the model.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from moecloud.engine.sampling_params import SamplingParams
 from moecloud.serving.errors import InvalidRequest
 
+GREEDY_BELOW = 1e-5  # temperature below this is greedy: logits / 1e-45 overflow to inf, and softmax to NaN
+TOP_1_BELOW = 1e-5  # top_p below this keeps only the most likely token (5e-324 underflows float32 to 0)
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_LENGTH = 1000  # characters
+MAX_STOP_TOKEN_IDS = 64
+MAX_PROMPTS = 256  # prompts in one /v1/completions request
+MAX_CHOICES = 64
+
+
+def _valid_unicode(text: str) -> str:
+    """JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer (or UTF-8 reply) can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"is not valid Unicode (a lone surrogate at character {exc.start})") from None
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(_valid_unicode)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
+StopString = Annotated[Text, Field(min_length=1, max_length=MAX_STOP_LENGTH)]
+TokenIdKey = Annotated[Text, Field(pattern=r"^[0-9]{1,10}$")]
 
 
 class _Schema(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class StreamOptions(_Schema):
@@ -23,14 +49,14 @@ class StreamOptions(_Schema):
 
 
 class ContentPart(_Schema):
-    type: StrictStr
-    text: StrictStr | None = None
+    type: Text
+    text: Text | None = None
 
 
 class ChatMessage(_Schema):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: StrictStr | list[ContentPart] | None = None
-    name: StrictStr | None = None
+    content: Text | list[ContentPart] | None = None
+    name: Text | None = None
     tool_calls: Any = None
     function_call: Any = None
 
@@ -38,8 +64,8 @@ class ChatMessage(_Schema):
 class SamplingRequest(_Schema):
     """Fields shared by chat and completions, including vLLM's widely used extensions (top_k, min_p, ...)."""
 
-    model: StrictStr
-    n: Annotated[int, Field(ge=1, le=64)] = 1
+    model: Text
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
     max_tokens: Annotated[int, Field(ge=0)] | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
@@ -47,18 +73,18 @@ class SamplingRequest(_Schema):
     min_p: Probability | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    repetition_penalty: Annotated[float, Field(gt=0.0, le=10.0)] | None = None
-    seed: StrictInt | None = None
-    stop: StrictStr | list[StrictStr] | None = None
-    stop_token_ids: list[StrictInt] | None = None
+    repetition_penalty: Annotated[float, Field(ge=0.01, le=10.0)] | None = None
+    seed: Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)] | None = None  # what torch's generator takes
+    stop: StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    stop_token_ids: Annotated[list[StrictInt], Field(max_length=MAX_STOP_TOKEN_IDS)] | None = None
     min_tokens: Annotated[int, Field(ge=0)] = 0
     ignore_eos: StrictBool = False
     include_stop_str_in_output: StrictBool = False
     skip_special_tokens: StrictBool = True
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    user: StrictStr | None = None
-    logit_bias: dict[str, float] | None = None
+    user: Text | None = None
+    logit_bias: dict[TokenIdKey, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -70,18 +96,24 @@ class SamplingRequest(_Schema):
         return None
 
     def stop_strings(self) -> list[str]:
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if any(not s for s in stops):
-            raise InvalidRequest("stop strings must be non-empty", param="stop")
-        return stops
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def check_token_ids(self, vocab_size: int) -> None:
+        """Token ids the request names must index the vocabulary (the sampler indexes logits with them)."""
+        check_token_ids(self.stop_token_ids or [], vocab_size, "stop_token_ids")
+        for key in self.logit_bias or {}:
+            check_token_id(int(key), vocab_size, f"logit_bias.{key}")
 
     def sampling_params(self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None) -> SamplingParams:
         try:
+            temperature = 1.0 if self.temperature is None else self.temperature
+            top_p = 1.0 if self.top_p is None else self.top_p
+            top_1 = top_p < TOP_1_BELOW  # the smallest set of tokens holding that much mass is the top one
             return SamplingParams(
                 n=self.n,
-                temperature=1.0 if self.temperature is None else self.temperature,
-                top_p=1.0 if self.top_p is None else self.top_p,
-                top_k=self.top_k or 0,
+                temperature=0.0 if temperature < GREEDY_BELOW else temperature,
+                top_p=1.0 if top_1 else top_p,
+                top_k=1 if top_1 else self.top_k or 0,
                 min_p=self.min_p or 0.0,
                 presence_penalty=self.presence_penalty or 0.0,
                 frequency_penalty=self.frequency_penalty or 0.0,
@@ -116,7 +148,7 @@ class ChatCompletionRequest(SamplingRequest):
     function_call: Any = None
     response_format: Any = None
     audio: Any = None
-    modalities: list[str] | None = None
+    modalities: list[Text] | None = None
     prediction: Any = None
     web_search_options: Any = None
 
@@ -162,11 +194,12 @@ class ChatCompletionRequest(SamplingRequest):
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+    prompt: (Text | Annotated[list[Text], Field(max_length=MAX_PROMPTS)] | list[StrictInt]
+             | Annotated[list[list[StrictInt]], Field(max_length=MAX_PROMPTS)])
     echo: StrictBool = False
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    suffix: StrictStr | None = None
-    best_of: Annotated[int, Field(ge=1)] | None = None
+    suffix: Text | None = None
+    best_of: Annotated[int, Field(ge=1, le=MAX_CHOICES)] | None = None
 
     def unsupported_parameter(self) -> str | None:
         if self.suffix:
@@ -187,6 +220,23 @@ class CompletionRequest(SamplingRequest):
         if any(isinstance(p, list) and not p for p in prompt):
             raise InvalidRequest("a token-id prompt must not be empty", param="prompt")
         return list(prompt)  # type: ignore[arg-type]
+
+    def check_prompt_ids(self, prompts: list[str | list[int]], vocab_size: int) -> None:
+        nested = isinstance(self.prompt, list) and bool(self.prompt) and isinstance(self.prompt[0], list)
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, list):
+                check_token_ids(prompt, vocab_size, f"prompt[{i}]" if nested else "prompt")
+
+
+def check_token_ids(ids: list[int], vocab_size: int, param: str) -> None:
+    """Refuse the first id outside [0, vocab_size), naming it as ``param[i]`` (Python's negative indices too)."""
+    for i, token_id in enumerate(ids):
+        check_token_id(token_id, vocab_size, f"{param}[{i}]")
+
+
+def check_token_id(token_id: int, vocab_size: int, param: str) -> None:
+    if not 0 <= token_id < vocab_size:
+        raise InvalidRequest(f"token id {token_id} is not in the vocabulary [0, {vocab_size})", param=param)
 
 
 def _format_type(response_format: Any) -> Any:

@@ -28,11 +28,13 @@ class ServingState:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def admit(self, body: SamplingRequest) -> None:
-        """Refuse a request before any work: draining, unknown model, or a parameter we cannot honour."""
+        """Refuse a request before any work: draining, unknown model, a token id outside the vocabulary, or a
+        parameter we cannot honour."""
         if self.draining:
             raise ShuttingDown()
         if body.model != self.served_model_name:
             raise ModelNotFound(body.model)
+        body.check_token_ids(self.client.tokenizer.vocab_size)
         unsupported = body.unsupported_parameter()
         if unsupported is not None:
             raise UnsupportedParameter(unsupported)

@@ -1,0 +1,44 @@
+"""A real engine worker (the tiny random checkpoint, in a thread) deployed behind the harness's gateway, for the
+tests whose point is what reaches the engine: no fake upstream there.
+
+Kept out of conftest.py, like harness.py, so tests import it by a name no other test folder uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fuzzing import assert_serves
+from harness import Gateway
+
+from moecloud.config import EngineSettings, ServingSettings, load_settings
+from moecloud.serving.worker import RunningWorker, background_worker
+
+ENGINE_MODEL = "tiny"
+
+
+@pytest.fixture(scope="session")
+def engine_worker(tiny_checkpoint: Path) -> Iterator[RunningWorker]:
+    settings = load_settings(
+        engine=EngineSettings(dtype="float32", device="cpu", max_model_len=128, kv_cache_tokens=16384),
+        serving=ServingSettings(shutdown_grace_seconds=1.0, max_tokens_default=16),
+    )
+    with background_worker(tiny_checkpoint, settings, served_model_name=ENGINE_MODEL) as running:
+        yield running
+
+
+@pytest.fixture
+def engine_gateway(make_gateway: Callable[..., Gateway], engine_worker: RunningWorker) -> Gateway:
+    """The harness's gateway with the real worker deployed as ``tiny`` (and a tenant ``acme`` to call it)."""
+    gateway = make_gateway()
+    gateway.call("POST", "/admin/deployments",
+                 json={"name": "tiny-worker", "model": ENGINE_MODEL, "base_url": engine_worker.base_url + "/v1"})
+    gateway.tenant("acme", credit="1000")
+    return gateway
+
+
+def assert_served(gateway: Gateway, key: str, worker: RunningWorker) -> None:
+    """A normal request still gets its answer through the gateway, and the worker's engine runs."""
+    assert_serves(gateway.url, ENGINE_MODEL, worker.base_url, {"authorization": f"Bearer {key}"})
