@@ -130,7 +130,7 @@ class SamplingRequest(_Schema):
                 skip_special_tokens=self.skip_special_tokens,
             )
         except ValueError as exc:
-            raise InvalidRequest(str(exc)) from exc
+            raise InvalidRequest(str(exc), param=getattr(exc, "param", None)) from exc
 
     @property
     def include_usage(self) -> bool:
