@@ -2,8 +2,9 @@
 to another replica (never the same one twice), transparently, up to ``routing.max_attempts`` times.
 
 When no replica is left to try (each failed this request, or has an open circuit) but a local deployment's
-replicas are coming (its replacement starts), the request waits for them, within its deadline. If none can be up in time (by the deployment's last cold start)
-or none came, the answer is 503 ``model_unavailable`` with ``Retry-After``, not a 429: nothing was busy.
+replicas are coming (its replacement starts), the request waits for them, within its deadline. If none can
+be up in time (by the deployment's last cold start) or none came, the answer is 503 ``model_unavailable``
+with ``Retry-After``, not a 429: nothing was busy.
 """
 
 from __future__ import annotations
