@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,7 @@ class RayLauncher:
         async with self._connecting:
             if self._serve is None:
                 self._serve = await asyncio.to_thread(self._start_serve)
+                _take_back_stop_signals()
         return self._serve
 
     def _start_serve(self) -> Any:
@@ -114,6 +116,16 @@ class RayLauncher:
                 log.info("killing process %d, left by the local Ray instance", pid)
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def _take_back_stop_signals() -> None:
+    """Ray's core installs its own SIGTERM/SIGINT handler, which aborts the process 3 s after the signal: the
+    gateway's graceful stop (draining replicas, stopping Ray) would never finish. Python's handlers (uvicorn's)
+    are put back; only the main thread may, and only there do stop signals reach Python."""
+    if threading.current_thread() is threading.main_thread():
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            if (handler := signal.getsignal(stop)) is not None:  # None: not set from Python, nothing to restore
+                signal.signal(stop, handler)
 
 
 def _ray_children(ray_package: Path) -> list[int]:

@@ -76,12 +76,10 @@ class BackendLauncher:
 
 
 class ReplicaSet:
-    def __init__(self, launcher: Launcher, on_change: Callable[[], None], *, failures_to_replace: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, launcher: Launcher, on_change: Callable[[], None], *, failures_to_replace: int) -> None:
         self._launcher = launcher
         self._on_change = on_change  # a replica became ready or went away: routes changed
         self._failures_to_replace = failures_to_replace
-        self._clock = clock
         self._ready: dict[str, list[Replica]] = {}
         self._starting: dict[str, dict[str, float]] = {}  # deployment -> {replica id: when its start began}
         self._wanted: dict[str, int] = {}
@@ -114,10 +112,12 @@ class ReplicaSet:
         starting, cold_start = self._starting.get(deployment), self._cold_start.get(deployment)
         if not starting or cold_start is None:
             return None
-        return max(0.0, min(starting.values()) + cold_start - self._clock())
+        return max(0.0, min(starting.values()) + cold_start - time.monotonic())
 
     def record_health(self, replica_id: str, healthy: bool) -> None:
         """An active health check's verdict; enough failures in a row and ``reconcile`` replaces the replica."""
+        if all(replica.id != replica_id for replica in self.all_ready()):
+            return  # it left while being checked
         failures = 0 if healthy else self._failed_checks.get(replica_id, 0) + 1
         self._failed_checks[replica_id] = failures
         if failures == self._failures_to_replace:
@@ -140,7 +140,7 @@ class ReplicaSet:
             starting = self._starting.setdefault(name, {})
             for _ in range(spec.replicas - len(ready) - len(starting)):
                 replica_id = self._next_id(name)
-                starting[replica_id] = self._clock()  # now, so the next reconcile counts it before its task runs
+                starting[replica_id] = time.monotonic()  # now, so the next reconcile counts it before its task runs
                 self._spawn(self._start(spec, replica_id))
             if len(ready) > spec.replicas:
                 self._stop(name, len(ready) - spec.replicas)
@@ -176,7 +176,7 @@ class ReplicaSet:
             return
         finally:
             self._starting[spec.name].pop(replica_id, None)
-        self._cold_start[spec.name] = self._clock() - began
+        self._cold_start[spec.name] = time.monotonic() - began
         self._ready.setdefault(spec.name, []).append(replica)
         log.info("replica %s is ready at %s", replica_id, replica.base_url)
         self._on_change()
