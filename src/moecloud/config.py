@@ -182,8 +182,12 @@ class RoutingSettings(BaseModel):
     affinity_prefix_bytes: int = Field(512, ge=1, description="prompt bytes that pick a replica (prefix_affinity)")
     breaker_failures: int = Field(3, ge=1, description="consecutive failures that open a replica's circuit")
     breaker_open_seconds: float = Field(10.0, gt=0, description="rest of an open circuit before one probe")
-    health_interval_seconds: float = Field(5.0, gt=0, description="active health checks of every replica")
-    health_timeout_seconds: float = Field(2.0, gt=0)
+    health_interval_seconds: float = Field(2.0, gt=0, description="active health checks of every replica "
+                                                                  "(a local replica's /health: its engine runs)")
+    health_timeout_seconds: float = Field(2.0, gt=0, description="a check not answered by then has failed")
+    health_failures_to_replace: int = Field(
+        2, ge=1, description="consecutive failed checks that replace a local replica: with the defaults a replica "
+                             "whose engine died is replaced within 2 x (2 s + 2 s) = 8 s")
 
 
 class ScalingSettings(BaseModel):

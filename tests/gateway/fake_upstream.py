@@ -8,7 +8,9 @@ The last user message (or the prompt) steers it:
 - ``CACHE`` -> half the prompt tokens are reported as prefix-cache hits;
 - ``MALFORMED`` -> a 200 answer without ``choices``; ``BADTYPES`` -> ``choices`` and ``usage`` of wrong types.
 Otherwise it answers ``max_tokens`` tokens. Usage: prompt = 5 + number of words, completion = tokens sent.
-Whole-replica failures: ``app.state.down = True`` answers 503 to everything (health checks included).
+Whole-replica failures: ``app.state.down = True`` answers 503 to everything (health checks included);
+``app.state.engine_dead = True`` is a worker whose engine died: 503 to completions and to ``GET /health`` (the
+worker's engine check), but ``/v1/models`` still answers 200.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ def create_fake_upstream() -> FastAPI:
     app = FastAPI()
     app.state.received = []
     app.state.down = False
+    app.state.engine_dead = False
 
     async def handle(request: Request, chat: bool) -> Response:
-        if app.state.down:
+        if app.state.down or app.state.engine_dead:
             return JSONResponse({"error": {"message": "replica down", "type": "server_error"}}, 503)
         body = await request.json()
         app.state.received.append({"body": body, "request_id": request.headers.get("x-request-id"),
@@ -105,6 +108,11 @@ def create_fake_upstream() -> FastAPI:
             yield event({"id": "cmpl-fake", "object": kind, "created": 1, "model": body["model"], "choices": [],
                          "usage": usage_for(body, tokens)})
         yield b"data: [DONE]\n\n"
+
+    @app.get("/health")
+    async def health() -> Response:
+        dead = app.state.down or app.state.engine_dead
+        return JSONResponse({"status": "engine_dead" if dead else "ok"}, 503 if dead else 200)
 
     @app.get("/v1/models")
     async def models() -> Response:

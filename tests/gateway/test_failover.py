@@ -38,7 +38,8 @@ def _add(gateway: Gateway, name: str, url: str, **fields: Any) -> None:
 def test_failure_before_the_first_token_is_retried_elsewhere_and_the_circuit_opens(
     make_gateway: Callable[..., Gateway], broken_upstream: tuple[str, FastAPI]
 ) -> None:
-    gateway = make_gateway(routing={"breaker_failures": 2, "breaker_open_seconds": 60})
+    # No health check in between: the circuit opens from the failed requests alone.
+    gateway = make_gateway(routing={"breaker_failures": 2, "breaker_open_seconds": 60, "health_interval_seconds": 600})
     _add(gateway, "broken", broken_upstream[0], priority=-1)  # tried first
     client = gateway.client(gateway.key(gateway.tenant("t")))
     for _ in range(4):
@@ -108,25 +109,33 @@ def test_a_request_that_cannot_get_a_replica_before_its_deadline_gets_429_and_is
 
 
 class FakeLauncher:
-    """Each replica is a fake upstream served from a thread; a server put in ``dead`` looks dead."""
+    """Each replica is a fake upstream served from a thread; a server put in ``dead`` looks exited (its process
+    gone), one whose app has ``engine_dead`` set fails its health checks; a start takes ``start_seconds``."""
 
-    def __init__(self) -> None:
+    def __init__(self, start_seconds: float = 0.0) -> None:
         self.servers: dict[str, AbstractContextManager[str]] = {}
+        self.apps: dict[str, FastAPI] = {}
         self.dead: set[AbstractContextManager[str]] = set()
+        self.start_seconds = start_seconds
 
     async def start(self, spec: DeploymentSpec, replica_id: str) -> Replica:
-        server = serve(create_fake_upstream())
+        await asyncio.sleep(self.start_seconds)
+        app = create_fake_upstream()
+        server = serve(app)
         url = await asyncio.to_thread(server.__enter__)
-        self.servers[replica_id] = server
+        self.servers[replica_id], self.apps[replica_id] = server, app
         return Replica(replica_id, url + "/v1", server)
 
-    async def stop(self, replica: Replica) -> None:
+    async def stop(self, replica: Replica, *, drain: bool = True) -> None:
         await asyncio.to_thread(replica.handle.__exit__, None, None, None)
         if self.servers.get(replica.id) is replica.handle:
             del self.servers[replica.id]
 
     def alive(self, replica: Replica) -> bool:
         return replica.handle not in self.dead
+
+    async def aclose(self) -> None:
+        pass
 
 
 def unused(gateway: Gateway) -> str:
@@ -165,7 +174,7 @@ def test_a_dead_local_replica_is_replaced_and_manual_scaling_is_audited(make_gat
     _wait_for(lambda: set(launcher.servers) == {"local/0", "local/1"})
     dead = launcher.servers["local/0"]
     launcher.dead.add(dead)
-    _wait_for(lambda: launcher.servers.get("local/0", dead) is not dead)  # reaped and replaced
+    _wait_for(lambda: set(launcher.servers) == {"local/1", "local/2"})  # reaped, and replaced under a new id
     assert gateway.call("GET", "/admin/deployments")[1]["ready_replicas"] == 2
     refused = gateway.admin.post("/admin/deployments/local/scale", json={"replicas": 4})
     assert refused.status_code == 400
@@ -188,6 +197,70 @@ def test_each_local_deployment_runs_its_replicas_with_its_backends_launcher(
     remote_on_ray = gateway.admin.post("/admin/deployments", json={"name": "r", "model": MODEL, "backend": "ray",
                                                                    "base_url": "http://127.0.0.1:1/v1"})
     assert remote_on_ray.status_code in (400, 422)
+
+
+def _local(gateway: Gateway, replicas: int = 1) -> None:
+    """The model served only by a local deployment of the fake launcher."""
+    gateway.call("DELETE", "/admin/deployments/fake-1")
+    gateway.call("POST", "/admin/deployments", json={"name": "local", "model": MODEL, "kind": "local",
+                                                     "checkpoint": "/unused", "replicas": replicas,
+                                                     "min_replicas": replicas, "max_replicas": replicas})
+
+
+def test_a_replica_whose_engine_died_is_replaced_though_its_process_lives_and_a_request_waits_for_it(
+    make_gateway: Callable[..., Gateway]
+) -> None:
+    launcher = FakeLauncher()
+    gateway = make_gateway(launcher=launcher, scaling={"tick_seconds": 0.05},
+                           routing={"health_interval_seconds": 0.1, "health_failures_to_replace": 2})
+    _local(gateway)
+    _wait_for(lambda: set(launcher.servers) == {"local/0"})
+    launcher.apps["local/0"].state.engine_dead = True  # /v1/models still answers 200, /health says 503
+    key = gateway.key(gateway.tenant("t"))
+    reply = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
+                       json={"model": MODEL, "messages": HELLO, "max_tokens": 2},
+                       headers={"authorization": f"Bearer {key}", "x-moecloud-deadline": "20"})
+    assert reply.status_code == 200, reply.text  # retried after the replacement, not 429 at its deadline
+    _wait_for(lambda: set(launcher.servers) == {"local/1"})
+    assert len(launcher.apps["local/0"].state.received) <= 1  # at most the request that found it dead
+
+
+def test_a_request_no_replica_can_serve_before_its_deadline_gets_503_model_unavailable_with_retry_after(
+    make_gateway: Callable[..., Gateway]
+) -> None:
+    launcher = FakeLauncher(start_seconds=0.5)
+    gateway = make_gateway(launcher=launcher, scaling={"tick_seconds": 0.05})
+    _local(gateway)
+    _wait_for(lambda: set(launcher.servers) == {"local/0"})
+    key = gateway.key(gateway.tenant("t"))
+    launcher.start_seconds = 5.0  # the replacement is slower than the first start: waiting is no use
+    launcher.dead.add(launcher.servers["local/0"])  # its process exited
+    _wait_for(lambda: gateway.call("GET", "/admin/deployments")[0]["ready_replicas"] == 0)
+
+    def ask(deadline: float) -> httpx.Response:
+        return httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
+                          json={"model": MODEL, "messages": HELLO, "max_tokens": 2},
+                          headers={"authorization": f"Bearer {key}", "x-moecloud-deadline": str(deadline)})
+
+    refused = ask(0.2)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "model_unavailable"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert ask(30).status_code == 200  # the replacement came up within that deadline
+    with gateway.client(key) as client:
+        assert client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=1).usage.completion_tokens == 1
+
+
+def test_local_replicas_are_health_checked_at_health_not_models(make_gateway: Callable[..., Gateway]) -> None:
+    launcher = FakeLauncher()
+    gateway = make_gateway(launcher=launcher, scaling={"tick_seconds": 0.05},
+                           routing={"health_interval_seconds": 0.05, "health_failures_to_replace": 3})
+    _local(gateway, replicas=2)
+    _wait_for(lambda: set(launcher.servers) == {"local/0", "local/1"})
+    launcher.apps["local/1"].state.engine_dead = True
+    _wait_for(lambda: set(launcher.servers) == {"local/0", "local/2"})
+    listed = {d["name"]: d for d in gateway.call("GET", "/admin/deployments")}["local"]
+    assert listed["ready_replicas"] == 2
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:

@@ -1,8 +1,10 @@
 """A local deployment with ``backend="ray"``: two engine replicas as Ray Serve applications on a local Ray
-instance, behind the gateway's router, then scaled down to one."""
+instance, behind the gateway's router, then scaled down to one; when the gateway stops, nothing of the Ray
+instance it started is left running (Ray's agents ignore SIGTERM)."""
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +16,7 @@ from harness import serve
 from moecloud.config import load_settings
 from moecloud.gateway.app import create_app
 from moecloud.gateway.operations import Admin
+from moecloud.gateway.ray_launcher import application_name
 from moecloud.gateway.schemas import DeploymentIn, KeyIn, ScaleIn, TenantIn
 from moecloud.gateway.workers import free_port
 from moecloud.store import Database
@@ -36,6 +39,37 @@ def _generated(replica_url: str) -> float:
                if line.startswith("moecloud_generation_tokens_total"))
 
 
+def _ray_processes_of_this_test() -> set[int]:
+    """Processes below this one whose title Ray set (``ray::DashboardAgent``, ``ray::RuntimeEnvAgent``, ...)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            table[int(entry.name)] = (parent, (entry / "cmdline").read_bytes())
+        except (OSError, ValueError):
+            continue
+
+    def below_us(pid: int) -> bool:
+        while pid > 1:
+            pid = table[pid][0] if pid in table else 0
+            if pid == os.getpid():
+                return True
+        return False
+
+    return {pid for pid, (_, command) in table.items() if command.startswith(b"ray::") and below_us(pid)}
+
+
+def _gone(pids: set[int]) -> bool:
+    """None of ``pids`` runs (a zombie holds nothing)."""
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                return False
+        except OSError:
+            continue
+    return True
+
+
 def test_two_ray_serve_replicas_behind_the_router(tiny_checkpoint: Path, tmp_path: Path) -> None:
     settings = load_settings(
         home=tmp_path, scaling={"tick_seconds": 0.2, "stop_grace_seconds": 5},
@@ -56,7 +90,9 @@ def test_two_ray_serve_replicas_behind_the_router(tiny_checkpoint: Path, tmp_pat
             _wait_for(lambda: len(replicas.replicas("tiny")) == 2, 300)
             running = replicas.replicas("tiny")
             assert {r.backend for r in running} == {"ray"}
-            assert set(ray_serve.status().applications) >= {"tiny-0", "tiny-1"}
+            assert set(ray_serve.status().applications) >= {application_name(r.id) for r in running}
+            agents = _ray_processes_of_this_test()
+            assert any(b"Agent" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in agents)
 
             def complete(_: int) -> int:
                 body = {"model": "tiny", "prompt": "hello", "max_tokens": 8}
@@ -71,6 +107,7 @@ def test_two_ray_serve_replicas_behind_the_router(tiny_checkpoint: Path, tmp_pat
             _wait_for(lambda: len(replicas.replicas("tiny")) == 1, 60)
             _wait_for(lambda: len(ray_serve.status().applications) == 1, 60)
             assert complete(0) == 200
+        _wait_for(lambda: _gone(agents), 120)  # the gateway's stop took the Ray instance it started down
     finally:
         database.dispose()
         ray_serve.shutdown()

@@ -32,7 +32,7 @@ from moecloud.gateway.ray_launcher import RayLauncher
 from moecloud.gateway.replicas import BackendLauncher, Launcher, ReplicaSet
 from moecloud.gateway.state import GatewayState
 from moecloud.gateway.upstream import Upstream
-from moecloud.gateway.workers import WorkerLauncher
+from moecloud.gateway.workers import WorkerLauncher, WorkerRecords, worker_records_dir
 from moecloud.store import Database
 from moecloud.store.ledger import release_expired_holds, release_gateway_holds
 
@@ -48,6 +48,8 @@ def create_app(settings: Settings, database: Database | None = None, *, launcher
     secrets = load_secrets(settings)
     if secrets.admin_key_created:  # its value never goes to a log: logs are shipped and kept elsewhere
         log.warning("generated the admin key, kept in %s (mode 0600)", secrets.admin_key_path)
+    if settings.scaling.manage_local_replicas and (reaped := WorkerRecords(worker_records_dir(settings)).reap()):
+        log.warning("killed %d workers left running by a gateway that died", reaped)
     state = _build_state(settings, database, secrets, launcher)
     released = _release_holds_left_behind(database, settings.billing.gateway_name)
     if released:
@@ -98,8 +100,8 @@ def _build_state(
     dispatcher = Dispatcher(settings)
     wake = asyncio.Event()  # a replica came or went: the control loop hands out its capacity at once
     replicas = (
-        ReplicaSet(launcher or BackendLauncher({"process": WorkerLauncher(settings.scaling),
-                                                "ray": RayLauncher(settings)}), on_change=wake.set)
+        ReplicaSet(launcher or BackendLauncher({"process": WorkerLauncher(settings), "ray": RayLauncher(settings)}),
+                   on_change=wake.set, failures_to_replace=settings.routing.health_failures_to_replace)
         if settings.scaling.manage_local_replicas else None
     )
     catalog = Catalog(database, settings, local=replicas)
@@ -114,6 +116,7 @@ def _build_state(
     def on_retry(route: Route, error: GatewayError) -> None:
         log.warning("retrying a request that failed on %s before its first token: %s", route.replica, error)
         metrics.retries.labels(route.model, route.replica).inc()
+        wake.set()  # a replica that failed may have died: reconcile (and replace it) now
 
     return GatewayState(
         settings=settings,
@@ -124,7 +127,7 @@ def _build_state(
         catalog=catalog,
         upstream=upstream,
         dispatcher=dispatcher,
-        failover=Failover(dispatcher, catalog, settings.routing, on_retry),
+        failover=Failover(dispatcher, catalog, settings.routing, on_retry, replicas),
         metrics=metrics,
         control=control,
     )

@@ -1,6 +1,8 @@
 """The gateway's control loop: every ``scaling.tick_seconds`` it reconciles local replicas with the wanted
 counts, lets the autoscaler move those counts, hands freed capacity to queued requests, and every
-``routing.health_interval_seconds`` health-checks each replica (a failed check opens its circuit)."""
+``routing.health_interval_seconds`` health-checks each replica: a local replica's ``/health`` (its engine
+runs), a remote deployment's ``/models``. A failed check opens the circuit; a local replica that fails
+``routing.health_failures_to_replace`` checks in a row is replaced."""
 
 from __future__ import annotations
 
@@ -70,13 +72,21 @@ class ControlLoop:
             self.dispatcher.pump(model, await self.catalog.routes(model))
 
     async def check_health(self) -> None:
-        routes = [route for model in await self.catalog.models() for route in await self.catalog.routes(model)]
         timeout = self.settings.routing.health_timeout_seconds
-        results = await asyncio.gather(*(self.upstream.healthy(route, timeout) for route in routes))
-        for route, healthy in zip(routes, results, strict=True):
+        remote = [spec for spec in await self.catalog.deployments() if spec.kind != "local" and spec.base_url]
+        local = self.replicas.all_ready() if self.replicas is not None else []
+        results = await asyncio.gather(
+            *(self.upstream.healthy(f"{spec.base_url}/models", timeout, spec.api_key) for spec in remote),
+            *(self.upstream.healthy(replica.health_url, timeout) for replica in local),
+        )
+        checked = [spec.name for spec in remote] + [replica.id for replica in local]
+        for replica_id, healthy in zip(checked, results, strict=True):
             if not healthy:
-                log.warning("health check of %s failed; its circuit opens", route.replica)
-                self.dispatcher.breaker(route.replica).trip(self.dispatcher.clock())
+                log.warning("health check of %s failed; its circuit opens", replica_id)
+                self.dispatcher.breaker(replica_id).trip(self.dispatcher.clock())
+        if self.replicas is not None:
+            for replica, healthy in zip(local, results[len(remote):], strict=True):
+                self.replicas.record_health(replica.id, healthy)
 
     def _load(self, spec: DeploymentSpec) -> Load:
         queued, oldest = self.dispatcher.queued(spec.model)

@@ -59,6 +59,12 @@ class UpstreamUnavailable(GatewayError):
     status, type, code = 503, "api_error", "upstream_unavailable"
 
 
+class ModelUnavailable(UpstreamUnavailable):
+    """No replica of a local deployment is up, and none can come up before the request's deadline."""
+
+    code = "model_unavailable"
+
+
 class UpstreamTimeout(GatewayError):
     status, type, code = 504, "api_error", "upstream_timeout"
 

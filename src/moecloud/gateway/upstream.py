@@ -78,11 +78,12 @@ class Upstream:
         except (httpx.HTTPError, ValueError, AttributeError):
             return None
 
-    async def healthy(self, route: Route, timeout: float) -> bool:
-        """An active health check: does ``GET {base_url}/models`` answer 2xx within ``timeout``?"""
-        headers = {"authorization": f"Bearer {route.api_key}"} if route.api_key else {}
+    async def healthy(self, url: str, timeout: float, api_key: str | None = None) -> bool:
+        """An active health check: does ``GET url`` answer 2xx within ``timeout``? (A local replica's
+        ``/health``, which says its engine runs; a remote deployment's ``/models``, all it has.)"""
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         try:
-            response = await self._client.get(route.base_url + "/models", headers=headers, timeout=timeout)
+            response = await self._client.get(url, headers=headers, timeout=timeout)
         except httpx.HTTPError:
             return False
         return response.is_success

@@ -19,7 +19,7 @@ from moecloud.gateway.bootstrap import ensure_default_key, ensure_local_deployme
 from moecloud.gateway.credentials import load_secrets
 from moecloud.gateway.operations import Admin
 from moecloud.gateway.state import GatewayState
-from moecloud.gateway.workers import worker_command
+from moecloud.gateway.workers import die_with_parent, worker_command
 from moecloud.store import Database
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,10 @@ def default_model(settings: Settings) -> Path:
 
 
 def start_worker(model: str | Path, port: int, served_model_name: str) -> subprocess.Popen[bytes]:
-    """One `moecloud worker` process on ``port`` (benchmarks compare it with the gateway)."""
-    return subprocess.Popen(worker_command(str(model), "127.0.0.1", port, served_model_name))
+    """One `moecloud worker` process on ``port`` (benchmarks compare it with the gateway); it dies with the
+    calling process, so call it from a thread that lives as long as you need the worker."""
+    return subprocess.Popen(worker_command(str(model), "127.0.0.1", port, served_model_name),
+                            preexec_fn=die_with_parent())
 
 
 def wait_healthy(url: str, timeout: float, process: subprocess.Popen[bytes] | subprocess.Popen[str] | None = None
