@@ -1,7 +1,8 @@
 """End to end with real engine-worker replicas behind the real gateway, over HTTP: one of two replicas is
 killed with SIGKILL under load and no non-streaming request fails (those it held are retried on the other),
-then it is replaced; the only replica dies and the requests sent during the outage are answered by its
-replacement, or get 503 ``model_unavailable`` when their deadline is shorter than the replacement's start."""
+then it is replaced; the only replica's engine dies by an injected fault, its worker exits, and the requests
+sent during the outage are answered by its replacement, or get 503 ``model_unavailable`` when their deadline
+is shorter than the replacement's start."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from moecloud.gateway.app import create_app
 from moecloud.gateway.operations import Admin
 from moecloud.gateway.replicas import Replica, ReplicaSet
 from moecloud.gateway.schemas import DeploymentIn, KeyIn, TenantIn
-from moecloud.serving.worker import free_port
+from moecloud.serving.worker import ENGINE_FAILED_EXIT_STATUS, free_port
 from moecloud.store import Database
 
 SENDERS = 6
@@ -42,9 +43,11 @@ def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
 
 
 def _kill_engine(replica: Replica) -> None:
-    """The replica's engine dies: for now its whole worker process (SIGKILL). Once the worker's test-only fault
-    injection is in, kill only its engine thread here; everything after must hold as it is."""
-    os.kill(replica.handle.pid, signal.SIGKILL)
+    """The replica's engine thread dies by an injected fatal fault (serving.fault_injection, on for these workers
+    only): the worker must then exit on its own, non-zero, and everything after must hold as it is."""
+    answer = httpx.post(f"{replica.base_url}/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1},
+                        headers={"x-moecloud-fault": "fatal"}, timeout=30)
+    assert answer.status_code == 503, answer.text
 
 
 @contextmanager
@@ -52,7 +55,8 @@ def _gateway(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
              **sections: dict[str, Any]) -> Iterator[tuple[str, str, ReplicaSet, Settings]]:
     """(gateway URL, API key, its replica set, settings) with ``replicas`` local workers of the tiny model."""
     for name, value in {"ENGINE__DEVICE": "cpu", "ENGINE__DTYPE": "float32", "ENGINE__MAX_MODEL_LEN": "512",
-                        "ENGINE__KV_CACHE_TOKENS": "16384", "SERVING__SHUTDOWN_GRACE_SECONDS": "1"}.items():
+                        "ENGINE__KV_CACHE_TOKENS": "16384", "SERVING__SHUTDOWN_GRACE_SECONDS": "1",
+                        "SERVING__FAULT_INJECTION": "true"}.items():
         monkeypatch.setenv("MOECLOUD_" + name, value)  # the worker processes' settings
     settings = load_settings(home=tmp_path, **{"scaling": {"tick_seconds": 0.2, "stop_grace_seconds": 5}, **sections})
     database = Database.open(settings.database_url())
@@ -126,6 +130,7 @@ def test_the_only_replica_dies_and_requests_sent_meanwhile_wait_for_its_replacem
         with ThreadPoolExecutor(2) as pool:
             killed = time.monotonic()
             _kill_engine(victim)
+            assert victim.handle.wait(10) == ENGINE_FAILED_EXIT_STATUS  # the dead engine's worker exits by itself
             patient = pool.submit(_complete, url, key, 120)  # longer than any cold start here
             hasty = pool.submit(_complete, url, key, 0.2)  # shorter than any worker's start
             _wait_for(lambda: replicas.starting("tiny") == 1 or replicas.replicas("tiny") != [victim], 10)
