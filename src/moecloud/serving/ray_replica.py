@@ -23,10 +23,12 @@ def engine_application(checkpoint: str, served_model_name: str, engine: EngineSe
     """
 
     def build_app() -> Any:  # runs on the replica: only there are torch and the engine imported
-        from moecloud.serving.worker import serving_app, start_engine_client
+        from moecloud.serving.worker import ExitOnEngineFailure, serving_app, start_engine_client
 
         settings = load_settings(engine=engine, serving=serving)
-        return serving_app(start_engine_client(checkpoint, settings), settings, served_model_name)
+        # a dead engine ends the actor's process (Ray then restarts it), as it ends a worker process
+        on_fatal = ExitOnEngineFailure(settings.serving.engine_failure_grace_seconds)
+        return serving_app(start_engine_client(checkpoint, settings, on_fatal), settings, served_model_name)
 
     deployment = serve.deployment(
         serve.ingress(build_app)(), name="engine", ray_actor_options={"num_cpus": cpus},
