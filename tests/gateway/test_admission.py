@@ -152,12 +152,13 @@ def test_short_deadlines_keep_the_share_at_ten_times_capacity_from_a_nine_to_one
         assert served[1] / sum(served) >= 0.45, (deadline, served)
 
 
-def test_credit_for_missed_service_is_bounded_by_one_round_of_slots() -> None:
-    """A tenant that was away while another was served comes back at most one round of the model's slots
-    (here 3) behind: it goes first three times more than its turn, then the two alternate again."""
+def test_credit_for_missed_service_is_bounded_by_rounds_of_slots() -> None:
+    """With ``fair_credit_rounds`` 1, a tenant that was away while another was served comes back at most one
+    round of the model's slots (here 3) behind: it goes first three times more than its turn, then the two
+    alternate again."""
 
     async def scenario() -> list[int]:
-        dispatcher = Dispatcher(settings())
+        dispatcher = Dispatcher(settings(fair_credit_rounds=1))
         routes = [route("r", slots=3)]
         held = [await dispatcher.acquire(ticket(1), routes) for _ in range(3)]
         waiting = [ticket(1) for _ in range(60)]
