@@ -170,6 +170,9 @@ class AdmissionSettings(BaseModel):
     default_deadline_seconds: float = Field(30.0, gt=0, description="longest wait for a replica, then 429")
     max_deadline_seconds: float = Field(300.0, gt=0, description="cap on the x-moecloud-deadline header")
     default_priority: int = Field(1, ge=0, description="tier of a key that has none; lower tiers are served first")
+    fair_credit_rounds: float = Field(1.0, ge=0, description="how far a tenant served below its share (its waiting "
+                                      "requests ran out while others were served) may catch up: this many rounds of "
+                                      "the model's slots, in requests of a weight-1 tenant; 0: no credit")
 
 
 class RoutingSettings(BaseModel):

@@ -3,8 +3,11 @@ deadline passes (429 with Retry-After) or the queue is full (429 at once).
 
 The queue is fair: strict priority between tiers (a key's tier; retries before everything), and start-time
 fair queueing between tenants inside a tier, so a tenant sending nine times as much cannot starve another
-of equal weight. A tenant that comes back after a quiet spell starts at the current virtual time: idle time
-earns no credit.
+of equal weight. Fairness counts recent service, not only who is waiting now: a tenant whose waiting requests
+all got a slot (or timed out) while others went on being served keeps its place in virtual time, so when
+slots free in bursts that find few of its requests waiting, it goes first in the next ones until it has caught
+up. The credit it can bank that way is bounded (``admission.fair_credit_rounds`` rounds of the model's slots),
+so a long quiet spell earns no more than a short one.
 """
 
 from __future__ import annotations
@@ -47,7 +50,12 @@ class Lease:
 
 
 class FairQueue:
-    """Waiting tickets of one model, in lanes per (tier, tenant), each lane tagged with a virtual time."""
+    """Waiting tickets of one model, in lanes per (tier, tenant), each lane tagged with a virtual time.
+
+    The lane with the smallest tag goes first; serving it moves its tag on by 1/weight and the tier's virtual
+    time up to the tag served. A lane that empties keeps its tag; when it fills again it starts from that tag,
+    but at most ``credit`` behind the virtual time (in requests of a weight-1 tenant).
+    """
 
     def __init__(self) -> None:
         self._lanes: dict[tuple[int, int], deque[Ticket]] = {}
@@ -58,11 +66,12 @@ class FairQueue:
     def __len__(self) -> int:
         return self._size
 
-    def push(self, ticket: Ticket) -> None:
+    def push(self, ticket: Ticket, credit: float = 0.0) -> None:
         lane = (ticket.tier, ticket.tenant)
         if lane not in self._lanes:
             self._lanes[lane] = deque()
-            self._tags[lane] = max(self._tags.get(lane, 0.0), self._virtual.get(ticket.tier, 0.0))
+            floor = self._virtual.get(ticket.tier, 0.0) - credit
+            self._tags[lane] = max(self._tags.get(lane, floor), floor)
         self._lanes[lane].append(ticket)
         self._size += 1
 
@@ -71,18 +80,22 @@ class FairQueue:
         for lane in sorted(self._lanes, key=lambda lane: (lane[0], self._tags[lane], self._lanes[lane][0].enqueued)):
             yield self._lanes[lane][0]
 
-    def remove(self, ticket: Ticket, *, served: bool) -> None:
+    def remove(self, ticket: Ticket, *, served: bool) -> bool:
+        """Take ``ticket`` out of its lane (False if it was not waiting); ``served`` charges its tenant."""
         lane = (ticket.tier, ticket.tenant)
         tickets = self._lanes.get(lane)
         if tickets is None or ticket not in tickets:
-            return
+            return False
         tickets.remove(ticket)
         self._size -= 1
         if served:
-            self._virtual[ticket.tier] = self._tags[lane]
+            # The virtual time never goes back: a lane that came back behind it is served first without
+            # pulling the others' starting point down with it.
+            self._virtual[ticket.tier] = max(self._virtual.get(ticket.tier, 0.0), self._tags[lane])
             self._tags[lane] += 1.0 / ticket.weight
         if not tickets:
             del self._lanes[lane]
+        return True
 
     def oldest(self) -> float | None:
         return min((tickets[0].enqueued for tickets in self._lanes.values()), default=None)
@@ -119,20 +132,24 @@ class Dispatcher:
         if len(queue) >= self._admission.queue_limit:
             raise RateLimited(f"the queue for {ticket.model!r} is full; retry later",
                               headers={"retry-after": self._retry_after(ticket.model)})
-        ticket.granted = asyncio.get_running_loop().create_future()
-        queue.push(ticket)
+        granted: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        ticket.granted = granted
+        queue.push(ticket, self._admission.fair_credit_rounds * self._slots(ticket.model))
+        self.pump(ticket.model)  # a slot may be free behind requests that cannot take it (late, or excluded)
         try:
-            return await asyncio.wait_for(asyncio.shield(ticket.granted), max(0.0, ticket.deadline - now))
-        except TimeoutError:
-            if ticket.granted.done():
-                return ticket.granted.result()
-            queue.remove(ticket, served=False)
-            raise RateLimited(f"no replica of {ticket.model!r} became free before the request's deadline",
-                              headers={"retry-after": self._retry_after(ticket.model)}) from None
+            # The deadline is judged on the dispatcher's clock (by this loop or by pump, whichever runs
+            # first); the event loop's timer only wakes this request up to look.
+            while not granted.done():
+                remaining = ticket.deadline - self.clock()
+                if remaining <= 0:
+                    self._expire(queue, ticket)
+                else:
+                    await asyncio.wait((granted,), timeout=remaining)
+            return granted.result()
         except asyncio.CancelledError:
             queue.remove(ticket, served=False)
-            if ticket.granted.done():
-                self.release(ticket.granted.result(), ok=None)
+            if granted.done() and granted.exception() is None:
+                self.release(granted.result(), ok=None)
             raise
 
     def release(self, lease: Lease, *, ok: bool | None) -> None:
@@ -159,7 +176,10 @@ class Dispatcher:
         now = self.clock()
         while queue:
             for ticket in queue.in_order():
-                route = self._pick(ticket, now) if ticket.deadline > now else None
+                if ticket.deadline <= now:  # its own wake-up has not run yet: refuse it, look again
+                    self._expire(queue, ticket)
+                    break
+                route = self._pick(ticket, now)
                 if route is not None:
                     queue.remove(ticket, served=True)
                     assert ticket.granted is not None
@@ -202,6 +222,17 @@ class Dispatcher:
         self.breaker(route.replica).on_dispatch()
         return Lease(route, ticket, now, now - ticket.enqueued)
 
+    def _expire(self, queue: FairQueue, ticket: Ticket) -> None:
+        """Its deadline passed while it waited: 429, and its place in the queue goes to the others."""
+        queue.remove(ticket, served=False)
+        if ticket.granted is not None and not ticket.granted.done():
+            ticket.granted.set_exception(RateLimited(
+                f"no replica of {ticket.model!r} became free before the request's deadline",
+                headers={"retry-after": self._retry_after(ticket.model)}))
+
+    def _slots(self, model: str) -> int:
+        return sum(route.max_concurrency for route in self._routes.get(model, []))
+
     def _refuse_hopeless(self, ticket: Ticket, usable: list[Route], now: float) -> None:
         """Every usable replica's circuit is open: say so now rather than hold the request until its deadline."""
         breakers = [self.breaker(route.replica) for route in usable]
@@ -211,6 +242,6 @@ class Dispatcher:
                                       headers={"retry-after": str(max(1, math.ceil(wait)))})
 
     def _retry_after(self, model: str) -> str:
-        slots = sum(route.max_concurrency for route in self._routes.get(model, [])) or 1
+        slots = self._slots(model) or 1
         waiting = len(self._queues.get(model) or ())
         return str(max(1, math.ceil(waiting * self._service_seconds.get(model, 1.0) / slots)))
