@@ -16,6 +16,7 @@ import pytest
 from fake_upstream import create_fake_upstream
 from fastapi import FastAPI
 from harness import MODEL, Gateway, serve
+from polling import wait_for
 
 from moecloud.gateway.catalog import DeploymentSpec
 from moecloud.gateway.replicas import BackendLauncher, Replica
@@ -91,7 +92,8 @@ def test_a_request_that_cannot_get_a_replica_before_its_deadline_gets_429_and_is
         gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, timeout=1.5,
         json={"model": MODEL, "messages": [{"role": "user", "content": "SLOW"}], "max_tokens": 1}))
     hanging.start()
-    time.sleep(0.15)
+    received = upstream[1].state.received
+    wait_for(lambda: any("SLOW" in str(r["body"]) for r in received))  # it holds the only slot now
     refused = httpx.post(gateway.url + "/v1/chat/completions", json={"model": MODEL, "messages": HELLO},
                          headers={"authorization": f"Bearer {key}", "x-moecloud-deadline": "0.1"})
     hanging.join()
@@ -157,7 +159,7 @@ def test_local_deployment_scales_from_zero_for_a_waiting_request_and_back_down_w
     assert reply.usage.completion_tokens == 2
     listed = {d["name"]: d for d in gateway.call("GET", "/admin/deployments")}["local"]
     assert listed["ready_replicas"] == 1 and listed["scale_events"][0]["replicas_to"] == 1
-    _wait_for(lambda: gateway.call("GET", "/admin/deployments")[0]["ready_replicas"] == 0 and not launcher.servers)
+    wait_for(lambda: gateway.call("GET", "/admin/deployments")[0]["ready_replicas"] == 0 and not launcher.servers)
     scale_rows = [e for e in gateway.call("GET", "/admin/audit") if e["action"] == "deployment.scale"]
     assert [e["actor"] for e in scale_rows] == ["autoscaler", "autoscaler"]
     metrics = httpx.get(gateway.url + "/metrics").text
@@ -171,10 +173,10 @@ def test_a_dead_local_replica_is_replaced_and_manual_scaling_is_audited(make_gat
     gateway.call("POST", "/admin/deployments", json={"name": "local", "model": "other", "kind": "local",
                                                      "checkpoint": unused(gateway), "replicas": 1, "max_replicas": 3})
     gateway.call("POST", "/admin/deployments/local/scale", json={"replicas": 2})
-    _wait_for(lambda: set(launcher.servers) == {"local/0", "local/1"})
+    wait_for(lambda: set(launcher.servers) == {"local/0", "local/1"})
     dead = launcher.servers["local/0"]
     launcher.dead.add(dead)
-    _wait_for(lambda: set(launcher.servers) == {"local/1", "local/2"})  # reaped, and replaced under a new id
+    wait_for(lambda: set(launcher.servers) == {"local/1", "local/2"})  # reaped, and replaced under a new id
     assert gateway.call("GET", "/admin/deployments")[1]["ready_replicas"] == 2
     refused = gateway.admin.post("/admin/deployments/local/scale", json={"replicas": 4})
     assert refused.status_code == 400
@@ -189,11 +191,11 @@ def test_each_local_deployment_runs_its_replicas_with_its_backends_launcher(
     gateway = make_gateway(launcher=BackendLauncher({"process": processes, "ray": ray}), scaling={"tick_seconds": 0.05})
     gateway.call("POST", "/admin/deployments", json={"name": "on-ray", "model": "other", "kind": "local",
                                                      "backend": "ray", "checkpoint": unused(gateway), "replicas": 1})
-    _wait_for(lambda: set(ray.servers) == {"on-ray/0"})
+    wait_for(lambda: set(ray.servers) == {"on-ray/0"})
     assert not processes.servers
     assert {d["name"]: d["backend"] for d in gateway.call("GET", "/admin/deployments")}["on-ray"] == "ray"
     gateway.call("DELETE", "/admin/deployments/on-ray")
-    _wait_for(lambda: not ray.servers)  # stopped by the launcher that started it
+    wait_for(lambda: not ray.servers)  # stopped by the launcher that started it
     remote_on_ray = gateway.admin.post("/admin/deployments", json={"name": "r", "model": MODEL, "backend": "ray",
                                                                    "base_url": "http://127.0.0.1:1/v1"})
     assert remote_on_ray.status_code in (400, 422)
@@ -203,7 +205,7 @@ def _local(gateway: Gateway, replicas: int = 1) -> None:
     """The model served only by a local deployment of the fake launcher."""
     gateway.call("DELETE", "/admin/deployments/fake-1")
     gateway.call("POST", "/admin/deployments", json={"name": "local", "model": MODEL, "kind": "local",
-                                                     "checkpoint": "/unused", "replicas": replicas,
+                                                     "checkpoint": unused(gateway), "replicas": replicas,
                                                      "min_replicas": replicas, "max_replicas": replicas})
 
 
@@ -214,14 +216,14 @@ def test_a_replica_whose_engine_died_is_replaced_though_its_process_lives_and_a_
     gateway = make_gateway(launcher=launcher, scaling={"tick_seconds": 0.05},
                            routing={"health_interval_seconds": 0.1, "health_failures_to_replace": 2})
     _local(gateway)
-    _wait_for(lambda: set(launcher.servers) == {"local/0"})
+    wait_for(lambda: set(launcher.servers) == {"local/0"})
     launcher.apps["local/0"].state.engine_dead = True  # /v1/models still answers 200, /health says 503
     key = gateway.key(gateway.tenant("t"))
     reply = httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
                        json={"model": MODEL, "messages": HELLO, "max_tokens": 2},
                        headers={"authorization": f"Bearer {key}", "x-moecloud-deadline": "20"})
     assert reply.status_code == 200, reply.text  # retried after the replacement, not 429 at its deadline
-    _wait_for(lambda: set(launcher.servers) == {"local/1"})
+    wait_for(lambda: set(launcher.servers) == {"local/1"})
     assert len(launcher.apps["local/0"].state.received) <= 1  # at most the request that found it dead
 
 
@@ -231,11 +233,11 @@ def test_a_request_no_replica_can_serve_before_its_deadline_gets_503_model_unava
     launcher = FakeLauncher(start_seconds=0.5)
     gateway = make_gateway(launcher=launcher, scaling={"tick_seconds": 0.05})
     _local(gateway)
-    _wait_for(lambda: set(launcher.servers) == {"local/0"})
+    wait_for(lambda: set(launcher.servers) == {"local/0"})
     key = gateway.key(gateway.tenant("t"))
     launcher.start_seconds = 5.0  # the replacement is slower than the first start: waiting is no use
     launcher.dead.add(launcher.servers["local/0"])  # its process exited
-    _wait_for(lambda: gateway.call("GET", "/admin/deployments")[0]["ready_replicas"] == 0)
+    wait_for(lambda: gateway.call("GET", "/admin/deployments")[0]["ready_replicas"] == 0)
 
     def ask(deadline: float) -> httpx.Response:
         return httpx.post(gateway.url + "/v1/chat/completions", timeout=30,
@@ -256,15 +258,8 @@ def test_local_replicas_are_health_checked_at_health_not_models(make_gateway: Ca
     gateway = make_gateway(launcher=launcher, scaling={"tick_seconds": 0.05},
                            routing={"health_interval_seconds": 0.05, "health_failures_to_replace": 3})
     _local(gateway, replicas=2)
-    _wait_for(lambda: set(launcher.servers) == {"local/0", "local/1"})
+    wait_for(lambda: set(launcher.servers) == {"local/0", "local/1"})
     launcher.apps["local/1"].state.engine_dead = True
-    _wait_for(lambda: set(launcher.servers) == {"local/0", "local/2"})
+    wait_for(lambda: set(launcher.servers) == {"local/0", "local/2"})
     listed = {d["name"]: d for d in gateway.call("GET", "/admin/deployments")}["local"]
     assert listed["ready_replicas"] == 2
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)

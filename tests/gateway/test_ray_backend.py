@@ -5,13 +5,13 @@ instance it started is left running (Ray's agents ignore SIGTERM)."""
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from harness import serve
+from polling import wait_for
 
 from moecloud.config import load_settings
 from moecloud.gateway.app import create_app
@@ -24,12 +24,6 @@ from moecloud.store import Database
 ray = pytest.importorskip("ray", reason="the Ray Serve backend needs the ray extra: pip install 'moecloud[ray]'")
 ray_serve = pytest.importorskip("ray.serve", reason="the Ray Serve backend needs ray[serve]")
 
-
-def _wait_for(condition, timeout: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def _generated(replica_url: str) -> float:
@@ -87,7 +81,7 @@ def test_two_ray_serve_replicas_behind_the_router(tiny_checkpoint: Path, tmp_pat
     replicas = app.state.gateway.control.replicas
     try:
         with serve(app) as url:
-            _wait_for(lambda: len(replicas.replicas("tiny")) == 2, 300)
+            wait_for(lambda: len(replicas.replicas("tiny")) == 2, 300)
             running = replicas.replicas("tiny")
             assert {r.backend for r in running} == {"ray"}
             assert set(ray_serve.status().applications) >= {application_name(r.id) for r in running}
@@ -104,10 +98,10 @@ def test_two_ray_serve_replicas_behind_the_router(tiny_checkpoint: Path, tmp_pat
             assert all(_generated(r.base_url) > 0 for r in running)  # the router spread them over both
 
             admin.scale_deployment("tiny", ScaleIn(replicas=1))
-            _wait_for(lambda: len(replicas.replicas("tiny")) == 1, 60)
-            _wait_for(lambda: len(ray_serve.status().applications) == 1, 60)
+            wait_for(lambda: len(replicas.replicas("tiny")) == 1, 60)
+            wait_for(lambda: len(ray_serve.status().applications) == 1, 60)
             assert complete(0) == 200
-        _wait_for(lambda: _gone(agents), 120)  # the gateway's stop took the Ray instance it started down
+        wait_for(lambda: _gone(agents), 120)  # the gateway's stop took the Ray instance it started down
     finally:
         database.dispose()
         ray_serve.shutdown()

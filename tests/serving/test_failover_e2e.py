@@ -10,7 +10,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from polling import wait_for
 
 from moecloud.config import Settings, load_settings
 from moecloud.gateway.app import create_app
@@ -33,13 +34,6 @@ LOAD_SECONDS = 5.0  # 2 s before the kill, 3 s after
 PACE_SECONDS = 0.02  # each sender sends at most one request per pace
 # Every request the load test can send, so the key's and the tenant's limits are never what a fast machine hits.
 MOST_REQUESTS = SENDERS * (int(LOAD_SECONDS / PACE_SECONDS) + 1)
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _kill_engine(replica: Replica) -> None:
@@ -91,7 +85,7 @@ def test_kill_9_of_one_replica_under_load_fails_no_request(
 ) -> None:
     with _gateway(tiny_checkpoint, tmp_path, monkeypatch, 2,
                   routing={"health_interval_seconds": 0.5, "breaker_failures": 1}) as (url, key, replicas, _):
-        _wait_for(lambda: len(replicas.replicas("tiny")) == 2, 180)
+        wait_for(lambda: len(replicas.replicas("tiny")) == 2, 180)
         stop = threading.Event()
 
         def send_until_stopped() -> list[tuple[float, int]]:
@@ -114,7 +108,7 @@ def test_kill_9_of_one_replica_under_load_fails_no_request(
             sent = [request for sender in senders for request in sender.result()]
         assert len(sent) <= MOST_REQUESTS and {status for _, status in sent} == {200}
         assert any(began < killed for began, _ in sent) and any(began > killed for began, _ in sent)
-        _wait_for(lambda: len(replicas.replicas("tiny")) == 2 and victim not in replicas.replicas("tiny"), 180)
+        wait_for(lambda: len(replicas.replicas("tiny")) == 2 and victim not in replicas.replicas("tiny"), 180)
 
 
 def test_the_only_replica_dies_and_requests_sent_meanwhile_wait_for_its_replacement_or_get_503(
@@ -123,7 +117,7 @@ def test_the_only_replica_dies_and_requests_sent_meanwhile_wait_for_its_replacem
     # Default health checks and thresholds: the replacement must start within what they promise (10 s).
     with _gateway(tiny_checkpoint, tmp_path, monkeypatch, 1) as (url, key, replicas, settings):
         began = time.monotonic()
-        _wait_for(lambda: len(replicas.replicas("tiny")) == 1, 180)
+        wait_for(lambda: len(replicas.replicas("tiny")) == 1, 180)
         cold_start = time.monotonic() - began
         assert _complete(url, key).status_code == 200
         victim = replicas.replicas("tiny")[0]
@@ -133,7 +127,7 @@ def test_the_only_replica_dies_and_requests_sent_meanwhile_wait_for_its_replacem
             assert victim.handle.wait(10) == ENGINE_FAILED_EXIT_STATUS  # the dead engine's worker exits by itself
             patient = pool.submit(_complete, url, key, 120)  # longer than any cold start here
             hasty = pool.submit(_complete, url, key, 0.2)  # shorter than any worker's start
-            _wait_for(lambda: replicas.starting("tiny") == 1 or replicas.replicas("tiny") != [victim], 10)
+            wait_for(lambda: replicas.starting("tiny") == 1 or replicas.replicas("tiny") != [victim], 10)
             detected = time.monotonic() - killed
             answered, refused = patient.result(), hasty.result()
         assert answered.status_code == 200, answered.text  # retried on the replacement

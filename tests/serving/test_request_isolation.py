@@ -9,11 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from polling import read_stream, wait_for
 
 from moecloud.serving.launcher import wait_healthy
 from moecloud.serving.worker import ENGINE_FAILED_EXIT_STATUS, RunningWorker, free_port
@@ -30,18 +31,6 @@ def faulty(start_worker) -> Iterator[RunningWorker]:
         yield running
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
-def read_stream(url: str, body: dict[str, object], into: list[str]) -> None:
-    with httpx.stream("POST", url, json=body, timeout=120) as response:
-        into.extend(line for line in response.iter_lines() if line)
-
-
 def events(lines: list[str]) -> list[dict]:
     return [json.loads(line.removeprefix("data: ")) for line in lines if line != "data: [DONE]"]
 
@@ -51,7 +40,7 @@ def start_long_stream(base_url: str) -> tuple[threading.Thread, list[str]]:
     lines: list[str] = []
     reader = threading.Thread(target=read_stream, args=(base_url + "/v1/completions", LONG, lines))
     reader.start()
-    wait_for(lambda: len(lines) > 0)
+    wait_for(lambda: len(lines) > 0, 30)
     return reader, lines
 
 

@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from polling import wait_for
 
 from moecloud.config import load_settings
 from moecloud.gateway.app import create_app
@@ -90,13 +89,6 @@ def _gone(pid: int) -> bool:
     return process is None or process[1] == "Z"
 
 
-def _wait_for(condition: Callable[[], object], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 @pytest.mark.skipif(sys.platform != "linux", reason="the parent-death signal is Linux's")
 def test_a_gateway_killed_with_sigkill_takes_its_worker_with_it(tiny_checkpoint: Path, tmp_path: Path) -> None:
     port = free_port()
@@ -113,12 +105,12 @@ def test_a_gateway_killed_with_sigkill_takes_its_worker_with_it(tiny_checkpoint:
                           if parent == gateway.pid and argv[1:4] == ["-m", "moecloud.cli", "worker"]]
             return bool(workers)
 
-        _wait_for(worker_started, 60)
+        wait_for(worker_started, 60)
         argv = _processes()[workers[0]][2]
         wait_healthy(f"http://127.0.0.1:{argv[argv.index('--port') + 1]}/health", 300)
         gateway.kill()
         gateway.wait(10)
-        _wait_for(lambda: all(_gone(pid) for pid in workers), 5)
+        wait_for(lambda: all(_gone(pid) for pid in workers), 5)
     finally:
         gateway.kill()
         gateway.wait(10)

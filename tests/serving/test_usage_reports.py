@@ -4,22 +4,15 @@ cut short from. Asking aborts a request that still runs; aborted requests count 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import httpx
+from polling import wait_for
 
 from moecloud.serving.worker import RunningWorker
 
 MODEL = "tiny"
 LONG = {"model": MODEL, "prompt": "go on", "max_tokens": 400, "ignore_eos": True}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 def test_a_finished_request_reports_its_usage(worker: RunningWorker) -> None:
@@ -43,7 +36,7 @@ def test_asking_aborts_a_running_request_and_reports_what_it_generated(
 
     reader = threading.Thread(target=read)
     reader.start()
-    wait_for(lambda: len(chunks) > 0 or worker.client.num_active() > 0)
+    wait_for(lambda: len(chunks) > 0 or worker.client.num_active() > 0, 30, interval=0.01)
     report = httpx.post(worker.base_url + "/v1/requests/req_cut/abort", timeout=30).json()
     reader.join(30)
     completion = report["usage"]["completion_tokens"]

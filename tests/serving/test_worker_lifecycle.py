@@ -9,29 +9,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from polling import read_stream, wait_for
 
 from moecloud.serving.launcher import wait_healthy
 from moecloud.serving.worker import RunningWorker, free_port
 
 MODEL = "tiny"  # the served name conftest gives the worker
 LONG = {"model": MODEL, "max_tokens": 400, "ignore_eos": True}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
-def read_stream(url: str, body: dict[str, object], into: list[str]) -> None:
-    with httpx.stream("POST", url, json=body, timeout=60) as response:
-        into.extend(line for line in response.iter_lines() if line)
 
 
 def test_health_and_models(worker: RunningWorker) -> None:
