@@ -12,6 +12,8 @@ import typer
 from moecloud.gateway.cli_options import (
     DbOption,
     JsonOption,
+    RpmOption,
+    TpmOption,
     admin_for,
     console,
     day,
@@ -81,8 +83,8 @@ def tenants_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
 def tenants_limits(
     ctx: typer.Context,
     name: str,
-    rpm: str | None = typer.Option(None, parser=limit, help="requests per minute, or 'default'"),
-    tpm: str | None = typer.Option(None, parser=limit, help="tokens per minute, or 'default'"),
+    rpm: str | None = RpmOption,
+    tpm: str | None = TpmOption,
     weight: int | None = typer.Option(None, min=1, help="share of busy capacity against other tenants"),
 ) -> None:
     """Change a tenant's RPM, TPM or weight; what is not given stays ('default': back to the gateway's)."""
@@ -143,8 +145,8 @@ def keys_list(ctx: typer.Context, tenant: str | None = typer.Option(None), as_js
 def keys_limits(
     ctx: typer.Context,
     key_id: str,
-    rpm: str | None = typer.Option(None, parser=limit, help="requests per minute, or 'default'"),
-    tpm: str | None = typer.Option(None, parser=limit, help="tokens per minute, or 'default'"),
+    rpm: str | None = RpmOption,
+    tpm: str | None = TpmOption,
     max_concurrency: str | None = typer.Option(None, parser=limit, help="in-flight requests, or 'default'"),
     priority: str | None = typer.Option(None, parser=tier, help="admission tier, or 'default'"),
 ) -> None:

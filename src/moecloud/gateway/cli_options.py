@@ -65,6 +65,11 @@ def limit(value: str) -> int | str:
     return _limit(value, 1)
 
 
+# the rate options that `tenants limits` and `keys limits` share: a number, or 'default' for the gateway's own
+RpmOption = typer.Option(None, parser=limit, help="requests per minute, or 'default'")
+TpmOption = typer.Option(None, parser=limit, help="tokens per minute, or 'default'")
+
+
 def tier(value: str) -> int | str:
     """An admission tier (0 first), or ``default``."""
     return _limit(value, 0)
