@@ -48,8 +48,8 @@ def gateway_in_front(worker_url: str, home: Path, max_tokens: int) -> Iterator[t
     settings = load_settings(home=home, billing={"default_max_tokens": max_tokens})
     database = Database.open(settings.database_url())
     admin = Admin(database, settings, b"audit-key-for-the-fuzz-benchmark", actor="fuzz")
-    admin.create_tenant(TenantIn(name="fuzz", trial_credit=1_000_000, rpm=10**9, tpm=10**12))
-    key = admin.create_key(KeyIn(tenant="fuzz", name="fuzz", rpm=10**9, tpm=10**12)).key
+    admin.create_tenant(TenantIn(name="fuzz", trial_credit=1_000_000, rpm=2**31 - 1, tpm=2**31 - 1))
+    key = admin.create_key(KeyIn(tenant="fuzz", name="fuzz", rpm=2**31 - 1, tpm=2**31 - 1)).key
     admin.add_deployment(DeploymentIn(name="tiny-worker", model=MODEL, base_url=worker_url + "/v1"))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, database), host="127.0.0.1", port=port,

@@ -37,8 +37,8 @@ def fuzz_gateway(make_gateway: Callable[..., Gateway], engine_worker: RunningWor
     gateway = make_gateway(billing={"default_max_tokens": 4})
     gateway.call("POST", "/admin/deployments",
                  json={"name": "tiny-worker", "model": ENGINE_MODEL, "base_url": engine_worker.base_url + "/v1"})
-    gateway.tenant("fuzz", credit="1000000", rpm=10**9, tpm=10**12)
-    return gateway, gateway.key("fuzz", rpm=10**9, tpm=10**12)
+    gateway.tenant("fuzz", credit="1000000", rpm=2**31 - 1, tpm=2**31 - 1)
+    return gateway, gateway.key("fuzz", rpm=2**31 - 1, tpm=2**31 - 1)
 
 
 def test_schemathesis_over_the_tenant_routes(fuzz_gateway: tuple[Gateway, str], engine_worker: RunningWorker) -> None:
