@@ -4,11 +4,13 @@ health checks, deadlines in the queue, metrics, and local replicas scaled from z
 from __future__ import annotations
 
 import asyncio
-import threading
+import json
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -88,15 +90,19 @@ def test_a_request_that_cannot_get_a_replica_before_its_deadline_gets_429_and_is
     _add(gateway, "single", upstream[0], max_concurrency=1)
     key = gateway.key(gateway.tenant("t"))
     balance = gateway.balance("t")
-    hanging = threading.Thread(target=lambda: httpx.post(
-        gateway.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, timeout=1.5,
-        json={"model": MODEL, "messages": [{"role": "user", "content": "SLOW"}], "max_tokens": 1}))
-    hanging.start()
-    received = upstream[1].state.received
-    wait_for(lambda: any("SLOW" in str(r["body"]) for r in received))  # it holds the only slot now
-    refused = httpx.post(gateway.url + "/v1/chat/completions", json={"model": MODEL, "messages": HELLO},
-                         headers={"authorization": f"Bearer {key}", "x-moecloud-deadline": "0.1"})
-    hanging.join()
+    # The only slot is held by a request its upstream never answers, until its client hangs up below: how fast
+    # this machine is cannot free the slot before the refused request has waited out its deadline.
+    hanging = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "HANG"}], "max_tokens": 1})
+    url = urlsplit(gateway.url)
+    with socket.create_connection((url.hostname, url.port)) as connection:
+        connection.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"
+            + f"authorization: Bearer {key}\r\ncontent-length: {len(hanging)}\r\n\r\n{hanging}".encode()
+        )
+        received = upstream[1].state.received
+        wait_for(lambda: any("HANG" in str(r["body"]) for r in received))  # it holds the only slot now
+        refused = httpx.post(gateway.url + "/v1/chat/completions", json={"model": MODEL, "messages": HELLO},
+                             headers={"authorization": f"Bearer {key}", "x-moecloud-deadline": "0.1"})
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
     waited = httpx.post(gateway.url + "/v1/chat/completions", json={"model": MODEL, "messages": HELLO, "max_tokens": 1},
