@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 from moecloud.config import EngineSettings, ServingSettings, load_settings
-from moecloud.gateway.metering import PriceSheet
+from moecloud.pricing import PriceSheet
 from moecloud.serving.worker import background_worker
 from moecloud.toolkit.evaluate import evaluate, recommend
 from moecloud.toolkit.report import html_report, results_table

@@ -30,9 +30,9 @@ from schemathesis import GenerationMode
 
 from moecloud.config import EngineSettings, ServingSettings, load_settings
 from moecloud.engine.random_checkpoint import write_random_checkpoint
+from moecloud.gateway.admin.schemas import DeploymentIn, KeyIn, TenantIn
+from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.app import create_app
-from moecloud.gateway.operations import Admin
-from moecloud.gateway.schemas import DeploymentIn, KeyIn, TenantIn
 from moecloud.serving.worker import RunningWorker, background_worker, free_port
 from moecloud.store import Database
 

@@ -98,9 +98,9 @@ def prepare_moecloud(
     """Tenants of equal weight with plenty of credit, each with a key of generous limits; returns the keys.
     ``max_concurrency``: in-flight requests the gateway sends the upstream (default: the routing setting)."""
     from moecloud.config import load_settings
-    from moecloud.gateway.credentials import load_secrets
-    from moecloud.gateway.operations import Admin
-    from moecloud.gateway.schemas import DeploymentIn, KeyIn, PriceIn, TenantIn
+    from moecloud.gateway.admin.schemas import DeploymentIn, KeyIn, PriceIn, TenantIn
+    from moecloud.gateway.admin.service import Admin
+    from moecloud.gateway.tenancy.credentials import load_secrets
     from moecloud.store import Database
 
     settings = load_settings(home=home)

@@ -22,7 +22,7 @@ import httpx
 from moecloud.config import load_settings
 from moecloud.engine import SamplingParams
 from moecloud.engine.random_checkpoint import write_random_checkpoint
-from moecloud.serving.launcher import start_worker, wait_healthy
+from moecloud.launch import start_worker, wait_healthy
 from moecloud.serving.worker import build_engine, free_port
 
 WORDS = ["the", "model", "serves", "many", "tenants", "with", "sparse", "experts", "and", "a", "paged",

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 
 from moecloud.config import BillingSettings, GatewaySettings, Settings, load_settings
 from moecloud.gateway.app import create_app
-from moecloud.gateway.replicas import Launcher
+from moecloud.gateway.fleet.replicas import Launcher
 from moecloud.store import Database
 
 ADMIN_KEY = "test-admin-key-0123456789abcdef"

@@ -10,13 +10,13 @@ from decimal import Decimal
 import pytest
 
 from moecloud.config import Settings, load_settings
-from moecloud.gateway.admission import Dispatcher, Lease, Ticket
-from moecloud.gateway.autoscale import Autoscaler, Load
-from moecloud.gateway.breaker import Circuit, CircuitBreaker
-from moecloud.gateway.catalog import DeploymentSpec, Route
 from moecloud.gateway.errors import RateLimited, UpstreamUnavailable
-from moecloud.gateway.metering import PriceSheet
-from moecloud.gateway.router import choose
+from moecloud.gateway.fleet.autoscale import Autoscaler, Load
+from moecloud.gateway.fleet.catalog import DeploymentSpec, Route
+from moecloud.gateway.traffic.admission import Dispatcher, Lease, Ticket
+from moecloud.gateway.traffic.breaker import Circuit, CircuitBreaker
+from moecloud.gateway.traffic.router import choose
+from moecloud.pricing import PriceSheet
 
 PRICE = PriceSheet(Decimal(1), Decimal(1), Decimal(1))
 

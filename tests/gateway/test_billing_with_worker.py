@@ -18,7 +18,7 @@ from harness import PRICES, Gateway
 from sqlalchemy import select
 
 from moecloud.config import EngineSettings, ServingSettings, load_settings
-from moecloud.gateway.metering import PriceSheet, TokenUsage
+from moecloud.pricing import PriceSheet, TokenUsage
 from moecloud.serving.worker import RunningWorker, background_worker
 from moecloud.store.tables import UsageRecord
 

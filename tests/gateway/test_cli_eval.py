@@ -9,9 +9,9 @@ from harness import MODEL, PRICES, Gateway
 from typer.testing import CliRunner
 
 from moecloud.cli import app
-from moecloud.gateway.bootstrap import DEFAULT_KEY_FILE
-from moecloud.gateway.credentials import write_secret
-from moecloud.gateway.metering import PriceSheet, TokenUsage
+from moecloud.gateway.admin.bootstrap import DEFAULT_KEY_FILE
+from moecloud.gateway.tenancy.credentials import write_secret
+from moecloud.pricing import PriceSheet, TokenUsage
 from moecloud.toolkit.evaluate import Retry, evaluate, fetch_prices
 from moecloud.toolkit.tasks import load_suite, select
 

@@ -12,7 +12,7 @@ import httpx
 from typer.testing import CliRunner
 
 from moecloud.cli import app
-from moecloud.serving.launcher import wait_healthy
+from moecloud.launch import wait_healthy
 from moecloud.serving.worker import free_port
 
 

@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from harness import ADMIN_KEY, AUDIT_KEY, MODEL, PRICES
 from sqlalchemy import func, select
 
-from moecloud.serving.launcher import wait_healthy
+from moecloud.launch import wait_healthy
 from moecloud.serving.worker import free_port
 from moecloud.store import Database
 from moecloud.store.tables import Hold, LedgerEntry, Tenant, UsageRecord

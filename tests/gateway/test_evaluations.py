@@ -14,8 +14,8 @@ import pytest
 from fastapi import FastAPI, Request
 from harness import MODEL, Gateway, serve
 
+from moecloud.gateway.admin.evaluations import INTERRUPTED
 from moecloud.gateway.app import create_app
-from moecloud.gateway.evaluations import INTERRUPTED
 from moecloud.store import evaluations, tenants
 from moecloud.store.tables import Evaluation
 

@@ -20,8 +20,8 @@ from fastapi import FastAPI
 from harness import MODEL, Gateway, serve
 from polling import wait_for
 
-from moecloud.gateway.catalog import DeploymentSpec
-from moecloud.gateway.replicas import BackendLauncher, Replica
+from moecloud.gateway.fleet.catalog import DeploymentSpec
+from moecloud.gateway.fleet.replicas import BackendLauncher, Replica
 
 HELLO = [{"role": "user", "content": "hello"}]
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 from harness import MODEL, PRICES, Gateway
 
-from moecloud.gateway.metering import PriceSheet, measure_prompt
+from moecloud.pricing import PriceSheet, measure_prompt
 
 
 def hold_for(content: str, max_tokens: int) -> Decimal:

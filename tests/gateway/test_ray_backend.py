@@ -14,11 +14,11 @@ from harness import serve
 from polling import wait_for
 
 from moecloud.config import load_settings
+from moecloud.gateway.admin.schemas import DeploymentIn, KeyIn, ScaleIn, TenantIn
+from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.app import create_app
-from moecloud.gateway.operations import Admin
-from moecloud.gateway.ray_launcher import application_name
-from moecloud.gateway.schemas import DeploymentIn, KeyIn, ScaleIn, TenantIn
-from moecloud.gateway.workers import free_port
+from moecloud.gateway.fleet.processes import free_port
+from moecloud.gateway.fleet.ray import application_name
 from moecloud.store import Database
 
 ray = pytest.importorskip("ray", reason="the Ray Serve backend needs the ray extra: pip install 'moecloud[ray]'")

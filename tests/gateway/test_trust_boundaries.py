@@ -18,7 +18,7 @@ from sqlalchemy import event
 
 from moecloud.config import GatewaySettings, load_settings
 from moecloud.gateway.app import create_app
-from moecloud.gateway.auth import hash_key
+from moecloud.gateway.tenancy.auth import hash_key
 from moecloud.store import Database
 from moecloud.store.tables import ApiKey, Deployment
 from moecloud.store.tenants import get_tenant
@@ -105,7 +105,7 @@ def test_a_row_naming_another_variable_is_listed_and_served_without_reading_it(
     with gateway.database.write() as session:
         session.add(Deployment(name="legacy", model=MODEL, kind="remote", base_url=url,
                                api_key_env="MOECLOUD_GATEWAY__AUDIT_KEY"))
-    caplog.set_level(logging.WARNING, logger="moecloud.gateway.catalog")
+    caplog.set_level(logging.WARNING, logger="moecloud.gateway.fleet.catalog")
     answer = chat(gateway, gateway.key(gateway.tenant("t")))
     assert answer.status_code == 200, answer.text
     assert authorization_sent(gateway, answer.headers["x-request-id"]) is None
@@ -228,7 +228,7 @@ def test_tenants_get_a_generic_upstream_error_and_the_log_has_the_detail(
 ) -> None:
     gateway = make_gateway(routing={"max_attempts": 1})
     key = gateway.key(gateway.tenant("t"))
-    caplog.set_level(logging.WARNING, logger="moecloud.gateway.upstream")
+    caplog.set_level(logging.WARNING, logger="moecloud.gateway.traffic.upstream")
     failed = chat(gateway, key, "FAIL")  # the fake upstream answers 500 "engine exploded"
     error = error_of(failed, 502)
     request_id = failed.headers["x-request-id"]

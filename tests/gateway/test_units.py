@@ -7,11 +7,11 @@ from decimal import Decimal
 
 import pytest
 
-from moecloud.gateway.auth import Caller, Limits
-from moecloud.gateway.cli_options import parse_expiry
+from moecloud.cli.options import parse_expiry
 from moecloud.gateway.errors import RateLimited
-from moecloud.gateway.limits import RateLimiter
-from moecloud.gateway.metering import PriceSheet, TokenUsage, measure_prompt
+from moecloud.gateway.tenancy.auth import Caller, Limits
+from moecloud.gateway.tenancy.limits import RateLimiter
+from moecloud.pricing import PriceSheet, TokenUsage, measure_prompt
 
 
 def test_prompt_measure_counts_text_token_ids_and_messages() -> None:

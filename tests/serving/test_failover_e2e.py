@@ -22,10 +22,10 @@ import uvicorn
 from polling import wait_for
 
 from moecloud.config import Settings, load_settings
+from moecloud.gateway.admin.schemas import DeploymentIn, KeyIn, TenantIn
+from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.app import create_app
-from moecloud.gateway.operations import Admin
-from moecloud.gateway.replicas import Replica, ReplicaSet
-from moecloud.gateway.schemas import DeploymentIn, KeyIn, TenantIn
+from moecloud.gateway.fleet.replicas import Replica, ReplicaSet
 from moecloud.serving.worker import ENGINE_FAILED_EXIT_STATUS, free_port
 from moecloud.store import Database
 

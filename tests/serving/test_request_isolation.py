@@ -16,7 +16,7 @@ import httpx
 import pytest
 from polling import read_stream, wait_for
 
-from moecloud.serving.launcher import wait_healthy
+from moecloud.launch import wait_healthy
 from moecloud.serving.worker import ENGINE_FAILED_EXIT_STATUS, RunningWorker, free_port
 
 MODEL = "tiny"  # the served name conftest gives the worker

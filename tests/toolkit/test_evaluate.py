@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from moecloud.config import EngineSettings, ServingSettings, load_settings
-from moecloud.gateway.metering import PriceSheet
+from moecloud.pricing import PriceSheet
 from moecloud.serving.worker import background_worker
 from moecloud.toolkit.evaluate import admin_base_url, evaluate, parse_prices, percentile, recommend, register_alias
 from moecloud.toolkit.report import html_report

@@ -14,25 +14,25 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from moecloud import __version__
 from moecloud.config import Settings
-from moecloud.gateway import admin, prices_api, proxy
-from moecloud.gateway.access_log import AccessLog
-from moecloud.gateway.admission import Dispatcher
-from moecloud.gateway.auth import Authenticator
-from moecloud.gateway.autoscale import Autoscaler
-from moecloud.gateway.catalog import Catalog, Route
-from moecloud.gateway.control import ControlLoop
-from moecloud.gateway.credentials import GatewaySecrets, load_secrets
+from moecloud.gateway.admin.evaluations import fail_interrupted
+from moecloud.gateway.admin.service import Admin
+from moecloud.gateway.api import admin, inference, prices
+from moecloud.gateway.api.access_log import AccessLog
+from moecloud.gateway.api.deps import GatewayState
 from moecloud.gateway.errors import GatewayError, install_error_handlers
-from moecloud.gateway.evaluations import fail_interrupted
-from moecloud.gateway.failover import Failover
-from moecloud.gateway.limits import RateLimiter
-from moecloud.gateway.metrics import GatewayMetrics, RequestMetrics
-from moecloud.gateway.operations import Admin
-from moecloud.gateway.ray_launcher import RayLauncher
-from moecloud.gateway.replicas import BackendLauncher, Launcher, ReplicaSet
-from moecloud.gateway.state import GatewayState
-from moecloud.gateway.upstream import Upstream
-from moecloud.gateway.workers import WorkerLauncher, WorkerRecords, worker_records_dir
+from moecloud.gateway.fleet.autoscale import Autoscaler
+from moecloud.gateway.fleet.catalog import Catalog, Route
+from moecloud.gateway.fleet.control import ControlLoop
+from moecloud.gateway.fleet.processes import WorkerLauncher, WorkerRecords, worker_records_dir
+from moecloud.gateway.fleet.ray import RayLauncher
+from moecloud.gateway.fleet.replicas import BackendLauncher, Launcher, ReplicaSet
+from moecloud.gateway.tenancy.auth import Authenticator
+from moecloud.gateway.tenancy.credentials import GatewaySecrets, load_secrets
+from moecloud.gateway.tenancy.limits import RateLimiter
+from moecloud.gateway.traffic.admission import Dispatcher
+from moecloud.gateway.traffic.failover import Failover
+from moecloud.gateway.traffic.metrics import GatewayMetrics, RequestMetrics
+from moecloud.gateway.traffic.upstream import Upstream
 from moecloud.store import Database
 from moecloud.store.ledger import release_expired_holds, release_gateway_holds
 
@@ -77,9 +77,9 @@ def create_app(settings: Settings, database: Database | None = None, *, launcher
     app = FastAPI(title="moecloud gateway", version=__version__, lifespan=lifespan)
     app.state.gateway = state
     install_error_handlers(app)
-    app.include_router(proxy.router)
+    app.include_router(inference.router)
     app.include_router(admin.router)
-    app.include_router(prices_api.router)
+    app.include_router(prices.router)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     app.add_middleware(AccessLog)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from moecloud.openai_errors import APIError
-from moecloud.openai_errors import install_error_handlers as install_error_handlers_for
 from moecloud.store.errors import AlreadyExists, InsufficientCredit, InvalidValue, NotFound, StoreError
+from moecloud.web.errors import APIError
+from moecloud.web.errors import install_error_handlers as install_error_handlers_for
 
 
 class GatewayError(APIError):

@@ -1,11 +1,11 @@
-"""Typed serving errors; moecloud.openai_errors turns them into OpenAI-shaped responses."""
+"""Typed serving errors; moecloud.web.errors turns them into OpenAI-shaped responses."""
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from moecloud.openai_errors import APIError
-from moecloud.openai_errors import install_error_handlers as install_error_handlers_for
+from moecloud.web.errors import APIError
+from moecloud.web.errors import install_error_handlers as install_error_handlers_for
 
 
 class ServingError(APIError):

@@ -10,8 +10,8 @@ from collections import OrderedDict
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from moecloud.openai_errors import error_body
 from moecloud.serving.generation import Generation
+from moecloud.web.errors import error_body
 
 router = APIRouter()
 

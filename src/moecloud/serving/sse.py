@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from moecloud.openai_errors import error_body
 from moecloud.serving.errors import ServingError
 from moecloud.serving.generation import Generation
+from moecloud.web.errors import error_body
 
 DONE = "data: [DONE]\n\n"
 

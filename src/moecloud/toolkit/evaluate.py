@@ -7,7 +7,7 @@ requests from a price table (the ``/admin/prices`` shape, priced by the gateway'
 a moecloud gateway's own, read from its ``GET /v1/prices`` with the tenant key, unless one is given. The
 recommendation is the cheapest model whose accuracy meets the bar; ``register_alias`` makes it the model
 that ``auto-<suite>`` routes to, through the gateway's admin API. The gateway runs the same functions for
-``POST /admin/evaluations`` (``moecloud.gateway.evaluations``).
+``POST /admin/evaluations`` (``moecloud.gateway.admin.evaluations``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from moecloud.gateway.metering import PriceSheet, TokenUsage
+from moecloud.pricing import PriceSheet, TokenUsage
 from moecloud.toolkit.scoring import group_accuracy
 from moecloud.toolkit.tasks import Example, score
 

@@ -1,0 +1,245 @@
+"""The OpenAI-compatible routes tenants call: parse, authorise, limit, hold, forward, settle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable, Callable
+from datetime import date
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
+
+from moecloud.config import AdmissionSettings
+from moecloud.gateway.admin.schemas import UsageOut, usage_rows
+from moecloud.gateway.api.deps import CallerDep, GatewayState, State
+from moecloud.gateway.api.validation import CHAT_BODY, COMPLETION_BODY, check_text, parse_body
+from moecloud.gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied, UpstreamFailed
+from moecloud.gateway.fleet.catalog import Route
+from moecloud.gateway.tenancy.auth import Caller
+from moecloud.gateway.tenancy.metering import ClientGone, MeteredRequest
+from moecloud.gateway.traffic.admission import Ticket
+from moecloud.gateway.traffic.relay import StreamRelay
+from moecloud.gateway.traffic.router import affinity_key
+from moecloud.pricing import TokenUsage, measure_prompt
+
+T = TypeVar("T")
+router = APIRouter()
+_MAX_CHOICES = 16
+DEADLINE_HEADER = "x-moecloud-deadline"
+
+
+@router.post("/v1/chat/completions", openapi_extra=CHAT_BODY)
+async def chat_completions(request: Request, caller: CallerDep, state: State) -> Response:
+    return await _forward(request, caller, state, "/chat/completions", prompt_field="messages")
+
+
+@router.post("/v1/completions", openapi_extra=COMPLETION_BODY)
+async def completions(request: Request, caller: CallerDep, state: State) -> Response:
+    return await _forward(request, caller, state, "/completions", prompt_field="prompt")
+
+
+@router.get("/v1/models")
+async def models(caller: CallerDep, state: State) -> dict[str, Any]:
+    """Deployed models, then aliases with the model they route to as ``root`` (vLLM's field)."""
+    names = [name for name in await state.catalog.models() if caller.may_use(name)]
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": "moecloud"} for name in names]
+    aliases = sorted((await state.catalog.aliases()).items())
+    data += [{"id": alias, "object": "model", "created": 0, "owned_by": "moecloud", "root": target}
+             for alias, target in aliases if caller.may_use(alias) or caller.may_use(target)]
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/usage")
+async def own_usage(
+    caller: CallerDep, state: State, since: date | None = None, until: date | None = None, model: str | None = None
+) -> UsageOut:
+    """A tenant's own usage per day, key and model; the tenant is the key's, whatever the query says."""
+    return await usage_rows(state.database, tenant_id=caller.tenant_id, model=model, since=since, until=until)
+
+
+async def _forward(request: Request, caller: Caller, state: GatewayState, path: str, *, prompt_field: str) -> Response:
+    body = await _read_json(request, state.settings.gateway.max_body_bytes)
+    requested = body.get("model")
+    if not isinstance(requested, str) or not requested:
+        raise InvalidRequest("'model' must be a non-empty string", param="model")
+    _check_prompt(body, prompt_field)
+    model = await state.catalog.resolve(requested)  # an alias is billed and answered as its model
+    if not (caller.may_use(requested) or caller.may_use(model)):
+        raise PermissionDenied(f"this API key may not use the model {requested!r}", param="model")
+    price = await state.catalog.price(model)
+    request.state.model = model
+    deadline = _deadline(request, state.settings.admission)
+    billing = state.settings.billing
+    stream = _flag(body, "stream")
+    max_tokens = _max_tokens(body, billing.default_max_tokens)
+    if max_tokens > billing.max_tokens_limit:
+        raise InvalidRequest(f"'max_tokens' may be at most {billing.max_tokens_limit}", param="max_tokens")
+    choices = _positive_int(body, "n") or 1
+    if choices > _MAX_CHOICES:
+        raise InvalidRequest(f"'n' may be at most {_MAX_CHOICES}", param="n")
+    prompt = measure_prompt(body)
+    # the worst case: every prompt gets ``n`` choices of ``max_tokens`` each
+    meter = MeteredRequest(state, caller, model, price, prompt, completion_budget=max_tokens * choices * prompt.prompts)
+    request.state.meter = meter
+    upstream_body = {**body, "max_tokens": max_tokens}
+    upstream_body.pop("max_completion_tokens", None)
+    client_options = body.get("stream_options")
+    if stream:
+        upstream_body["stream_options"] = {**(client_options if isinstance(client_options, dict) else {}),
+                                           "include_usage": True}
+    ticket = Ticket(model, caller.tenant_id, caller.tenant_weight, caller.priority,
+                    deadline=state.dispatcher.clock() + deadline,
+                    affinity=affinity_key(body, state.settings.routing.affinity_prefix_bytes))
+
+    def send(route: Route) -> Awaitable[Any]:
+        meter.attempt(route)
+        routed = {**upstream_body, "model": route.upstream_model}
+        if stream:
+            return state.upstream.open(route, path, routed, meter.request_id, stream=True)
+        return state.upstream.post(route, path, routed, meter.request_id)
+
+    wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
+    return _Forwarded(state, meter, ticket, send, stream=stream, client_wants_usage=wants_usage)
+
+
+class _Forwarded(Response):
+    """The forwarding itself, run as the response so that one ``async with meter`` spans the whole request,
+    a stream included; errors raised before the answer starts still reach the error handlers."""
+
+    def __init__(self, state: GatewayState, meter: MeteredRequest, ticket: Ticket,
+                 send: Callable[[Route], Awaitable[Any]], *, stream: bool, client_wants_usage: bool) -> None:
+        super().__init__()
+        self._state, self._meter, self._ticket, self._send = state, meter, ticket, send
+        self._stream, self._client_wants_usage = stream, client_wants_usage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state, meter = self._state, self._meter
+        try:
+            async with meter:
+                lease, answer = await _unless_disconnected(receive, state.failover.first_answer(self._ticket,
+                                                                                                self._send))
+                meter.serve(lease)
+                state.metrics.queue_wait.labels(meter.model).observe(lease.waited)
+                if self._stream:
+                    relay = StreamRelay(answer, meter, lease.route, client_wants_usage=self._client_wants_usage)
+                    await relay.respond(meter.headers, scope, receive, send)
+                    return
+                _check_answer(answer, lease.route)
+                usage = TokenUsage.from_openai(answer.get("usage")) or meter.estimated_usage(
+                    _output_estimate(answer, state.settings.billing.estimate_bytes_per_token))
+                meter.answered(usage, "ok")
+                answer["model"] = meter.model
+            await JSONResponse(answer, headers=meter.headers)(scope, receive, send)  # sent once settled
+        except ClientGone:
+            return  # nobody is left to answer
+
+
+async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Await ``work`` unless the client disconnects first: then it is cancelled (closing the upstream call, which
+    aborts it at the engine) and ``ClientGone`` raised."""
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    work_task = asyncio.ensure_future(work)
+    watch_task = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch_task.cancel()
+        if not work_task.done():
+            work_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work_task  # the upstream call is closed and its lease given back before billing starts
+    if work_task.cancelled():
+        raise ClientGone()
+    return work_task.result()
+
+
+def _check_answer(answer: dict[str, Any], route: Route) -> None:
+    """A non-streamed answer must at least carry its choices; anything else is the upstream's failure."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
+        raise UpstreamFailed(f"deployment {route.deployment!r} answered without a list of choices")
+
+
+def _max_tokens(body: dict[str, Any], default: int) -> int:
+    """``max_tokens`` (or ``max_completion_tokens``); 0 only with ``echo``: scoring a prompt generates nothing."""
+    if body.get("echo") is True and body.get("max_tokens") == 0 and not isinstance(body["max_tokens"], bool):
+        return 0
+    return _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens") or default
+
+
+def _deadline(request: Request, settings: AdmissionSettings) -> float:
+    """Seconds this request may wait for a replica: ``x-moecloud-deadline`` (capped), else the default."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return settings.default_deadline_seconds
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < math.inf:
+        raise InvalidRequest(f"the {DEADLINE_HEADER} header must be a positive number of seconds")
+    return min(seconds, settings.max_deadline_seconds)
+
+
+async def _read_json(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    try:
+        body = parse_body(b"".join(chunks))
+    except (ValueError, RecursionError) as error:
+        raise InvalidRequest("the request body is not valid JSON") from error
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    check_text(body)
+    return body
+
+
+def _check_prompt(body: dict[str, Any], field: str) -> None:
+    value = body.get(field)
+    if field == "messages":
+        if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
+            raise InvalidRequest("'messages' must be a non-empty list of message objects", param=field)
+    elif not isinstance(value, str | list) or (isinstance(value, list) and not value):
+        raise InvalidRequest("'prompt' must be a string or a non-empty list", param=field)
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool) and value is not None:
+        raise InvalidRequest(f"'{name}' must be a boolean", param=name)
+    return bool(value)
+
+
+def _positive_int(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequest(f"'{name}' must be a positive integer", param=name)
+    return value
+
+
+def _output_estimate(payload: dict[str, Any], bytes_per_token: float) -> int:
+    """Without reported usage, output is billed by its size, like the prompt."""
+    text = 0
+    for choice in payload.get("choices") or []:
+        if isinstance(choice, dict):
+            message = choice.get("message")
+            content = message.get("content") if isinstance(message, dict) else choice.get("text")
+            text += len(content.encode()) if isinstance(content, str) else 0
+    return math.ceil(text / bytes_per_token)

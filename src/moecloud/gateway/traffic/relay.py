@@ -1,0 +1,116 @@
+"""Relaying an upstream SSE stream to the client while telling the request's meter what it delivers.
+
+The gateway always asks the upstream for ``stream_options.include_usage``; the usage chunk is passed on only
+when the client asked for it. A stream that ends without usage (the client hung up, the upstream died) is billed
+from the worker's own report of what its engine produced (see ``MeteredRequest``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from moecloud.gateway.fleet.catalog import Route
+from moecloud.gateway.tenancy.metering import MeteredRequest
+from moecloud.pricing import TokenUsage
+from moecloud.web.errors import error_body
+
+
+class StreamRelay:
+    """Owns the upstream response: ``close`` ends it (which aborts the request at a worker that still runs it)."""
+
+    def __init__(self, upstream: httpx.Response, meter: MeteredRequest, route: Route, *,
+                 client_wants_usage: bool) -> None:
+        self._upstream = upstream
+        self._meter = meter
+        self._route = route
+        self._client_wants_usage = client_wants_usage
+        self._rename = route.upstream_model != route.model
+        meter.status = "cancelled"  # until the stream ends by itself
+
+    async def events(self) -> AsyncIterator[bytes]:
+        try:
+            async for line in self._upstream.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                out = self._relay(line[5:].strip())
+                if out == b"[DONE]" and self._meter.status != "error":
+                    await self._meter.end("ok")  # billed before the client can see it complete
+                if out is not None:
+                    yield b"data: " + out + b"\n\n"
+            if self._meter.status == "cancelled":
+                self._meter.status = "ok"
+        except httpx.HTTPError:
+            self._meter.status = "error"
+            message = f"deployment {self._route.deployment!r} dropped the stream"
+            yield b"data: " + json.dumps(error_body(message, "api_error", code="upstream_error")).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+    def _relay(self, data: str) -> bytes | None:
+        if data == "[DONE]":
+            return b"[DONE]"
+        try:
+            chunk: Any = json.loads(data)
+        except ValueError:
+            return data.encode()
+        if not isinstance(chunk, dict):
+            return data.encode()
+        if "error" in chunk:
+            self._meter.status = "error"
+            return data.encode()
+        usage = TokenUsage.from_openai(chunk.get("usage"))
+        if usage is not None:
+            self._meter.usage = usage
+        choices = chunk.get("choices")
+        choices = choices if isinstance(choices, list) else []
+        self._meter.counted_tokens += sum(1 for choice in choices if _has_content(choice))
+        if usage is not None and not choices and not self._client_wants_usage:
+            return None
+        if self._rename:
+            chunk["model"] = self._route.model
+            return json.dumps(chunk).encode()
+        return data.encode()
+
+    async def respond(self, headers: dict[str, str], scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream to the client until the upstream ends or the client disconnects (even while the upstream is
+        silent); the upstream is closed on the way out, whatever happened."""
+        try:
+            await _DisconnectAwareStream(self.events(), headers)(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._upstream.aclose()
+
+
+def _has_content(choice: Any) -> bool:
+    if not isinstance(choice, dict):
+        return False
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"))
+    return bool(choice.get("text"))
+
+
+class _DisconnectAwareStream(StreamingResponse):
+    """Stops as soon as the client disconnects, not only at the next write."""
+
+    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def stream() -> None:
+                with contextlib.suppress(OSError):  # the client went away mid-send
+                    await self.stream_response(send)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()

@@ -1,0 +1,135 @@
+"""`moecloud serve`: the gateway, with the model as a local deployment whose engine worker it runs itself,
+ready in one command: a default tenant and API key are made on first start and shown at every start."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import time
+from pathlib import Path
+from types import FrameType
+
+import httpx
+import uvicorn
+
+from moecloud.config import Settings
+from moecloud.gateway.admin.bootstrap import ensure_default_key, ensure_local_deployment
+from moecloud.gateway.admin.service import Admin
+from moecloud.gateway.api.deps import GatewayState
+from moecloud.gateway.app import create_app
+from moecloud.gateway.fleet.processes import die_with_parent, worker_command
+from moecloud.gateway.tenancy.credentials import load_secrets
+from moecloud.store import Database
+
+log = logging.getLogger(__name__)
+
+
+class LaunchError(RuntimeError):
+    pass
+
+
+class _Gateway(uvicorn.Server):
+    """uvicorn re-raises a caught SIGTERM after shutting down; this server only stops, so the app's lifespan
+    stops its workers and `serve` returns normally."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.force_exit = self.should_exit
+        self.should_exit = True
+
+
+SHIPPED_DEMO = Path(__file__).resolve().parents[3] / "models" / "moecloud-demo"
+
+
+def default_model(settings: Settings) -> Path:
+    """The model `serve` uses when given none: settings.model, else the trained demo model shipped in the
+    repository, else (an install without the repository's models/) a tiny random checkpoint made once."""
+    if settings.model:
+        return Path(settings.model)
+    if (SHIPPED_DEMO / "config.json").is_file():
+        return SHIPPED_DEMO
+    path = settings.home / "models" / "tiny-random"
+    if not (path / "config.json").exists():
+        from moecloud.engine.random_checkpoint import write_random_checkpoint
+
+        log.warning("the shipped demo model is not here (%s); serving a random tiny model", SHIPPED_DEMO)
+        write_random_checkpoint(path, variant="v2-lite", seed=0)
+    return path
+
+
+def start_worker(model: str | Path, port: int, served_model_name: str) -> subprocess.Popen[bytes]:
+    """One `moecloud worker` process on ``port`` (benchmarks compare it with the gateway); it dies with the
+    calling process, so call it from a thread that lives as long as you need the worker."""
+    return subprocess.Popen(worker_command(str(model), "127.0.0.1", port, served_model_name),
+                            preexec_fn=die_with_parent())
+
+
+def wait_healthy(url: str, timeout: float, process: subprocess.Popen[bytes] | subprocess.Popen[str] | None = None
+                 ) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise LaunchError(f"the process exited with status {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    raise LaunchError(f"{url} was not healthy within {timeout:.0f}s")
+
+
+def usage_snippets(base_url: str, model: str, api_key: str, admin_key_at: str) -> str:
+    return f"""
+moecloud is serving {model!r} at {base_url}/v1  (API key of the default tenant: {api_key})
+The admin key (for /admin) is in {admin_key_at}
+
+  curl {base_url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -H 'Authorization: Bearer {api_key}' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "sort 9 4 7 1 3"}}], "max_tokens": 32}}'
+
+  from openai import OpenAI
+  client = OpenAI(base_url="{base_url}/v1", api_key="{api_key}")
+  reply = client.chat.completions.create(model="{model}", messages=[{{"role": "user", "content": "sort 9 4 7 1 3"}}])
+  print(reply.choices[0].message.content)
+
+Press Ctrl+C to stop.
+"""
+
+
+def serve(settings: Settings, model: str | None = None, host: str = "127.0.0.1", port: int = 8000,
+          served_model_name: str | None = None) -> None:
+    """Register the model as a local deployment, run the gateway (which starts the worker) until a signal."""
+    model_path = Path(model or settings.model or default_model(settings))
+    if not (model_path / "config.json").is_file():
+        raise LaunchError(f"{model_path} is not a checkpoint directory (no config.json)")
+    name = served_model_name or settings.serving.served_model_name or model_path.name
+    database = Database.open(settings.database_url())
+    try:
+        secrets = load_secrets(settings)
+        admin = Admin(database, settings, secrets.audit_key, actor="serve")
+        deployment = ensure_local_deployment(admin, name, model_path.resolve())
+        api_key = ensure_default_key(admin, database, settings)
+    finally:
+        database.dispose()
+    settings.gateway.host, settings.gateway.port = host, port  # where evaluations reach this gateway
+    app = create_app(settings)
+    server = _Gateway(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    admin_key_at = str(secrets.admin_key_path) if secrets.admin_key_path else "the setting MOECLOUD_GATEWAY__ADMIN_KEY"
+    announcement = usage_snippets(f"http://{shown_host}:{port}", name, api_key, admin_key_at)
+    asyncio.run(_serve_and_announce(server, app.state.gateway, deployment, announcement))
+
+
+async def _serve_and_announce(server: uvicorn.Server, state: GatewayState, deployment: str, text: str) -> None:
+    async def announce_when_ready() -> None:
+        replicas = state.control.replicas
+        while not server.started or (replicas is not None and not replicas.ready(deployment)):
+            await asyncio.sleep(0.1)
+        print(text, flush=True)
+
+    announce = asyncio.create_task(announce_when_ready())
+    try:
+        await server.serve()
+    finally:
+        announce.cancel()
