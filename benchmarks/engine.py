@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +26,9 @@ from rich.table import Table
 
 from moecloud.engine import LLM, SamplingParams
 from moecloud.engine.model_config import load_model_config
-from moecloud.engine.random_checkpoint import write_random_checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from checkpoints import write_random_checkpoint  # noqa: E402  (the suite's random checkpoints)
 
 SHAPES = {
     # DeepSeek-V3 shape, scaled down: MLA, q LoRA, sigmoid + noaux_tc gate, 1 dense layer then MoE

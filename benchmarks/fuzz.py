@@ -29,14 +29,15 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from moecloud.config import EngineSettings, ServingSettings, load_settings
-from moecloud.engine.random_checkpoint import write_random_checkpoint
 from moecloud.gateway.admin.schemas import DeploymentIn, KeyIn, TenantIn
 from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.app import create_app
-from moecloud.serving.worker import RunningWorker, background_worker, free_port
+from moecloud.serving.worker import RunningWorker, background_worker
 from moecloud.store import Database
+from moecloud.web.net import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from checkpoints import write_random_checkpoint  # noqa: E402  (the suite's random checkpoints)
 from fuzzing import Tally, requests  # noqa: E402  (the suite's strategies, shared)
 
 MODEL = "tiny"

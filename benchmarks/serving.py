@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,9 +22,13 @@ import httpx
 
 from moecloud.config import load_settings
 from moecloud.engine import SamplingParams
-from moecloud.engine.random_checkpoint import write_random_checkpoint
-from moecloud.launch import start_worker, wait_healthy
-from moecloud.serving.worker import build_engine, free_port
+from moecloud.launch import start_worker
+from moecloud.serving.worker import build_engine
+from moecloud.web.net import free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from checkpoints import write_random_checkpoint  # noqa: E402  (the suite's random checkpoints)
+from polling import wait_healthy  # noqa: E402
 
 WORDS = ["the", "model", "serves", "many", "tenants", "with", "sparse", "experts", "and", "a", "paged",
          "latent", "cache", "for", "every", "request"]
@@ -111,7 +116,7 @@ def main() -> None:
         texts = prompts(args.requests, args.prompt_words)
         offline = offline_tokens_per_second(model, texts, args.max_tokens, args.clients)
         port = free_port()
-        worker = start_worker(model, port, "bench")
+        worker = start_worker(model, port, "bench", load_settings())
         try:
             wait_healthy(f"http://127.0.0.1:{port}/health", 600, worker)
             timings, elapsed = asyncio.run(run_clients(f"http://127.0.0.1:{port}", "bench", texts, args.clients,

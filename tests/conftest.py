@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from moecloud.engine.random_checkpoint import write_random_checkpoint
+from checkpoints import write_random_checkpoint
 
 
 @pytest.fixture(scope="session")

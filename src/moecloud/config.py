@@ -5,6 +5,7 @@ Nested sections read ``MOECLOUD_<SECTION>__<FIELD>``, e.g. ``MOECLOUD_ENGINE__DT
 
 from __future__ import annotations
 
+import json
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -269,3 +270,26 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     return Settings(**overrides)
+
+
+# What a child process (an engine worker, a Ray replica) needs of its parent's settings. Secrets never leave the
+# gateway: a worker has no keys to check and no provider to call.
+CHILD_SECTIONS = {"home", "engine", "serving", "log"}
+
+
+class _HandedDown(Settings):
+    """Settings a parent handed to its child: exactly the values given, the environment is not read again."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   *_others: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def settings_for_child(settings: Settings) -> str:
+    """The parent's side of the hand-down: the child sections as JSON (`settings_from_parent` reads it)."""
+    return settings.model_dump_json(include=CHILD_SECTIONS)
+
+
+def settings_from_parent(handed_down: str) -> Settings:
+    return _HandedDown(**json.loads(handed_down))

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import subprocess
-import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from moecloud.config import Settings
 from moecloud.gateway.admin.bootstrap import ensure_default_key, ensure_local_deployment
@@ -43,40 +43,35 @@ SHIPPED_DEMO = Path(__file__).resolve().parents[3] / "models" / "moecloud-demo"
 
 def default_model(settings: Settings) -> Path:
     """The model `serve` uses when given none: settings.model, else the trained demo model shipped in the
-    repository, else (an install without the repository's models/) a tiny random checkpoint made once."""
+    repository (an install without the repository's models/ must name one)."""
     if settings.model:
         return Path(settings.model)
-    if (SHIPPED_DEMO / "config.json").is_file():
-        return SHIPPED_DEMO
-    path = settings.home / "models" / "tiny-random"
-    if not (path / "config.json").exists():
-        from moecloud.engine.random_checkpoint import write_random_checkpoint
-
-        log.warning("the shipped demo model is not here (%s); serving a random tiny model", SHIPPED_DEMO)
-        write_random_checkpoint(path, variant="v2-lite", seed=0)
-    return path
+    if not (SHIPPED_DEMO / "config.json").is_file():
+        raise LaunchError(f"no model given and the shipped demo model is not here ({SHIPPED_DEMO}): "
+                          "pass --model PATH or set MOECLOUD_MODEL")
+    return SHIPPED_DEMO
 
 
-def start_worker(model: str | Path, port: int, served_model_name: str) -> subprocess.Popen[bytes]:
+def platform_app(settings: Settings, database: Database | None = None) -> FastAPI:
+    """The gateway with every replica backend: worker processes, and Ray Serve applications of serving's
+    engine replica (handed in from here, the one module that may import both the gateway and serving)."""
+    return create_app(settings, database, ray_application=_ray_application)
+
+
+def _ray_application(checkpoint: str, served_model_name: str, settings: Settings, *, cpus: float,
+                     max_ongoing_requests: int) -> Any:
+    from moecloud.serving.ray_replica import engine_application  # imports Ray: only for a Ray deployment
+
+    return engine_application(checkpoint, served_model_name, settings, cpus=cpus,
+                              max_ongoing_requests=max_ongoing_requests)
+
+
+def start_worker(model: str | Path, port: int, served_model_name: str, settings: Settings
+                 ) -> subprocess.Popen[bytes]:
     """One `moecloud worker` process on ``port`` (benchmarks compare it with the gateway); it dies with the
     calling process, so call it from a thread that lives as long as you need the worker."""
-    return subprocess.Popen(worker_command(str(model), "127.0.0.1", port, served_model_name),
+    return subprocess.Popen(worker_command(str(model), "127.0.0.1", port, served_model_name, settings),
                             preexec_fn=die_with_parent())
-
-
-def wait_healthy(url: str, timeout: float, process: subprocess.Popen[bytes] | subprocess.Popen[str] | None = None
-                 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise LaunchError(f"the process exited with status {process.returncode}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise LaunchError(f"{url} was not healthy within {timeout:.0f}s")
 
 
 def usage_snippets(base_url: str, model: str, api_key: str, admin_key_at: str) -> str:
@@ -113,7 +108,7 @@ def serve(settings: Settings, model: str | None = None, host: str = "127.0.0.1",
     finally:
         database.dispose()
     settings.gateway.host, settings.gateway.port = host, port  # where evaluations reach this gateway
-    app = create_app(settings)
+    app = platform_app(settings)
     server = _Gateway(uvicorn.Config(app, host=host, port=port, log_level="warning"))
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     admin_key_at = str(secrets.admin_key_path) if secrets.admin_key_path else "the setting MOECLOUD_GATEWAY__ADMIN_KEY"

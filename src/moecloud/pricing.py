@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
 from typing import Any
 
-from moecloud.store.types import MONEY_QUANTUM
+from moecloud.config import BillingSettings
 
+# The smallest amount of money anything holds (the store keeps money as integer counts of it).
+MONEY_QUANTUM = Decimal("0.000000001")
 _MILLION = Decimal(1_000_000)
 
 
@@ -47,6 +49,11 @@ class PriceSheet:
     input_miss: Decimal
     input_hit: Decimal
     output: Decimal
+
+    @classmethod
+    def default(cls, billing: BillingSettings) -> PriceSheet:
+        """What a model without a price of its own costs."""
+        return cls(billing.default_input_miss_price, billing.default_input_hit_price, billing.default_output_price)
 
     def cost(self, usage: TokenUsage) -> Decimal:
         misses = usage.prompt_tokens - usage.cached_tokens

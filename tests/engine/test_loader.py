@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
+from checkpoints import dequantized_twin, write_random_checkpoint
 from safetensors.torch import load_file, save_file
 
 from moecloud.engine import CheckpointError, EngineConfig, LLMEngine, UnsupportedConfig
-from moecloud.engine.random_checkpoint import dequantized_twin, write_random_checkpoint
 
 IDS = list(range(3, 40))
 

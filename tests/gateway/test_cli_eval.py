@@ -9,9 +9,8 @@ from harness import MODEL, PRICES, Gateway
 from typer.testing import CliRunner
 
 from moecloud.cli import app
-from moecloud.gateway.admin.bootstrap import DEFAULT_KEY_FILE
-from moecloud.gateway.tenancy.credentials import write_secret
 from moecloud.pricing import PriceSheet, TokenUsage
+from moecloud.secret_files import SecretFiles, write_secret
 from moecloud.toolkit.evaluate import Retry, evaluate, fetch_prices
 from moecloud.toolkit.tasks import load_suite, select
 
@@ -42,7 +41,7 @@ def test_models_are_priced_from_the_gateways_table_and_the_local_key_is_the_defa
                                                      ["base_url"]})
     gateway.tenant("default", credit="100")
     key = gateway.key("default", "local")
-    write_secret(gateway.settings.home / "secrets" / DEFAULT_KEY_FILE, key)
+    write_secret(SecretFiles.of(gateway.settings).default_api_key, key)
 
     prices = fetch_prices(gateway.url + "/v1", key)
     assert prices == {MODEL: PriceSheet(**PRICES), CHEAP: PriceSheet(PRICES["input_miss"], PRICES["input_hit"],

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import httpx
+from polling import wait_healthy
 from typer.testing import CliRunner
 
 from moecloud.cli import app
-from moecloud.launch import wait_healthy
-from moecloud.serving.worker import free_port
+from moecloud.web.net import free_port
 
 
 def test_the_model_option_says_what_the_default_is() -> None:

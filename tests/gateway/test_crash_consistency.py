@@ -23,12 +23,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from harness import ADMIN_KEY, AUDIT_KEY, MODEL, PRICES
+from polling import wait_healthy
 from sqlalchemy import func, select
 
-from moecloud.launch import wait_healthy
-from moecloud.serving.worker import free_port
 from moecloud.store import Database
 from moecloud.store.tables import Hold, LedgerEntry, Tenant, UsageRecord
+from moecloud.web.net import free_port
 
 CLIENTS = 8
 COMPLETIONS_BETWEEN_KILLS = 15

@@ -16,10 +16,10 @@ from polling import wait_for
 from moecloud.config import load_settings
 from moecloud.gateway.admin.schemas import DeploymentIn, KeyIn, ScaleIn, TenantIn
 from moecloud.gateway.admin.service import Admin
-from moecloud.gateway.app import create_app
-from moecloud.gateway.fleet.processes import free_port
 from moecloud.gateway.fleet.ray import application_name
+from moecloud.launch import platform_app
 from moecloud.store import Database
+from moecloud.web.net import free_port
 
 ray = pytest.importorskip("ray", reason="the Ray Serve backend needs the ray extra: pip install 'moecloud[ray]'")
 ray_serve = pytest.importorskip("ray.serve", reason="the Ray Serve backend needs ray[serve]")
@@ -77,7 +77,7 @@ def test_two_ray_serve_replicas_behind_the_router(tiny_checkpoint: Path, tmp_pat
     key = admin.create_key(KeyIn(tenant="t", name="k")).key
     admin.add_deployment(DeploymentIn(name="tiny", model="tiny", kind="local", backend="ray",
                                       checkpoint=str(tiny_checkpoint), replicas=2, min_replicas=1, max_replicas=2))
-    app = create_app(settings, database)
+    app = platform_app(settings, database)
     replicas = app.state.gateway.control.replicas
     try:
         with serve(app) as url:

@@ -26,8 +26,9 @@ from moecloud.gateway.admin.schemas import DeploymentIn, KeyIn, TenantIn
 from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.app import create_app
 from moecloud.gateway.fleet.replicas import Replica, ReplicaSet
-from moecloud.serving.worker import ENGINE_FAILED_EXIT_STATUS, free_port
+from moecloud.serving.worker import ENGINE_FAILED_EXIT_STATUS
 from moecloud.store import Database
+from moecloud.web.net import free_port
 
 SENDERS = 6
 LOAD_SECONDS = 5.0  # 2 s before the kill, 3 s after

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from polling import read_stream, wait_for
+from polling import read_stream, wait_for, wait_healthy
 
-from moecloud.launch import wait_healthy
-from moecloud.serving.worker import ENGINE_FAILED_EXIT_STATUS, RunningWorker, free_port
+from moecloud.serving.worker import ENGINE_FAILED_EXIT_STATUS, RunningWorker
+from moecloud.web.net import free_port
 
 MODEL = "tiny"  # the served name conftest gives the worker
 FAULT = "x-moecloud-fault"

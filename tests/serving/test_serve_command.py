@@ -14,13 +14,12 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from polling import wait_for
+from polling import wait_for, wait_healthy
 
 from moecloud.config import load_settings
 from moecloud.gateway.app import create_app
 from moecloud.gateway.fleet.processes import WorkerRecords, worker_command, worker_records_dir
-from moecloud.launch import wait_healthy
-from moecloud.serving.worker import free_port
+from moecloud.web.net import free_port
 
 
 def test_serve_starts_gateway_and_worker_and_stops_both(tmp_path: Path) -> None:
@@ -124,7 +123,7 @@ def test_a_gateway_start_kills_the_workers_a_dead_gateway_left_in_its_home(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     settings = load_settings(home=tmp_path)
-    argv = worker_command(str(tiny_checkpoint), "127.0.0.1", free_port(), "tiny")
+    argv = worker_command(str(tiny_checkpoint), "127.0.0.1", free_port(), "tiny", settings)
     leftover = subprocess.Popen(argv, process_group=0, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     not_a_worker = subprocess.Popen(["sleep", "120"], process_group=0)
     anothers = subprocess.Popen(["sleep", "120"], process_group=0)

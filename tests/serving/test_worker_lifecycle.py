@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from polling import read_stream, wait_for
+from polling import read_stream, wait_for, wait_healthy
 
-from moecloud.launch import wait_healthy
-from moecloud.serving.worker import RunningWorker, free_port
+from moecloud.serving.worker import RunningWorker
+from moecloud.web.net import free_port
 
 MODEL = "tiny"  # the served name conftest gives the worker
 LONG = {"model": MODEL, "max_tokens": 400, "ignore_eos": True}

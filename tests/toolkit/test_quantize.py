@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from checkpoints import dequantized_twin, write_random_checkpoint
 from safetensors.torch import load_file, save_file
 
 from moecloud.engine import CheckpointError, EngineConfig, LLMEngine, UnsupportedConfig
-from moecloud.engine.random_checkpoint import dequantized_twin, write_random_checkpoint
 from moecloud.toolkit.quantize import disk_bytes, int8_report, write_int8_checkpoint
 from moecloud.toolkit.tasks import load_jsonl, select
 

@@ -62,13 +62,16 @@ def worker(
     host: Annotated[str | None, typer.Option(help="default: settings.serving.host")] = None,
     port: Annotated[int | None, typer.Option(min=0, max=65535, help="default: settings.serving.port")] = None,
     served_model_name: Annotated[str | None, typer.Option(help="model id clients send; default: the dir name")] = None,
+    settings_json: Annotated[str | None, typer.Option(
+        help="settings handed down by the process that starts this worker (JSON); then the environment is not read",
+        hidden=True)] = None,
 ) -> None:
     """Serve one engine over the OpenAI API (no keys, no billing)."""
-    from moecloud.config import load_settings
+    from moecloud.config import load_settings, settings_from_parent
     from moecloud.logs import configure_logging
     from moecloud.serving.worker import run_worker
 
-    settings = load_settings()
+    settings = settings_from_parent(settings_json) if settings_json is not None else load_settings()
     configure_logging(settings.log)
     status = run_worker(model, settings, host=host, port=port, served_model_name=served_model_name)
     if status:

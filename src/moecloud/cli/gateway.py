@@ -357,12 +357,12 @@ def gateway_run(
     """Serve the gateway (routes to the deployments in the database)."""
     import uvicorn
 
-    from moecloud.gateway.app import create_app
+    from moecloud.launch import platform_app
     from moecloud.logs import configure_logging
 
     settings = settings_for(ctx)
     configure_logging(settings.log)
-    app = create_app(settings)
+    app = platform_app(settings)
     uvicorn.run(app, host=host or settings.gateway.host, port=settings.gateway.port if port is None else port,
                 log_config=None, access_log=False)
 

@@ -24,9 +24,9 @@ from typer.core import TyperOption
 from moecloud.config import Settings, load_settings
 from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.tenancy.credentials import load_secrets
+from moecloud.pricing import MONEY_QUANTUM
 from moecloud.store import Database
 from moecloud.store.errors import StoreError
-from moecloud.store.types import MONEY_QUANTUM
 
 DbOption = typer.Option(None, "--db", help="SQLAlchemy URL (default: settings, then <home>/moecloud.db)")
 JsonOption = typer.Option(False, "--json", help="print JSON instead of a table")

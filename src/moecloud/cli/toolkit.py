@@ -206,20 +206,16 @@ def evaluate(
 ) -> None:
     """Run a suite against models and recommend the cheapest one meeting the accuracy bar."""
     from moecloud.config import load_settings
-    from moecloud.gateway.admin.bootstrap import DEFAULT_KEY_FILE
-    from moecloud.gateway.tenancy.credentials import read_secret
     from moecloud.pricing import PriceSheet
+    from moecloud.secret_files import SecretFiles, read_secret
     from moecloud.toolkit.evaluate import Retry, admin_base_url, recommend
     from moecloud.toolkit.evaluate import evaluate as run
     from moecloud.toolkit.report import html_report, results_table
     from moecloud.toolkit.tasks import load_suite, select, suite_name
 
     settings = load_settings()
-    billing = settings.billing
-    default = PriceSheet(
-        billing.default_input_miss_price, billing.default_input_hit_price, billing.default_output_price
-    )
-    key = api_key or read_secret(settings.home / "secrets" / DEFAULT_KEY_FILE) or "unused"
+    default = PriceSheet.default(settings.billing)
+    key = api_key or read_secret(SecretFiles.of(settings).default_api_key) or "unused"
     table, source = _price_table(prices, base_url, key)
     typer.echo(f"prices: {source}")
     examples = select(load_suite(suite), split=split)[:limit]
@@ -272,16 +268,13 @@ def _register_alias(
     chosen: ModelResult | None,
     min_accuracy: float,
 ) -> None:
-    from moecloud.gateway.tenancy.credentials import read_secret
+    from moecloud.secret_files import admin_key as kept_admin_key
     from moecloud.toolkit.evaluate import alias_name, register_alias
 
     if chosen is None:
         typer.echo(f"no model meets the bar: {alias_name(suite)} left as it was")
         raise typer.Exit(1)
-    configured = settings.gateway.admin_key
-    key = admin_key or (
-        configured.get_secret_value() if configured else read_secret(settings.home / "secrets" / "admin_key")
-    )
+    key = admin_key or kept_admin_key(settings)
     if not key:
         raise typer.BadParameter("no admin key: pass --admin-key", param_hint="--admin-key")
     try:

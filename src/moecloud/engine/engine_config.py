@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import ConfigDict
+
+from moecloud.config import EngineSettings
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
-class EngineConfig:
+class EngineConfig(EngineSettings):
+    """An engine's settings and the checkpoint it serves. Every field and default but ``model`` and ``seed`` is
+    the settings' own (``moecloud.config.EngineSettings``, ``MOECLOUD_ENGINE__*``), so ``LLM(path)`` and a worker
+    on default settings build the same engine. An unknown option is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
     model: str
-    dtype: str = "auto"  # float32 | bfloat16 | float16 | auto
-    device: str = "auto"  # cpu | cuda | auto
-    quantization: str | None = None  # None | "int8" (weight-only)
-    block_size: int = 16
-    kv_cache_tokens: int = 16384
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    max_model_len: int | None = None
-    enable_prefix_caching: bool = True
     seed: int = 0
-    compile: bool = False  # decode steps through torch.compile (inductor); the first ones pay the compile
-    compile_max_batch: int = 32  # larger decode steps stay eager: there per-expert GEMMs beat the fused reduction
-    max_consecutive_failures: int = 10  # failed requests with no token between them: the engine, not them, is broken
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":

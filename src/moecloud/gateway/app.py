@@ -15,34 +15,39 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from moecloud import __version__
 from moecloud.config import Settings
 from moecloud.gateway.admin.evaluations import fail_interrupted
+from moecloud.gateway.admin.schemas import ScaleIn
 from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.api import admin, inference, prices
 from moecloud.gateway.api.access_log import AccessLog
 from moecloud.gateway.api.deps import GatewayState
-from moecloud.gateway.errors import GatewayError, install_error_handlers
+from moecloud.gateway.errors import install_error_handlers
 from moecloud.gateway.fleet.autoscale import Autoscaler
 from moecloud.gateway.fleet.catalog import Catalog, Route
 from moecloud.gateway.fleet.control import ControlLoop
 from moecloud.gateway.fleet.processes import WorkerLauncher, WorkerRecords, worker_records_dir
-from moecloud.gateway.fleet.ray import RayLauncher
+from moecloud.gateway.fleet.ray import EngineApplication, RayLauncher
 from moecloud.gateway.fleet.replicas import BackendLauncher, Launcher, ReplicaSet
 from moecloud.gateway.tenancy.auth import Authenticator
 from moecloud.gateway.tenancy.credentials import GatewaySecrets, load_secrets
 from moecloud.gateway.tenancy.limits import RateLimiter
+from moecloud.gateway.tenancy.metering import Metering
 from moecloud.gateway.traffic.admission import Dispatcher
 from moecloud.gateway.traffic.failover import Failover
-from moecloud.gateway.traffic.metrics import GatewayMetrics, RequestMetrics
+from moecloud.gateway.traffic.metrics import GatewayMetrics, count_requests
 from moecloud.gateway.traffic.upstream import Upstream
 from moecloud.store import Database
 from moecloud.store.ledger import release_expired_holds, release_gateway_holds
+from moecloud.web.errors import APIError
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings, database: Database | None = None, *, launcher: Launcher | None = None) -> FastAPI:
+def create_app(settings: Settings, database: Database | None = None, *, launcher: Launcher | None = None,
+               ray_application: EngineApplication | None = None) -> FastAPI:
     """The gateway as an ASGI app. Opens (and migrates) the database unless one is given. Local replicas are
-    started by ``launcher`` (default: `moecloud worker` processes, or Ray Serve applications for a deployment
-    whose backend is ``ray``) unless ``scaling.manage_local_replicas`` is off.
+    started by ``launcher`` unless ``scaling.manage_local_replicas`` is off; by default, `moecloud worker`
+    processes, and for a deployment whose backend is ``ray`` Ray Serve applications built by ``ray_application``
+    (without it the ray backend is refused; ``moecloud.launch.platform_app`` hands it in).
     """
     database = database or Database.open(settings.database_url())
     secrets = load_secrets(settings)
@@ -50,6 +55,7 @@ def create_app(settings: Settings, database: Database | None = None, *, launcher
         log.warning("generated the admin key, kept in %s (mode 0600)", secrets.admin_key_path)
     if settings.scaling.manage_local_replicas and (reaped := WorkerRecords(worker_records_dir(settings)).reap()):
         log.warning("killed %d workers left running by a gateway that died", reaped)
+    launcher = launcher or _default_launcher(settings, ray_application)
     state = _build_state(settings, database, secrets, launcher)
     released = _release_holds_left_behind(database, settings.billing.gateway_name)
     if released:
@@ -80,7 +86,7 @@ def create_app(settings: Settings, database: Database | None = None, *, launcher
     app.include_router(inference.router)
     app.include_router(admin.router)
     app.include_router(prices.router)
-    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    app.add_middleware(count_requests, metrics=state.metrics)
     app.add_middleware(AccessLog)
 
     @app.get("/health")
@@ -95,42 +101,54 @@ def create_app(settings: Settings, database: Database | None = None, *, launcher
 
 
 def _build_state(
-    settings: Settings, database: Database, secrets: GatewaySecrets, launcher: Launcher | None
+    settings: Settings, database: Database, secrets: GatewaySecrets, launcher: Launcher
 ) -> GatewayState:
     dispatcher = Dispatcher(settings)
     wake = asyncio.Event()  # a replica came or went: the control loop hands out its capacity at once
     replicas = (
-        ReplicaSet(launcher or BackendLauncher({"process": WorkerLauncher(settings), "ray": RayLauncher(settings)}),
+        ReplicaSet(launcher,
                    on_change=wake.set, failures_to_replace=settings.routing.health_failures_to_replace)
         if settings.scaling.manage_local_replicas else None
     )
     catalog = Catalog(database, settings, local=replicas)
     metrics = GatewayMetrics(dispatcher, replicas.counts if replicas else dict)
     upstream = Upstream(settings.gateway)
+    autoscaler_admin = Admin(database, settings, secrets.audit_key, actor="autoscaler")
     control = ControlLoop(
-        settings=settings, catalog=catalog, dispatcher=dispatcher, upstream=upstream, metrics=metrics,
-        admin=Admin(database, settings, secrets.audit_key, actor="autoscaler"), replicas=replicas,
-        autoscaler=Autoscaler(settings.scaling), wake=wake,
+        settings=settings, catalog=catalog, traffic=dispatcher, health=upstream,
+        scale=lambda name, count, reason: autoscaler_admin.scale_deployment(name, ScaleIn(replicas=count),
+                                                                            reason=reason),
+        on_scaled=lambda name, direction, trigger: metrics.scale_events.labels(name, direction, trigger).inc(),
+        replicas=replicas, autoscaler=Autoscaler(settings.scaling), wake=wake,
     )
 
-    def on_retry(route: Route, error: GatewayError) -> None:
+    def on_retry(route: Route, error: APIError) -> None:
         log.warning("retrying a request that failed on %s before its first token: %s", route.replica, error)
         metrics.retries.labels(route.model, route.replica).inc()
         wake.set()  # a replica that failed may have died: reconcile (and replace it) now
 
+    limiter = RateLimiter()
     return GatewayState(
         settings=settings,
         database=database,
         secrets=secrets,
         authenticator=Authenticator(database, settings.gateway, default_priority=settings.admission.default_priority),
-        limiter=RateLimiter(),
+        limiter=limiter,
         catalog=catalog,
         upstream=upstream,
         dispatcher=dispatcher,
         failover=Failover(dispatcher, catalog, settings.routing, on_retry, replicas),
         metrics=metrics,
         control=control,
+        metering=Metering(settings.billing, database, limiter, dispatcher, upstream),
     )
+
+
+def _default_launcher(settings: Settings, ray_application: EngineApplication | None) -> Launcher:
+    launchers: dict[str, Launcher] = {"process": WorkerLauncher(settings)}
+    if ray_application is not None:
+        launchers["ray"] = RayLauncher(settings, ray_application)
+    return BackendLauncher(launchers)
 
 
 def _release_holds_left_behind(database: Database, gateway: str) -> int:

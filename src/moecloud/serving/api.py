@@ -8,17 +8,19 @@ from typing import TypeVar
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
 from moecloud.engine.failures import FAULT_STAGES
 from moecloud.serving import reports
 from moecloud.serving.chat import ChatRun
 from moecloud.serving.completions import CompletionRun
-from moecloud.serving.errors import ClientDisconnected, InvalidRequest, install_error_handlers
+from moecloud.serving.errors import ClientDisconnected
 from moecloud.serving.metrics import ServingMetrics
 from moecloud.serving.protocol import ChatCompletionRequest, CompletionRequest
 from moecloud.serving.sse import event_stream
 from moecloud.serving.state import ServingState, State
+from moecloud.web.errors import InvalidRequest, install_error_handlers
+from moecloud.web.metrics import RequestCounter
 
 T = TypeVar("T")
 router = APIRouter()
@@ -105,30 +107,14 @@ async def metrics(state: State) -> Response:
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-class _CountRequests:
-    """Counts finished HTTP requests by endpoint and status (pure ASGI, so streams and disconnects pass through)."""
+def _count_requests(app: ASGIApp, metrics: ServingMetrics) -> RequestCounter:
+    """Counts finished /v1 requests by endpoint and status."""
 
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
+    def finished(scope: Scope, status: int) -> None:
+        endpoint = scope["path"] if scope["path"] in _COUNTED_PATHS else "other"  # bounded label values
+        metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def send_and_note(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            endpoint = scope["path"] if scope["path"] in _COUNTED_PATHS else "other"  # bounded label values
-            self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+    return RequestCounter(app, counted=lambda path: path.startswith("/v1/"), finished=finished)
 
 
 def build_app(state: ServingState) -> FastAPI:
@@ -138,5 +124,5 @@ def build_app(state: ServingState) -> FastAPI:
     app.include_router(router)
     app.include_router(reports.router)
     install_error_handlers(app)
-    app.add_middleware(_CountRequests, metrics=state.metrics)
+    app.add_middleware(_count_requests, metrics=state.metrics)
     return app

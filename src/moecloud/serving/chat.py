@@ -6,11 +6,11 @@ import time
 from collections.abc import AsyncIterator
 
 from moecloud.engine import CompletionOutput
-from moecloud.serving.errors import InvalidRequest
 from moecloud.serving.generation import ChoiceCursor, Generation, resolve_max_tokens
 from moecloud.serving.logprobs import chat_logprobs
 from moecloud.serving.protocol import ChatCompletionRequest
 from moecloud.serving.state import ServingState, new_request_id
+from moecloud.web.errors import InvalidRequest
 
 
 class ChatRun:

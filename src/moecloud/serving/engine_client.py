@@ -21,14 +21,8 @@ from typing import Any, Protocol
 
 from moecloud.engine import EngineStats, LLMEngine, PromptTooLong, RequestOutput, SamplingParams
 from moecloud.engine.failures import FaultInjector, is_fatal
-from moecloud.serving.errors import (
-    ContextLengthExceeded,
-    EngineDead,
-    InvalidRequest,
-    QueueFull,
-    RequestFailed,
-    ServingError,
-)
+from moecloud.serving.errors import EngineDead, QueueFull, RequestFailed
+from moecloud.web.errors import APIError, ContextLengthExceeded, InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +36,7 @@ class RequestStream(AsyncIterator[RequestOutput]):
         self._on_close = on_close
         self._latest: RequestOutput | None = None
         self._ended = False
-        self._error: ServingError | None = None
+        self._error: APIError | None = None
         self._ready = asyncio.Event()
         self.finished = False
         self.aborted = False
@@ -55,7 +49,7 @@ class RequestStream(AsyncIterator[RequestOutput]):
         if output.finished:
             self.ended.set()
 
-    def end(self, error: ServingError | None = None) -> None:
+    def end(self, error: APIError | None = None) -> None:
         """End the stream early: with an error, or (None) as aborted; outputs already pushed are still read."""
         self._error = error
         self._ended = True
@@ -245,7 +239,7 @@ class ThreadEngineClient:
     def _add(self, stream: RequestStream, prompt: str | list[int], params: SamplingParams,
              accepted: asyncio.Future[None]) -> None:
         waiting = self._engine.num_waiting()
-        error: ServingError | None = None
+        error: APIError | None = None
         if waiting >= self._max_waiting:
             error = QueueFull(waiting)
         else:
@@ -297,7 +291,7 @@ class ThreadEngineClient:
             del self._streams[output.request_id]
             self._active -= 1
 
-    def _end(self, stream: RequestStream, error: ServingError | None) -> None:
+    def _end(self, stream: RequestStream, error: APIError | None) -> None:
         if self._streams.pop(stream.request_id, None) is not None:
             self._active -= 1
         _notify(stream.loop, stream.end, error)

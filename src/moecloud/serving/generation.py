@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from moecloud.engine import CompletionOutput, RequestOutput, SamplingParams
 from moecloud.serving.engine_client import EngineClient, RequestStream
-from moecloud.serving.errors import ContextLengthExceeded
 from moecloud.serving.metrics import ServingMetrics
+from moecloud.web.errors import ContextLengthExceeded
 
 
 def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: int, default: int) -> int:

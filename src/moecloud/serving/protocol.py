@@ -13,15 +13,11 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from moecloud.engine.sampling_params import SamplingParams
-from moecloud.serving.errors import InvalidRequest
+from moecloud.web.bounds import MAX_CHOICES, MAX_PROMPTS, MAX_STOP_LENGTH, MAX_STOP_SEQUENCES, MAX_STOP_TOKEN_IDS
+from moecloud.web.errors import InvalidRequest
 
 GREEDY_BELOW = 1e-5  # temperature below this is greedy: logits / 1e-45 overflow to inf, and softmax to NaN
 TOP_1_BELOW = 1e-5  # top_p below this keeps only the most likely token (5e-324 underflows float32 to 0)
-MAX_STOP_SEQUENCES = 16
-MAX_STOP_LENGTH = 1000  # characters
-MAX_STOP_TOKEN_IDS = 64
-MAX_PROMPTS = 256  # prompts in one /v1/completions request
-MAX_CHOICES = 64
 
 
 def _valid_unicode(text: str) -> str:

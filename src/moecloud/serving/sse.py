@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
-from moecloud.serving.errors import ServingError
 from moecloud.serving.generation import Generation
-from moecloud.web.errors import error_body
+from moecloud.web.errors import APIError, error_body
 
 DONE = "data: [DONE]\n\n"
 
@@ -22,7 +21,7 @@ async def event_stream(chunks: AsyncIterator[dict[str, object]], generation: Gen
     try:
         async for chunk in chunks:
             yield sse(chunk)
-    except ServingError as exc:
+    except APIError as exc:
         yield sse(error_body(exc.message, exc.type, exc.param, exc.code))
     finally:
         generation.close()

@@ -11,10 +11,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from moecloud.serving.engine_client import EngineClient
-from moecloud.serving.errors import InvalidRequest, ModelNotFound, ShuttingDown, UnsupportedParameter
+from moecloud.serving.errors import ShuttingDown
 from moecloud.serving.metrics import ServingMetrics
 from moecloud.serving.protocol import SamplingRequest
 from moecloud.serving.reports import UsageReports
+from moecloud.web.errors import InvalidRequest, ModelNotFound, UnsupportedParameter
 
 
 @dataclass
@@ -33,7 +34,7 @@ class ServingState:
         if self.draining:
             raise ShuttingDown()
         if body.model != self.served_model_name:
-            raise ModelNotFound(body.model)
+            raise ModelNotFound(f"The model '{body.model}' does not exist", param="model")
         body.check_token_ids(self.client.tokenizer.vocab_size)
         unsupported = body.unsupported_parameter()
         if unsupported is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,16 +28,15 @@ from moecloud.serving.api import build_app
 from moecloud.serving.engine_client import ThreadEngineClient
 from moecloud.serving.reports import UsageReports
 from moecloud.serving.state import ServingState
+from moecloud.web.net import free_port
 
 log = logging.getLogger(__name__)
 ENGINE_FAILED_EXIT_STATUS = 3
 
 
 def build_engine(model: str | Path, settings: Settings) -> LLMEngine:
-    # every engine setting is an EngineConfig field of the same name, except the two the worker itself uses
-    options = settings.engine.model_dump(exclude={"server_threads", "max_waiting_requests"})
     faults = FaultInjector() if settings.serving.fault_injection else None
-    return LLMEngine(EngineConfig(model=str(model), **options), faults=faults)
+    return LLMEngine(EngineConfig(model=str(model), **settings.engine.model_dump()), faults=faults)
 
 
 def start_engine_client(model: str | Path, settings: Settings,
@@ -160,12 +158,6 @@ def run_worker(model: str | Path, settings: Settings, host: str | None = None, p
     finally:
         client.shutdown()
     return ENGINE_FAILED_EXIT_STATUS if on_failure.failed else 0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -10,8 +10,9 @@ from sqlalchemy import BigInteger, DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-MONEY_QUANTUM = Decimal("0.000000001")
-_UNITS_PER_CURRENCY = 10**9
+from moecloud.pricing import MONEY_QUANTUM
+
+_UNITS_PER_CURRENCY = int(1 / MONEY_QUANTUM)  # 10**9
 
 
 def utcnow() -> datetime:

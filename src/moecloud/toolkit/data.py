@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from moecloud.engine.random_checkpoint import write_tokenizer
 from moecloud.engine.tokenizer import Tokenizer
+from moecloud.toolkit.checkpoint_files import write_tokenizer
 from moecloud.toolkit.tasks import Example, score
 
 IGNORE = -100

@@ -24,8 +24,7 @@ from typing import Any
 import httpx
 
 from moecloud.pricing import PriceSheet, TokenUsage
-from moecloud.toolkit.scoring import group_accuracy
-from moecloud.toolkit.tasks import Example, score
+from moecloud.toolkit.tasks import Example, group_accuracy, score
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from moecloud.engine.random_checkpoint import make_config, save_checkpoint
+from moecloud.toolkit.checkpoint_files import make_config, save_checkpoint
 
 # Shapes of the models this toolkit trains; any field can be overridden from a JSON file.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -56,7 +56,7 @@ def write_int8_checkpoint(src: str | Path, out: str | Path) -> Path:
     from moecloud.engine.model.deepseek import DeepseekForCausalLM
     from moecloud.engine.model.layers import quantize_rows_int8
     from moecloud.engine.model_config import INT8_LAYOUT, INT8_METHOD, load_model_config
-    from moecloud.engine.random_checkpoint import save_checkpoint
+    from moecloud.toolkit.checkpoint_files import save_checkpoint
 
     src, out = Path(src), Path(out)
     if src.resolve() == out.resolve():

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moecloud.toolkit.tasks import Example, score
+from moecloud.toolkit.tasks import Example, group_accuracy, score
 
 
 @dataclass
@@ -22,13 +22,6 @@ class EngineScore:
     @property
     def tokens_per_second(self) -> float:
         return self.output_tokens / self.seconds if self.seconds else 0.0
-
-
-def group_accuracy(examples: Sequence[Example], correct: Sequence[bool]) -> dict[str, float]:
-    groups: dict[str, list[bool]] = {}
-    for e, ok in zip(examples, correct, strict=True):
-        groups.setdefault(f"{e.task}/l{e.level}", []).append(ok)
-    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
 
 
 def engine_score(path: str | Path, examples: Sequence[Example], max_tokens: int = 24,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -84,6 +84,13 @@ _CAPITALS = {
 }
 _UNITS = {1: [("km", "m", 1000), ("kg", "g", 1000)], 2: [("m", "cm", 100), ("l", "ml", 1000)],
           3: [("h", "min", 60), ("min", "s", 60)]}
+
+
+def group_accuracy(examples: Sequence[Example], correct: Sequence[bool]) -> dict[str, float]:
+    groups: dict[str, list[bool]] = {}
+    for e, ok in zip(examples, correct, strict=True):
+        groups.setdefault(f"{e.task}/l{e.level}", []).append(ok)
+    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
 
 
 def _number(rng: random.Random, level: int) -> int:

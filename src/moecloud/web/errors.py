@@ -1,7 +1,8 @@
 """OpenAI's error shape, shared by the engine worker and the gateway: typed errors become
 ``{"error": {"message", "type", "param", "code"}}`` responses in one place per app.
 
-No torch and no store here: both HTTP layers import it.
+The errors both edges raise live here, once; each edge adds only its own (``serving.errors``,
+``gateway.errors``). No torch and no store here: both HTTP layers import it.
 """
 
 from __future__ import annotations
@@ -25,11 +26,55 @@ class APIError(Exception):
     type: str = "server_error"
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.headers = headers or {}
+
+
+class InvalidRequest(APIError):
+    status, type = 400, "invalid_request_error"
+
+
+class UnsupportedParameter(InvalidRequest):
+    code = "unsupported_parameter"
+
+    def __init__(self, param: str, detail: str = "is not supported by this server") -> None:
+        super().__init__(f"'{param}' {detail}", param=param)
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+    @classmethod
+    def for_request(
+        cls, prompt_tokens: int, max_model_len: int, max_tokens: int | None = None
+    ) -> ContextLengthExceeded:
+        if max_tokens is None:
+            return cls(
+                f"This model's maximum context length is {max_model_len} tokens, but the prompt has "
+                f"{prompt_tokens} tokens (at least one must be left to generate).",
+                param="prompt",
+            )
+        return cls(
+            f"This model's maximum context length is {max_model_len} tokens, but the prompt has "
+            f"{prompt_tokens} tokens and max_tokens is {max_tokens} ({prompt_tokens + max_tokens} "
+            "in all).",
+            param="max_tokens",
+        )
+
+
+class ResourceNotFound(APIError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class ModelNotFound(ResourceNotFound):
+    code = "model_not_found"
+
+
+class RateLimited(APIError):
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, object]:
@@ -67,12 +112,10 @@ def invalid_request(error: RequestValidationError) -> tuple[str, str | None]:
 
 
 def install_error_handlers(
-    app: FastAPI,
-    invalid: Callable[[str, str | None], APIError],
-    converters: dict[type[Exception], Callable[[Exception], APIError]] | None = None,
+    app: FastAPI, converters: dict[type[Exception], Callable[[Exception], APIError]] | None = None
 ) -> None:
     """Map every error to OpenAI's shape: typed errors by their status, ``converters`` for other typed
-    errors (e.g. the store's), validation errors through ``invalid`` as 400, anything else as a logged 500."""
+    errors (e.g. the store's), validation errors as 400 ``InvalidRequest``, anything else as a logged 500."""
 
     async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, APIError)
@@ -80,7 +123,7 @@ def install_error_handlers(
 
     async def on_validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return error_response(invalid(*invalid_request(exc)))
+        return error_response(InvalidRequest(*invalid_request(exc)))
 
     async def on_http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

@@ -10,12 +10,10 @@ from moecloud.config import Settings
 from moecloud.gateway.admin.schemas import DeploymentIn, KeyIn, ScaleIn, TenantIn
 from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.tenancy.auth import hash_key
-from moecloud.gateway.tenancy.credentials import read_secret, write_secret
+from moecloud.secret_files import SecretFiles, read_secret, write_secret
 from moecloud.store import Database
 from moecloud.store.errors import NotFound
 from moecloud.store.tenants import find_key_by_hash, get_tenant
-
-DEFAULT_KEY_FILE = "default_api_key"
 
 
 def deployment_name(model: str) -> str:
@@ -38,7 +36,7 @@ def ensure_local_deployment(admin: Admin, model: str, checkpoint: Path, replicas
 
 def ensure_default_key(admin: Admin, database: Database, settings: Settings) -> str:
     """The local convenience key of the default tenant: reused while it is valid, else minted anew."""
-    path = settings.home / "secrets" / DEFAULT_KEY_FILE
+    path = SecretFiles.of(settings).default_api_key
     key = read_secret(path)
     with database.read() as session:
         found = find_key_by_hash(session, hash_key(key)) if key else None

@@ -13,12 +13,14 @@ import json
 import logging
 import secrets
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from moecloud.gateway.admin.schemas import AliasIn, EvaluationIn, EvaluationOut, KeyIn, NewKeyOut
 from moecloud.gateway.admin.service import Admin
-from moecloud.gateway.api.deps import GatewayState
 from moecloud.gateway.errors import InvalidRequest, ResourceNotFound
+from moecloud.gateway.fleet.catalog import Catalog
+from moecloud.gateway.tenancy.auth import Authenticator
 from moecloud.pricing import PriceSheet
 from moecloud.store import Database, evaluations, tenants
 from moecloud.store.errors import StoreError
@@ -33,8 +35,17 @@ log = logging.getLogger(__name__)
 INTERRUPTED = "interrupted by a restart"
 
 
+@dataclass(frozen=True)
+class Gateway:
+    """What a run needs of the gateway it runs in: its store, and the caches its key and alias changes touch."""
+
+    database: Database
+    authenticator: Authenticator
+    catalog: Catalog
+
+
 def start_evaluation(
-    state: GatewayState, admin: Admin, spec: EvaluationIn, prices: dict[str, PriceSheet], root_url: str
+    state: Gateway, admin: Admin, spec: EvaluationIn, prices: dict[str, PriceSheet], root_url: str
 ) -> EvaluationOut:
     """Check the suite, mint the run's key, record the run and start it; ``root_url`` is this gateway's root.
 
@@ -106,7 +117,7 @@ def _examples(spec: EvaluationIn) -> list[Example]:
     return examples
 
 
-def _run(state: GatewayState, admin: Admin, public_id: str, spec: EvaluationIn, examples: list[Example],
+def _run(state: Gateway, admin: Admin, public_id: str, spec: EvaluationIn, examples: list[Example],
          prices: dict[str, PriceSheet], base_url: str, key: NewKeyOut) -> None:
     try:
         try:
@@ -121,7 +132,7 @@ def _run(state: GatewayState, admin: Admin, public_id: str, spec: EvaluationIn, 
         evaluations.finish_evaluation(session, public_id, now=utcnow(), **outcome)
 
 
-def _evaluate(state: GatewayState, admin: Admin, spec: EvaluationIn, examples: list[Example],
+def _evaluate(state: Gateway, admin: Admin, spec: EvaluationIn, examples: list[Example],
               prices: dict[str, PriceSheet], base_url: str, api_key: str) -> dict[str, Any]:
     results = evaluate(base_url, api_key, spec.models, examples, prices, state.catalog.default_price(),
                        spec.concurrency, spec.max_tokens)

@@ -6,13 +6,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-import anyio
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from moecloud.gateway.fleet.catalog import check_provider_url
-from moecloud.gateway.tenancy.credentials import PROVIDER_KEY_VARIABLE
-from moecloud.store import Database
-from moecloud.store.usage import usage_by_day
+from moecloud.gateway.fleet.provider_keys import PROVIDER_KEY_VARIABLE
 
 # Every integer is bounded: the store keeps them in 32-bit columns (PostgreSQL's integer; larger values
 # overflow SQLite too), and a bound with a meaning is tighter still.
@@ -277,12 +274,3 @@ class EvaluationOut(EvaluationIn):
 
 class CountOut(BaseModel):
     count: int
-
-
-async def usage_rows(database: Database, **filters: object) -> UsageOut:
-    def load() -> UsageOut:
-        with database.read() as session:
-            rows = usage_by_day(session, **filters)  # type: ignore[arg-type]
-        return UsageOut(data=[UsageRowOut(**vars(row)) for row in rows])
-
-    return await anyio.to_thread.run_sync(load)

@@ -166,10 +166,7 @@ class Admin:
     ) -> list[UsageRowOut]:
         with self._database.read() as session:
             tenant_id = tenants.get_tenant(session, tenant).id if tenant else None
-            rows = usage_by_day(
-                session, tenant_id=tenant_id, key_public_id=key, model=model, since=since, until=until
-            )
-        return [UsageRowOut(**vars(row)) for row in rows]
+        return usage_rows(self._database, tenant_id=tenant_id, key=key, model=model, since=since, until=until)
 
     def set_price(self, model: str, spec: PriceIn) -> PriceOut:
         with self._database.write() as session:
@@ -288,3 +285,11 @@ def _deployment_out(d: Deployment) -> DeploymentOut:
         api_key_env=d.api_key_env, cost_input=d.cost_input, cost_output=d.cost_output, created_at=d.created_at,
         ready_replicas=None, scale_events=[],
     )
+
+
+def usage_rows(database: Database, *, tenant_id: int | None = None, key: str | None = None, model: str | None = None,
+               since: date | None = None, until: date | None = None) -> list[UsageRowOut]:
+    """Usage per day, tenant, key and model: what the admin API, the CLI and a tenant's own ``/v1/usage`` show."""
+    with database.read() as session:
+        rows = usage_by_day(session, tenant_id=tenant_id, key_public_id=key, model=model, since=since, until=until)
+    return [UsageRowOut(**vars(row)) for row in rows]

@@ -6,6 +6,7 @@ they need the gateway's async catalog.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +35,7 @@ from moecloud.gateway.admin.schemas import (
     NewKeyOut,
     PriceIn,
     PriceOut,
+    ScaleEventOut,
     ScaleIn,
     TenantDeletedOut,
     TenantIn,
@@ -138,7 +140,7 @@ def list_deployments(admin: AdminOps, state: State) -> list[DeploymentOut]:
     return [
         deployment.model_copy(update={
             "ready_replicas": counts.get(deployment.name, (0, 0))[1] if deployment.kind == "local" else None,
-            "scale_events": list(control.events.get(deployment.name, ())),
+            "scale_events": [ScaleEventOut(**asdict(event)) for event in control.events.get(deployment.name, ())],
         })
         for deployment in admin.list_deployments()
     ]
@@ -208,7 +210,8 @@ async def start_evaluation(spec: EvaluationIn, admin: AdminOps, state: State) ->
     catalog = state.catalog
     prices = {model: await catalog.price(await catalog.resolve(model)) for model in spec.models}
     root_url = state.settings.gateway.own_url()
-    return await anyio.to_thread.run_sync(evaluations.start_evaluation, state, admin, spec, prices, root_url)
+    gateway = evaluations.Gateway(state.database, state.authenticator, state.catalog)
+    return await anyio.to_thread.run_sync(evaluations.start_evaluation, gateway, admin, spec, prices, root_url)
 
 
 @router.get("/evaluations")

@@ -14,6 +14,7 @@ from moecloud.gateway.fleet.control import ControlLoop
 from moecloud.gateway.tenancy.auth import Authenticator, Caller, bearer_token, is_admin
 from moecloud.gateway.tenancy.credentials import GatewaySecrets
 from moecloud.gateway.tenancy.limits import RateLimiter
+from moecloud.gateway.tenancy.metering import Metering
 from moecloud.gateway.traffic.admission import Dispatcher
 from moecloud.gateway.traffic.failover import Failover
 from moecloud.gateway.traffic.metrics import GatewayMetrics
@@ -34,6 +35,7 @@ class GatewayState:
     failover: Failover
     metrics: GatewayMetrics
     control: ControlLoop
+    metering: Metering
 
 
 def get_state(request: Request) -> GatewayState:

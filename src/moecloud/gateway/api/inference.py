@@ -9,12 +9,14 @@ from collections.abc import Awaitable, Callable
 from datetime import date
 from typing import Any, TypeVar
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from moecloud.config import AdmissionSettings
-from moecloud.gateway.admin.schemas import UsageOut, usage_rows
+from moecloud.gateway.admin.schemas import UsageOut
+from moecloud.gateway.admin.service import usage_rows
 from moecloud.gateway.api.deps import CallerDep, GatewayState, State
 from moecloud.gateway.api.validation import CHAT_BODY, COMPLETION_BODY, check_text, parse_body
 from moecloud.gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied, UpstreamFailed
@@ -25,10 +27,10 @@ from moecloud.gateway.traffic.admission import Ticket
 from moecloud.gateway.traffic.relay import StreamRelay
 from moecloud.gateway.traffic.router import affinity_key
 from moecloud.pricing import TokenUsage, measure_prompt
+from moecloud.web.bounds import MAX_CHOICES
 
 T = TypeVar("T")
 router = APIRouter()
-_MAX_CHOICES = 16
 DEADLINE_HEADER = "x-moecloud-deadline"
 
 
@@ -58,7 +60,9 @@ async def own_usage(
     caller: CallerDep, state: State, since: date | None = None, until: date | None = None, model: str | None = None
 ) -> UsageOut:
     """A tenant's own usage per day, key and model; the tenant is the key's, whatever the query says."""
-    return await usage_rows(state.database, tenant_id=caller.tenant_id, model=model, since=since, until=until)
+    rows = await anyio.to_thread.run_sync(lambda: usage_rows(state.database, tenant_id=caller.tenant_id, model=model,
+                                                             since=since, until=until))
+    return UsageOut(data=rows)
 
 
 async def _forward(request: Request, caller: Caller, state: GatewayState, path: str, *, prompt_field: str) -> Response:
@@ -79,11 +83,12 @@ async def _forward(request: Request, caller: Caller, state: GatewayState, path: 
     if max_tokens > billing.max_tokens_limit:
         raise InvalidRequest(f"'max_tokens' may be at most {billing.max_tokens_limit}", param="max_tokens")
     choices = _positive_int(body, "n") or 1
-    if choices > _MAX_CHOICES:
-        raise InvalidRequest(f"'n' may be at most {_MAX_CHOICES}", param="n")
+    if choices > MAX_CHOICES:
+        raise InvalidRequest(f"'n' may be at most {MAX_CHOICES}", param="n")
     prompt = measure_prompt(body)
     # the worst case: every prompt gets ``n`` choices of ``max_tokens`` each
-    meter = MeteredRequest(state, caller, model, price, prompt, completion_budget=max_tokens * choices * prompt.prompts)
+    meter = MeteredRequest(state.metering, caller, model, price, prompt,
+                           completion_budget=max_tokens * choices * prompt.prompts)
     request.state.meter = meter
     upstream_body = {**body, "max_tokens": max_tokens}
     upstream_body.pop("max_completion_tokens", None)

@@ -22,8 +22,9 @@ import anyio
 
 from moecloud.config import Settings
 from moecloud.gateway.errors import ModelNotFound
-from moecloud.gateway.tenancy.credentials import provider_key, provider_key_file, provider_key_name
+from moecloud.gateway.fleet.provider_keys import provider_key, provider_key_name
 from moecloud.pricing import PriceSheet
+from moecloud.secret_files import SecretFiles
 from moecloud.store import Database
 from moecloud.store.catalog import list_aliases, list_deployments, list_prices
 from moecloud.store.tables import Deployment
@@ -140,9 +141,7 @@ class Catalog:
 
     def default_price(self) -> PriceSheet:
         """What a deployed model without a price row costs."""
-        billing = self._settings.billing
-        return PriceSheet(billing.default_input_miss_price, billing.default_input_hit_price,
-                          billing.default_output_price)
+        return PriceSheet.default(self._settings.billing)
 
     def _load(self) -> _Snapshot:
         with self._database.read() as session:
@@ -179,7 +178,7 @@ class Catalog:
                             "with api_key_env MOECLOUD_PROVIDER_KEY_<NAME>", row.name, row.api_key_env)
             else:
                 log.warning("deployment %r: neither %s nor %s is set: no key is sent", row.name, row.api_key_env,
-                            provider_key_file(self._settings, name))
+                            SecretFiles.of(self._settings).provider_key(name))
         return key
 
 

@@ -9,37 +9,62 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
 
 import anyio
 
 from moecloud.config import Settings
-from moecloud.gateway.admin.schemas import ScaleEventOut, ScaleIn
-from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.fleet.autoscale import Autoscaler, Load, ScaleDecision
-from moecloud.gateway.fleet.catalog import Catalog, DeploymentSpec
+from moecloud.gateway.fleet.catalog import Catalog, DeploymentSpec, Route
 from moecloud.gateway.fleet.replicas import ReplicaSet
-from moecloud.gateway.traffic.admission import Dispatcher
-from moecloud.gateway.traffic.metrics import GatewayMetrics
-from moecloud.gateway.traffic.upstream import Upstream
 from moecloud.store.types import utcnow
 
 log = logging.getLogger(__name__)
 _EVENTS_KEPT = 20
 
 
+class Circuit(Protocol):
+    def trip(self, now: float) -> None: ...
+
+
+class Traffic(Protocol):
+    """What the loop reads of the traffic it serves and hands freed capacity to (the admission dispatcher)."""
+
+    def clock(self) -> float: ...
+    def queued(self, model: str) -> tuple[int, float]: ...
+    def in_flight(self, replica: str) -> int: ...
+    def pump(self, model: str, routes: list[Route]) -> None: ...
+    def breaker(self, replica: str) -> Circuit: ...
+
+
+class HealthProbe(Protocol):
+    async def healthy(self, url: str, timeout: float, api_key: str | None = None) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ScaleEvent:
+    at: datetime
+    replicas_from: int
+    replicas_to: int
+    reason: str
+
+
 @dataclass
 class ControlLoop:
     settings: Settings
     catalog: Catalog
-    dispatcher: Dispatcher
-    upstream: Upstream
-    metrics: GatewayMetrics
-    admin: Admin  # acts as "autoscaler" in the audit log
+    traffic: Traffic
+    health: HealthProbe
+    # records a new replica count in the store (the audit log names the autoscaler): (deployment, replicas, reason)
+    scale: Callable[[str, int, str], None]
+    on_scaled: Callable[[str, str, str], None]  # (deployment, "up" | "down", trigger): counted in /metrics
     replicas: ReplicaSet | None
     autoscaler: Autoscaler
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # set: tick now rather than at the next beat
-    events: dict[str, deque[ScaleEventOut]] = field(default_factory=dict)
+    events: dict[str, deque[ScaleEvent]] = field(default_factory=dict)
     _last_health: float = float("-inf")
 
     async def run_forever(self) -> None:
@@ -53,7 +78,7 @@ class ControlLoop:
             self.wake.clear()
 
     async def tick(self) -> None:
-        now = self.dispatcher.clock()
+        now = self.traffic.clock()
         specs = await self.catalog.deployments()
         if self.replicas is not None:
             self.replicas.reconcile(specs)
@@ -69,28 +94,28 @@ class ControlLoop:
 
     async def pump_all(self) -> None:
         for model in await self.catalog.models():
-            self.dispatcher.pump(model, await self.catalog.routes(model))
+            self.traffic.pump(model, await self.catalog.routes(model))
 
     async def check_health(self) -> None:
         timeout = self.settings.routing.health_timeout_seconds
         remote = [spec for spec in await self.catalog.deployments() if spec.kind != "local" and spec.base_url]
         local = self.replicas.all_ready() if self.replicas is not None else []
         results = await asyncio.gather(
-            *(self.upstream.healthy(f"{spec.base_url}/models", timeout, spec.api_key) for spec in remote),
-            *(self.upstream.healthy(replica.health_url, timeout) for replica in local),
+            *(self.health.healthy(f"{spec.base_url}/models", timeout, spec.api_key) for spec in remote),
+            *(self.health.healthy(replica.health_url, timeout) for replica in local),
         )
         checked = [spec.name for spec in remote] + [replica.id for replica in local]
         for replica_id, healthy in zip(checked, results, strict=True):
             if not healthy:
                 log.warning("health check of %s failed; its circuit opens", replica_id)
-                self.dispatcher.breaker(replica_id).trip(self.dispatcher.clock())
+                self.traffic.breaker(replica_id).trip(self.traffic.clock())
         if self.replicas is not None:
             for replica, healthy in zip(local, results[len(remote):], strict=True):
                 self.replicas.record_health(replica.id, healthy)
 
     def _load(self, spec: DeploymentSpec) -> Load:
-        queued, oldest = self.dispatcher.queued(spec.model)
-        in_flight = sum(self.dispatcher.in_flight(replica) for replica, _url in self._ready(spec.name))
+        queued, oldest = self.traffic.queued(spec.model)
+        in_flight = sum(self.traffic.in_flight(replica) for replica, _url in self._ready(spec.name))
         return Load(queued, oldest, in_flight, self.replicas.starting(spec.name) if self.replicas else 0)
 
     def _ready(self, deployment: str) -> list[tuple[str, str]]:
@@ -98,13 +123,10 @@ class ControlLoop:
 
     async def _scale(self, spec: DeploymentSpec, decision: ScaleDecision) -> None:
         log.info("scaling %s from %d to %d replicas: %s", spec.name, spec.replicas, decision.replicas, decision.reason)
-        await anyio.to_thread.run_sync(
-            lambda: self.admin.scale_deployment(spec.name, ScaleIn(replicas=decision.replicas), reason=decision.reason)
-        )
-        direction = "up" if decision.replicas > spec.replicas else "down"
-        self.metrics.scale_events.labels(spec.name, direction, decision.trigger).inc()
+        await anyio.to_thread.run_sync(self.scale, spec.name, decision.replicas, decision.reason)
+        self.on_scaled(spec.name, "up" if decision.replicas > spec.replicas else "down", decision.trigger)
         kept = self.events.setdefault(spec.name, deque(maxlen=_EVENTS_KEPT))
-        kept.appendleft(ScaleEventOut(at=utcnow(), replicas_from=spec.replicas, replicas_to=decision.replicas,
+        kept.appendleft(ScaleEvent(at=utcnow(), replicas_from=spec.replicas, replicas_to=decision.replicas,
                                       reason=decision.reason))
         self.catalog.forget()
         if self.replicas is not None:

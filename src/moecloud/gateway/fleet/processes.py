@@ -15,17 +15,15 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
-from moecloud.config import Settings
+from moecloud.config import Settings, settings_for_child
 from moecloud.gateway.fleet.catalog import DeploymentSpec
 from moecloud.gateway.fleet.replicas import LaunchFailed, Replica
+from moecloud.web.net import free_port, wait_healthy
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -33,7 +31,7 @@ _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 class WorkerLauncher:
     def __init__(self, settings: Settings, host: str = "127.0.0.1") -> None:
-        self._settings = settings.scaling
+        self._settings = settings
         self._host = host
         self.records = WorkerRecords(worker_records_dir(settings))
 
@@ -41,14 +39,14 @@ class WorkerLauncher:
         if not spec.checkpoint:
             raise LaunchFailed(f"local deployment {spec.name!r} has no checkpoint")
         port = free_port(self._host)
-        argv = worker_command(spec.checkpoint, self._host, port, spec.upstream_model)
+        argv = worker_command(spec.checkpoint, self._host, port, spec.upstream_model, self._settings)
         # Forked here, on the event loop's thread, which lives as long as the gateway: the parent-death signal
         # fires when the forking *thread* ends, so a pool thread (asyncio.to_thread) would kill the worker early.
         process = subprocess.Popen(argv, process_group=0, preexec_fn=die_with_parent())
         self.records.add(process.pid, argv)
         replica = Replica(replica_id, f"http://{self._host}:{port}/v1", process)
         try:
-            await wait_healthy(replica.health_url, self._settings.cold_start_timeout_seconds,
+            await wait_healthy(replica.health_url, self._settings.scaling.cold_start_timeout_seconds,
                                lambda: _exit_status(process))
         except BaseException:
             await self.stop(replica, drain=False)
@@ -62,7 +60,7 @@ class WorkerLauncher:
         if drain:
             process.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(process.wait, self._settings.stop_grace_seconds)
+                await asyncio.to_thread(process.wait, self._settings.scaling.stop_grace_seconds)
         kill_group(process.pid)
         await asyncio.to_thread(process.wait)
         self.records.remove(process.pid)
@@ -166,33 +164,13 @@ def _is_worker(argv: list[str]) -> bool:
     return argv[1:4] == ["-m", "moecloud.cli", "worker"]
 
 
-async def wait_healthy(url: str, timeout: float, failed: Callable[[], str | None]) -> None:
-    """Poll ``url`` until it answers 200; ``failed`` says why waiting is pointless (the replica is gone), or None."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    async with httpx.AsyncClient(timeout=2.0) as client:
-        while loop.time() < deadline:
-            if (reason := failed()) is not None:
-                raise LaunchFailed(reason)
-            try:
-                if (await client.get(url)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.25)
-    raise LaunchFailed(f"{url} was not healthy within {timeout:.0f}s")
-
-
 def _exit_status(process: subprocess.Popen[bytes]) -> str | None:
     return None if process.poll() is None else f"the worker exited with status {process.returncode}"
 
 
-def worker_command(checkpoint: str, host: str, port: int, served_model_name: str) -> list[str]:
+def worker_command(checkpoint: str, host: str, port: int, served_model_name: str, settings: Settings) -> list[str]:
+    """`moecloud worker` with its parent's settings handed down on the command line: the child does not read
+    the environment again, so what the parent was told (a test's overrides included) is what the worker runs."""
     return [sys.executable, "-m", "moecloud.cli", "worker", "--model", checkpoint, "--host", host,
-            "--port", str(port), "--served-model-name", served_model_name]
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+            "--port", str(port), "--served-model-name", served_model_name,
+            "--settings-json", settings_for_child(settings)]

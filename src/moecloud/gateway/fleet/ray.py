@@ -22,19 +22,28 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from moecloud.config import Settings
 from moecloud.gateway.fleet.catalog import DeploymentSpec
-from moecloud.gateway.fleet.processes import wait_healthy
 from moecloud.gateway.fleet.replicas import LaunchFailed, Replica
+from moecloud.web.net import wait_healthy
 
 log = logging.getLogger(__name__)
 
 
+class EngineApplication(Protocol):
+    """Builds the Ray Serve application of one engine replica (serving's ``engine_application``, handed in by
+    ``moecloud.launch``: the gateway itself never imports serving)."""
+
+    def __call__(self, checkpoint: str, served_model_name: str, settings: Settings, *, cpus: float,
+                 max_ongoing_requests: int) -> Any: ...
+
+
 class RayLauncher:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, application: EngineApplication) -> None:
         self._settings = settings
+        self._application = application
         self._serve: Any = None  # the ray.serve module, once Ray and Serve are up
         self._connecting = asyncio.Lock()
         self._own_ray = False  # this launcher started the local Ray instance (so it stops it)
@@ -43,11 +52,9 @@ class RayLauncher:
         if not spec.checkpoint:
             raise LaunchFailed(f"local deployment {spec.name!r} has no checkpoint")
         serve = await self._connect()
-        from moecloud.serving.ray_replica import engine_application
-
         name = application_name(replica_id)
-        application = engine_application(
-            spec.checkpoint, spec.upstream_model, self._settings.engine, self._settings.serving,
+        application = self._application(
+            spec.checkpoint, spec.upstream_model, self._settings,
             cpus=self._settings.ray.replica_cpus, max_ongoing_requests=spec.max_concurrency,
         )
         proxy = f"http://{self._settings.ray.http_host}:{self._settings.ray.http_port}/{name}"
@@ -56,7 +63,7 @@ class RayLauncher:
         try:
             await asyncio.wait_for(asyncio.to_thread(serve.run, application, name=name, route_prefix=f"/{name}"),
                                    timeout)
-            await wait_healthy(proxy + "/health", timeout, lambda: None)  # the proxy learns the route a bit later
+            await wait_healthy(proxy + "/health", timeout)  # the proxy learns the route a bit later
         except BaseException:
             await self.stop(replica)
             raise

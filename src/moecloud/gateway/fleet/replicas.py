@@ -61,7 +61,8 @@ class BackendLauncher:
 
     async def start(self, spec: DeploymentSpec, replica_id: str) -> Replica:
         if spec.backend not in self._launchers:
-            raise LaunchFailed(f"deployment {spec.name!r} has an unknown backend {spec.backend!r}")
+            raise LaunchFailed(f"deployment {spec.name!r} has backend {spec.backend!r}, which this gateway was not "
+                               f"started with (it has: {', '.join(sorted(self._launchers))})")
         return replace(await self._launchers[spec.backend].start(spec, replica_id), backend=spec.backend)
 
     async def stop(self, replica: Replica, *, drain: bool = True) -> None:

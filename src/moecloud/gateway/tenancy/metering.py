@@ -17,12 +17,14 @@ from types import TracebackType
 
 import anyio
 
-from moecloud.gateway.api.deps import GatewayState
+from moecloud.config import BillingSettings
 from moecloud.gateway.fleet.catalog import Route
 from moecloud.gateway.tenancy.auth import Caller
-from moecloud.gateway.tenancy.limits import Admission
-from moecloud.gateway.traffic.admission import Lease
+from moecloud.gateway.tenancy.limits import Admission, RateLimiter
+from moecloud.gateway.traffic.admission import Dispatcher, Lease
+from moecloud.gateway.traffic.upstream import Upstream
 from moecloud.pricing import PriceSheet, PromptSize, TokenUsage
+from moecloud.store import Database
 from moecloud.store.ledger import RequestOutcome, finish_request, place_hold, renew_hold
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,17 @@ def new_request_id() -> str:
 
 class ClientGone(Exception):
     """The client hung up before its answer was ready: the request ends as cancelled, with nothing to send."""
+
+
+@dataclass(frozen=True)
+class Metering:
+    """What every metered request of a gateway shares."""
+
+    billing: BillingSettings
+    database: Database
+    limiter: RateLimiter
+    dispatcher: Dispatcher  # whose replica leases a request gives back
+    upstream: Upstream  # which asks a worker what it produced for a request
 
 
 @dataclass(eq=False)
@@ -49,7 +62,7 @@ class MeteredRequest:
     aborted requests included), else estimated.
     """
 
-    state: GatewayState
+    metering: Metering
     caller: Caller
     model: str
     price: PriceSheet
@@ -69,8 +82,9 @@ class MeteredRequest:
     _finished: bool = False
 
     async def __aenter__(self) -> MeteredRequest:
-        billing = self.state.settings.billing
-        self._admission = self.state.limiter.admit(self.caller, self.estimated_prompt_tokens() + self.completion_budget)
+        billing = self.metering.billing
+        self._admission = self.metering.limiter.admit(self.caller,
+                                                      self.estimated_prompt_tokens() + self.completion_budget)
         self.headers = {"x-request-id": self.request_id, **self._admission.headers}
         worst = self.price.worst_case(
             self.prompt.tokens(billing.hold_bytes_per_token, billing.message_overhead_tokens), self.completion_budget
@@ -78,7 +92,7 @@ class MeteredRequest:
         ttl = timedelta(seconds=billing.hold_ttl_seconds)
 
         def hold() -> None:
-            with self.state.database.write() as session:
+            with self.metering.database.write() as session:
                 place_hold(session, self.caller.tenant_id, self.request_id, worst, ttl=ttl,
                            gateway=billing.gateway_name)
 
@@ -117,7 +131,7 @@ class MeteredRequest:
         self.usage, self.status = usage, status
 
     def estimated_prompt_tokens(self) -> int:
-        billing = self.state.settings.billing
+        billing = self.metering.billing
         return self.prompt.tokens(billing.estimate_bytes_per_token, billing.message_overhead_tokens)
 
     def estimated_usage(self, completion_tokens: int) -> TokenUsage:
@@ -129,7 +143,7 @@ class MeteredRequest:
         """A hold lives as long as its request: pushed forward every third of its lifetime."""
 
         def renew() -> None:
-            with self.state.database.write() as session:
+            with self.metering.database.write() as session:
                 renew_hold(session, self.request_id, ttl=ttl)
 
         while True:
@@ -148,11 +162,11 @@ class MeteredRequest:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewal
         if self.lease is not None:
-            self.state.dispatcher.release(self.lease, ok=status != "error")
+            self.metering.dispatcher.release(self.lease, ok=status != "error")
         usage = self.usage
         if usage is None and self.route is not None and (self.lease is not None or status == "cancelled"):
-            reported = await self.state.upstream.final_usage(
-                self.route, self.request_id, self.state.settings.billing.usage_report_timeout_seconds
+            reported = await self.metering.upstream.final_usage(
+                self.route, self.request_id, self.metering.billing.usage_report_timeout_seconds
             )
             usage = TokenUsage.from_openai(reported) or self.estimated_usage(self.counted_tokens)
         self.usage = usage = usage or TokenUsage(0, 0, 0)
@@ -177,7 +191,7 @@ class MeteredRequest:
         )
 
         def settle() -> None:
-            with self.state.database.write() as session:
+            with self.metering.database.write() as session:
                 finish_request(session, outcome)
 
         assert self._admission is not None

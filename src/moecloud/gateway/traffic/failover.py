@@ -15,7 +15,6 @@ from typing import TypeVar
 
 from moecloud.config import RoutingSettings
 from moecloud.gateway.errors import (
-    GatewayError,
     ModelUnavailable,
     RateLimited,
     UpstreamFailed,
@@ -26,6 +25,7 @@ from moecloud.gateway.fleet.catalog import Catalog, Route
 from moecloud.gateway.fleet.replicas import ReplicaSet
 from moecloud.gateway.traffic.admission import RETRY_TIER, Dispatcher, Lease, Ticket
 from moecloud.gateway.traffic.breaker import Circuit
+from moecloud.web.errors import APIError
 
 T = TypeVar("T")
 _RETRYABLE = (UpstreamUnavailable, UpstreamFailed, UpstreamTimeout, RateLimited)
@@ -33,7 +33,7 @@ _RETRYABLE = (UpstreamUnavailable, UpstreamFailed, UpstreamTimeout, RateLimited)
 
 class Failover:
     def __init__(self, dispatcher: Dispatcher, catalog: Catalog, settings: RoutingSettings,
-                 on_retry: Callable[[Route, GatewayError], None], replicas: ReplicaSet | None = None) -> None:
+                 on_retry: Callable[[Route, APIError], None], replicas: ReplicaSet | None = None) -> None:
         self._dispatcher = dispatcher
         self._catalog = catalog
         self._settings = settings
@@ -42,7 +42,7 @@ class Failover:
 
     async def first_answer(self, ticket: Ticket, attempt: Callable[[Route], Awaitable[T]]) -> tuple[Lease, T]:
         """The lease (still held: the caller releases it once the answer is delivered) and the answer."""
-        last_error: GatewayError | None = None
+        last_error: APIError | None = None
         for _ in range(self._settings.max_attempts):
             routes = await self._catalog.routes(ticket.model)
             may_grow = await self._catalog.may_grow(ticket.model)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
 from moecloud.gateway.traffic.admission import Dispatcher
 from moecloud.gateway.traffic.breaker import Circuit
+from moecloud.web.metrics import RequestCounter
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -69,32 +69,13 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
-class RequestMetrics:
-    """ASGI middleware counting /v1 completions by model and status, timed to the response's first byte.
-    (Pure ASGI, so streamed responses and disconnect handling pass through untouched.)"""
-
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
-        self._app = app
-        self._metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].endswith("completions"):
-            await self._app(scope, receive, send)
-            return
-        started = time.monotonic()
-        status = 500
-
-        async def send_and_measure(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                self._metrics.latency.labels(_model(scope)).observe(time.monotonic() - started)
-            await send(message)
-
-        try:
-            await self._app(scope, receive, send_and_measure)
-        finally:
-            self._metrics.requests.labels(_model(scope), str(status)).inc()
+def count_requests(app: ASGIApp, metrics: GatewayMetrics) -> RequestCounter:
+    """Middleware counting /v1 completions by model and status, timed to the response's first byte."""
+    return RequestCounter(
+        app, counted=lambda path: path.endswith("completions"),
+        first_byte=lambda scope, seconds: metrics.latency.labels(_model(scope)).observe(seconds),
+        finished=lambda scope, status: metrics.requests.labels(_model(scope), str(status)).inc(),
+    )
 
 
 def _model(scope: Scope) -> str:

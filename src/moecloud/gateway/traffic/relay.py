@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx
@@ -18,15 +18,24 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from moecloud.gateway.fleet.catalog import Route
-from moecloud.gateway.tenancy.metering import MeteredRequest
 from moecloud.pricing import TokenUsage
 from moecloud.web.errors import error_body
+
+
+class StreamMeter(Protocol):
+    """What the relay tells the request's meter (``tenancy.metering.MeteredRequest``)."""
+
+    status: str | None
+    usage: TokenUsage | None
+    counted_tokens: int
+
+    async def end(self, status: str) -> None: ...
 
 
 class StreamRelay:
     """Owns the upstream response: ``close`` ends it (which aborts the request at a worker that still runs it)."""
 
-    def __init__(self, upstream: httpx.Response, meter: MeteredRequest, route: Route, *,
+    def __init__(self, upstream: httpx.Response, meter: StreamMeter, route: Route, *,
                  client_wants_usage: bool) -> None:
         self._upstream = upstream
         self._meter = meter

@@ -10,7 +10,6 @@ import httpx
 
 from moecloud.config import GatewaySettings
 from moecloud.gateway.errors import (
-    GatewayError,
     InvalidRequest,
     RateLimited,
     UpstreamFailed,
@@ -18,6 +17,7 @@ from moecloud.gateway.errors import (
     UpstreamUnavailable,
 )
 from moecloud.gateway.fleet.catalog import Route
+from moecloud.web.errors import APIError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Upstream:
         await self._client.aclose()
 
 
-def _failed(kind: type[GatewayError], route: Route, request_id: str, detail: str) -> GatewayError:
+def _failed(kind: type[APIError], route: Route, request_id: str, detail: str) -> APIError:
     """What the tenant is told of an upstream failure: its kind and the request id; the detail (a worker's
     exception text, an address) goes to the operator's log only."""
     log.warning("request %s: deployment %r (%s) %s", request_id, route.deployment, route.replica, detail)
@@ -100,7 +100,7 @@ def _failed(kind: type[GatewayError], route: Route, request_id: str, detail: str
     return kind(f"the model's server {reason}; request id {request_id}", headers={"x-request-id": request_id})
 
 
-def _refusal(route: Route, response: httpx.Response, request_id: str) -> GatewayError:
+def _refusal(route: Route, response: httpx.Response, request_id: str) -> APIError:
     message = _upstream_message(response)
     if response.status_code == 429:
         return RateLimited(

@@ -1,9 +1,7 @@
-"""Random DeepSeek checkpoints in the real Hugging Face layout, for tests, benchmarks and the set-up default.
-
-Nothing is downloaded: a small byte-level BPE tokenizer is trained here on built-in text, and weights are
-drawn from a seeded generator. The files are exactly what a hub checkpoint holds (config.json,
-safetensors shards with an index, tokenizer.json, tokenizer_config.json with a chat template), so they go
-through the real loader.
+"""Checkpoints in the real Hugging Face layout, written by the toolkit (training, distillation, int8) and by the
+test and benchmark fixtures: config.json, safetensors shards with their index, and a byte-level BPE tokenizer
+(tokenizer.json, tokenizer_config.json with the DeepSeek chat template) trained on built-in text. Nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -259,78 +257,6 @@ def make_config(variant: str = "v2-lite", **overrides: Any) -> dict[str, Any]:
     return config
 
 
-def random_state_dict(config: dict[str, Any], seed: int = 0) -> dict[str, torch.Tensor]:
-    """fp32 tensors named and shaped as in the published DeepSeek checkpoints."""
-    gen = torch.Generator().manual_seed(seed)
-    h, heads = config["hidden_size"], config["num_attention_heads"]
-    nope, rope, v = config["qk_nope_head_dim"], config["qk_rope_head_dim"], config["v_head_dim"]
-    lora, q_lora = config["kv_lora_rank"], config.get("q_lora_rank")
-
-    def linear(out: int, inp: int) -> torch.Tensor:
-        return torch.randn(out, inp, generator=gen) / math.sqrt(inp)
-
-    def norm(dim: int) -> torch.Tensor:
-        return 1.0 + 0.1 * torch.randn(dim, generator=gen)
-
-    def mlp(prefix: str, inter: int) -> dict[str, torch.Tensor]:
-        return {
-            f"{prefix}.gate_proj.weight": linear(inter, h),
-            f"{prefix}.up_proj.weight": linear(inter, h),
-            f"{prefix}.down_proj.weight": linear(h, inter),
-        }
-
-    sd = {
-        "model.embed_tokens.weight": torch.randn(config["vocab_size"], h, generator=gen),
-        "model.norm.weight": norm(h),
-    }
-    if not config.get("tie_word_embeddings"):
-        sd["lm_head.weight"] = linear(config["vocab_size"], h)
-    for i in range(config["num_hidden_layers"]):
-        p = f"model.layers.{i}"
-        sd[f"{p}.input_layernorm.weight"] = norm(h)
-        sd[f"{p}.post_attention_layernorm.weight"] = norm(h)
-        a = f"{p}.self_attn"
-        if q_lora is None:
-            sd[f"{a}.q_proj.weight"] = linear(heads * (nope + rope), h)
-        else:
-            sd[f"{a}.q_a_proj.weight"] = linear(q_lora, h)
-            sd[f"{a}.q_a_layernorm.weight"] = norm(q_lora)
-            sd[f"{a}.q_b_proj.weight"] = linear(heads * (nope + rope), q_lora)
-        sd[f"{a}.kv_a_proj_with_mqa.weight"] = linear(lora + rope, h)
-        sd[f"{a}.kv_a_layernorm.weight"] = norm(lora)
-        sd[f"{a}.kv_b_proj.weight"] = linear(heads * (nope + v), lora)
-        sd[f"{a}.o_proj.weight"] = linear(h, heads * v)
-        n_experts = config.get("n_routed_experts")
-        is_moe = n_experts and i >= config["first_k_dense_replace"] and i % config["moe_layer_freq"] == 0
-        if not is_moe:
-            sd.update(mlp(f"{p}.mlp", config["intermediate_size"]))
-            continue
-        sd[f"{p}.mlp.gate.weight"] = torch.randn(n_experts, h, generator=gen) / math.sqrt(h)
-        if config["topk_method"] == "noaux_tc":
-            sd[f"{p}.mlp.gate.e_score_correction_bias"] = 0.05 * torch.randn(n_experts, generator=gen)
-        for e in range(n_experts):
-            sd.update(mlp(f"{p}.mlp.experts.{e}", config["moe_intermediate_size"]))
-        if config.get("n_shared_experts"):
-            sd.update(mlp(f"{p}.mlp.shared_experts", config["moe_intermediate_size"] * config["n_shared_experts"]))
-    return sd
-
-
-def quantize_fp8_blocks(weight: torch.Tensor, block: tuple[int, int] = (128, 128)) -> tuple[torch.Tensor, torch.Tensor]:
-    """fp32 [out, in] -> (float8_e4m3fn weight, fp32 weight_scale_inv per block), as DeepSeek-V3 ships them."""
-    rows, cols = weight.shape
-    br, bc = math.ceil(rows / block[0]), math.ceil(cols / block[1])
-    padded = torch.zeros(br * block[0], bc * block[1])
-    padded[:rows, :cols] = weight
-    tiles = padded.view(br, block[0], bc, block[1])
-    scale = tiles.abs().amax(dim=(1, 3)).clamp(min=1e-12) / torch.finfo(torch.float8_e4m3fn).max
-    q = (tiles / scale[:, None, :, None]).to(torch.float8_e4m3fn).view(br * block[0], bc * block[1])
-    return q[:rows, :cols].contiguous(), scale
-
-
-def _fp8_eligible(name: str) -> bool:
-    return name.endswith("proj.weight") or name.endswith("proj_with_mqa.weight")
-
-
 def save_checkpoint(out_dir: Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], shards: int = 1) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2))
@@ -349,55 +275,3 @@ def save_checkpoint(out_dir: Path, config: dict[str, Any], tensors: dict[str, to
     (out_dir / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
     )
-
-
-def write_random_checkpoint(
-    out_dir: str | Path,
-    variant: str = "v2-lite",
-    seed: int = 0,
-    shards: int = 1,
-    dtype: torch.dtype = torch.float32,
-    fp8_block: tuple[int, int] | None = None,
-    tokenizer_vocab: int = 512,
-    **overrides: Any,
-) -> Path:
-    """Write a random checkpoint; with ``fp8_block`` the projections are stored FP8 block-scaled.
-
-    Returns ``out_dir``. With fp8, the dequantized twin of each weight is what the model really holds.
-    """
-    out = Path(out_dir)
-    vocab = write_tokenizer(out, tokenizer_vocab)
-    config = make_config(variant, vocab_size=overrides.pop("vocab_size", vocab), **overrides)
-    config["torch_dtype"] = str(dtype).removeprefix("torch.")
-    tensors = {n: t.to(dtype) for n, t in random_state_dict(config, seed).items()}
-    if fp8_block is not None:
-        config["quantization_config"] = {
-            "quant_method": "fp8",
-            "fmt": "e4m3",
-            "activation_scheme": "dynamic",
-            "weight_block_size": list(fp8_block),
-        }
-        for name in [n for n in tensors if _fp8_eligible(n)]:
-            tensors[name], tensors[name + "_scale_inv"] = quantize_fp8_blocks(tensors[name].float(), fp8_block)
-    save_checkpoint(out, config, tensors, shards)
-    return out
-
-
-def dequantized_twin(fp8_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the fp32 checkpoint whose weights equal the FP8 checkpoint's dequantized weights."""
-    from moecloud.engine.loader import checkpoint_files, dequantize_fp8, iter_tensors
-
-    src, out = Path(fp8_dir), Path(out_dir)
-    config = json.loads((src / "config.json").read_text())
-    block = tuple(config.pop("quantization_config")["weight_block_size"])
-    tensors = dict(iter_tensors(checkpoint_files(src)))
-    twin = {
-        n: (dequantize_fp8(t, tensors[n + "_scale_inv"], block) if t.dtype == torch.float8_e4m3fn else t.float())
-        for n, t in tensors.items()
-        if not n.endswith("_scale_inv")
-    }
-    config["torch_dtype"] = "float32"
-    save_checkpoint(out, config, twin)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (out / name).write_bytes((src / name).read_bytes())
-    return out
