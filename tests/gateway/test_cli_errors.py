@@ -52,7 +52,7 @@ def cli(tmp_path: Path):
     (["prices", "set", "m", "--input-miss", "x", "--input-hit", "1", "--output", "1"], 2,
      "Invalid value for '--input-miss'"),
     (["prices", "delete", "m"], 1, "error: price 'm' not found"),
-    (["providers", "add", "p", "--base-url", "http://h/v1", "--model", "m", "--price", "1,abc"], 2,
+    (["deployments", "add", "p", "--base-url", "http://h/v1", "--model", "m", "--price", "1,abc"], 2,
      "Invalid value for '--price': 'abc' is not an amount of money"),
     (["tenants", "delete", "nobody", "--yes"], 1, "error: tenant 'nobody' not found"),
 ])
@@ -92,7 +92,8 @@ def test_lists_print_full_ids_wrapped_not_cut(cli) -> None:
     columns = ["".join(parts).replace(" ", "") for parts in zip(*lines, strict=True)]  # one row: unfold each cell
     assert columns[:3] == [key["id"], "acme", key["name"]]
     assert key["prefix"] in columns and "['model-with-a-long-name-one','model-with-a-long-name-two']" in columns
-    for command in (["tenants", "list"], ["prices", "list"], ["deployments", "list"], ["providers", "list"],
-                    ["aliases", "list"], ["audit", "list"], ["credits", "show", "acme"], ["usage"]):
+    for command in (["tenants", "list"], ["prices", "list"], ["deployments", "list"],
+                    ["deployments", "list", "--kind", "remote"], ["aliases", "list"], ["audit", "list"],
+                    ["credits", "show", "acme"], ["usage"]):
         code, output = cli(*command, "--json")
         assert code == 0 and isinstance(json.loads(output), list | dict), (command, output)

@@ -35,6 +35,17 @@ _RELATIVE = re.compile(r"(\d+)([dhm])")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 
 
+def group(help: str) -> typer.Typer:
+    """A command group whose commands run against the store that its ``--db`` option names."""
+    commands = typer.Typer(help=help, no_args_is_help=True)
+
+    @commands.callback()
+    def _options(ctx: typer.Context, db: str | None = DbOption) -> None:
+        ctx.obj = {"db": db}
+
+    return commands
+
+
 def money(value: str) -> Decimal:
     """An amount of money: a decimal number, no finer than the money quantum."""
     try:

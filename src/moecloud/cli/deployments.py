@@ -1,7 +1,9 @@
-"""`moecloud deploy | scale | providers | aliases`: local engine-worker deployments, external providers, aliases.
+"""`moecloud deploy | scale | deployments add | list | remove`: where each model is served.
 
-They write the deployments or aliases table (with an audit row); a running gateway picks the change up within
-``gateway.catalog_cache_seconds`` and starts or stops workers to match.
+A deployment is local (engine-worker replicas the gateway runs: `deploy`, `scale`) or remote (one OpenAI-compatible
+base URL: a worker run elsewhere, or an external provider: `deployments add`). Each command writes the deployments
+table (with an audit row); a running gateway picks the change up within ``gateway.catalog_cache_seconds`` and
+starts or stops workers to match.
 """
 
 from __future__ import annotations
@@ -11,16 +13,16 @@ from pathlib import Path
 
 import typer
 
-from moecloud.cli.gateway import _keep_db
 from moecloud.cli.options import DbOption, JsonOption, admin_for, money, show
 from moecloud.gateway.admin.bootstrap import deployment_name
-from moecloud.gateway.admin.schemas import AliasIn, DeploymentIn, ScaleIn
+from moecloud.gateway.admin.schemas import DeploymentIn, ScaleIn
 
-providers_app = typer.Typer(help="External OpenAI-compatible providers serving a model.", no_args_is_help=True)
-aliases_app = typer.Typer(help="Model names that route to another model (e.g. auto-core).", no_args_is_help=True)
-_keep_db(aliases_app)
+_REMOTE = ["name", "model", "base_url", "upstream_model", "api_key_env", "cost_input", "cost_output", "priority"]
 _SHOWN = ["name", "model", "kind", "backend", "replicas", "min_replicas", "max_replicas", "base_url", "checkpoint",
           "priority"]
+
+app = typer.Typer(help="Where each model is served: local replicas and remote upstreams (workers run elsewhere, "
+                       "external providers).")
 
 
 def deploy(
@@ -63,59 +65,50 @@ def scale(
         show([admin.scale_deployment(name, spec)], _SHOWN)
 
 
-@providers_app.command("add")
-def providers_add(
+@app.callback(invoke_without_command=True)
+def deployments_options(ctx: typer.Context, db: str | None = DbOption) -> None:
+    """Alone: list the deployments."""
+    ctx.obj = {"db": db}
+    if ctx.invoked_subcommand is None:
+        deployments_list(ctx, as_json=False, kind=None)
+
+
+@app.command("add")
+def deployments_add(
     ctx: typer.Context,
     name: str,
-    base_url: str = typer.Option(..., help="OpenAI-compatible base URL, e.g. https://api.example.com/v1"),
-    api_key_env: str | None = typer.Option(None, help="MOECLOUD_PROVIDER_KEY_<NAME>, the provider's key"),
-    model: str = typer.Option(..., help="the model's name at the provider"),
-    serves: str | None = typer.Option(None, help="the model name clients ask for (default: --model)"),
-    price: str | None = typer.Option(None, help="what the provider charges per 1M tokens: INPUT,OUTPUT"),
+    model: str = typer.Option(..., help="the model name clients ask for"),
+    base_url: str = typer.Option(..., help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8001/v1"),
+    upstream_model: str | None = typer.Option(None, help="the name the upstream knows (default: --model)"),
+    api_key_env: str | None = typer.Option(None, help="MOECLOUD_PROVIDER_KEY_<NAME>: the key the upstream wants"),
+    price: str | None = typer.Option(None, help="what the upstream charges per 1M tokens: INPUT,OUTPUT"),
     priority: int = typer.Option(0, help="lower is tried first"),
+    weight: int = typer.Option(1, min=1),
     max_concurrency: int | None = typer.Option(None, help="in-flight requests the gateway sends it"),
 ) -> None:
-    """Route a model to an external provider (failover target, or cheaper/dearer capacity)."""
+    """Route a model to a remote upstream: a worker run elsewhere, or an external provider (a failover target,
+    or cheaper or dearer capacity)."""
     cost_input, cost_output = _price(price)
     with admin_for(ctx) as admin:
-        spec = DeploymentIn(
-            name=name, model=serves or model, base_url=base_url, upstream_model=model, api_key_env=api_key_env,
-            cost_input=cost_input, cost_output=cost_output, priority=priority, max_concurrency=max_concurrency,
-        )
-        show([admin.add_deployment(spec)], ["name", "model", "base_url", "upstream_model", "api_key_env",
-                                              "cost_input", "cost_output", "priority"])
+        spec = DeploymentIn(name=name, model=model, base_url=base_url, upstream_model=upstream_model,
+                            api_key_env=api_key_env, cost_input=cost_input, cost_output=cost_output,
+                            priority=priority, weight=weight, max_concurrency=max_concurrency)
+        show([admin.add_deployment(spec)], _REMOTE)
 
 
-@providers_app.command("list")
-def providers_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+@app.command("list")
+def deployments_list(ctx: typer.Context, as_json: bool = JsonOption,
+                     kind: str | None = typer.Option(None, help="only local or only remote deployments")) -> None:
     with admin_for(ctx) as admin:
-        show([d for d in admin.list_deployments() if d.kind == "remote"],
-             ["name", "model", "base_url", "upstream_model", "api_key_env", "cost_input", "cost_output"],
-             as_json=as_json)
+        show([d for d in admin.list_deployments() if kind in (None, d.kind)],
+             ["name", "model", "kind", "replicas", "min_replicas", "max_replicas", "base_url", "checkpoint",
+              "upstream_model", "api_key_env", "cost_input", "cost_output", "priority", "weight"], as_json=as_json)
 
 
-@aliases_app.command("list")
-def aliases_list(ctx: typer.Context, as_json: bool = JsonOption) -> None:
+@app.command("remove")
+def deployments_remove(ctx: typer.Context, name: str) -> None:
     with admin_for(ctx) as admin:
-        show(admin.list_aliases(), ["name", "model", "note", "updated_at"], as_json=as_json)
-
-
-@aliases_app.command("set")
-def aliases_set(
-    ctx: typer.Context,
-    name: str,
-    model: str = typer.Argument(..., help="the deployed model it routes to"),
-    note: str | None = typer.Option(None, help="why (kept with the alias and in the audit row)"),
-) -> None:
-    """Create an alias, or point an existing one at another model."""
-    with admin_for(ctx) as admin:
-        show([admin.set_alias(name, AliasIn(model=model, note=note))], ["name", "model", "note"])
-
-
-@aliases_app.command("delete")
-def aliases_delete(ctx: typer.Context, name: str) -> None:
-    with admin_for(ctx) as admin:
-        show([admin.remove_alias(name)], ["name", "model"])
+        show([admin.remove_deployment(name)])
 
 
 def _price(value: str | None) -> tuple[Decimal | None, Decimal | None]:
@@ -130,8 +123,7 @@ def _price(value: str | None) -> tuple[Decimal | None, Decimal | None]:
         raise typer.BadParameter(str(error), param_hint="'--price'") from error
 
 
-def register(app: typer.Typer) -> None:
-    app.command("deploy")(deploy)
-    app.command("scale")(scale)
-    app.add_typer(providers_app, name="providers")
-    app.add_typer(aliases_app, name="aliases")
+def register(root: typer.Typer) -> None:
+    root.command("deploy")(deploy)
+    root.command("scale")(scale)
+    root.add_typer(app, name="deployments")
