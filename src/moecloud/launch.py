@@ -18,7 +18,7 @@ from moecloud.gateway.admin.bootstrap import ensure_default_key, ensure_local_de
 from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.api.deps import GatewayState
 from moecloud.gateway.app import create_app
-from moecloud.gateway.fleet.processes import die_with_parent, worker_command
+from moecloud.gateway.fleet.process_launcher import die_with_parent, worker_command
 from moecloud.gateway.tenancy.credentials import load_secrets
 from moecloud.store import Database
 

@@ -16,7 +16,7 @@ from polling import wait_for
 from moecloud.config import load_settings
 from moecloud.gateway.admin.schemas import DeploymentIn, KeyIn, ScaleIn, TenantIn
 from moecloud.gateway.admin.service import Admin
-from moecloud.gateway.fleet.ray import application_name
+from moecloud.gateway.fleet.ray_launcher import application_name
 from moecloud.launch import platform_app
 from moecloud.store import Database
 from moecloud.web.net import free_port

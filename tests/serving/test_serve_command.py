@@ -18,7 +18,7 @@ from polling import wait_for, wait_healthy
 
 from moecloud.config import load_settings
 from moecloud.gateway.app import create_app
-from moecloud.gateway.fleet.processes import WorkerRecords, worker_command, worker_records_dir
+from moecloud.gateway.fleet.process_launcher import WorkerRecords, worker_command, worker_records_dir
 from moecloud.web.net import free_port
 
 
@@ -131,7 +131,7 @@ def test_a_gateway_start_kills_the_workers_a_dead_gateway_left_in_its_home(
     try:
         # Recorded by a gateway process that has exited since: the worker, and a pid that runs something else.
         record = ("import json, sys; from pathlib import Path; "
-                  "from moecloud.gateway.fleet.processes import WorkerRecords; "
+                  "from moecloud.gateway.fleet.process_launcher import WorkerRecords; "
                   "records = WorkerRecords(Path(sys.argv[1])); "
                   "[records.add(int(pid), json.loads(argv)) for pid, argv in zip(sys.argv[2::2], sys.argv[3::2])]")
         subprocess.run([sys.executable, "-c", record, str(records), str(leftover.pid), json.dumps(argv),

@@ -24,8 +24,8 @@ from moecloud.gateway.errors import install_error_handlers
 from moecloud.gateway.fleet.autoscale import Autoscaler
 from moecloud.gateway.fleet.catalog import Catalog, Route
 from moecloud.gateway.fleet.control import ControlLoop
-from moecloud.gateway.fleet.processes import WorkerLauncher, WorkerRecords, worker_records_dir
-from moecloud.gateway.fleet.ray import EngineApplication, RayLauncher
+from moecloud.gateway.fleet.process_launcher import WorkerLauncher, WorkerRecords, worker_records_dir
+from moecloud.gateway.fleet.ray_launcher import EngineApplication, RayLauncher
 from moecloud.gateway.fleet.replicas import BackendLauncher, Launcher, ReplicaSet
 from moecloud.gateway.tenancy.auth import Authenticator
 from moecloud.gateway.tenancy.credentials import GatewaySecrets, load_secrets

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
-
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Scope
@@ -14,39 +10,18 @@ from moecloud.engine.failures import FAULT_STAGES
 from moecloud.serving import reports
 from moecloud.serving.chat import ChatRun
 from moecloud.serving.completions import CompletionRun
-from moecloud.serving.errors import ClientDisconnected
 from moecloud.serving.metrics import ServingMetrics
 from moecloud.serving.protocol import ChatCompletionRequest, CompletionRequest
 from moecloud.serving.sse import event_stream
 from moecloud.serving.state import ServingState, State
+from moecloud.web.disconnect import unless_disconnected
 from moecloud.web.errors import InvalidRequest, install_error_handlers
 from moecloud.web.metrics import RequestCounter
 
-T = TypeVar("T")
 router = APIRouter()
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _COUNTED_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/models"}
 FAULT_HEADER = "x-moecloud-fault"
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it if the client goes away first (which aborts its engine requests)."""
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    work_task = asyncio.ensure_future(work)
-    watch_task = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch_task.cancel()
-        if not work_task.done():
-            work_task.cancel()
-    if not work_task.done():
-        raise ClientDisconnected()
-    return work_task.result()
 
 
 def _arm_fault(request: Request, run: ChatRun | CompletionRun) -> None:
@@ -63,7 +38,7 @@ def _arm_fault(request: Request, run: ChatRun | CompletionRun) -> None:
 async def _respond(request: Request, run: ChatRun | CompletionRun, stream: bool) -> Response:
     _arm_fault(request, run)
     try:
-        await _unless_disconnected(request, run.start())
+        await unless_disconnected(request.receive, run.start())
     except BaseException:
         run.generation.close()
         raise
@@ -71,7 +46,7 @@ async def _respond(request: Request, run: ChatRun | CompletionRun, stream: bool)
     if stream:
         return StreamingResponse(event_stream(run.chunks(), run.generation), media_type="text/event-stream",
                                  headers=_SSE_HEADERS)
-    return JSONResponse(await _unless_disconnected(request, run.response()))
+    return JSONResponse(await unless_disconnected(request.receive, run.response()))
 
 
 @router.post("/v1/chat/completions")

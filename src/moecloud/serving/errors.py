@@ -31,12 +31,3 @@ class RequestFailed(APIError):
 
     def __init__(self, cause: str) -> None:
         super().__init__(f"The engine could not complete this request ({cause}); other requests are unaffected.")
-
-
-class ClientDisconnected(APIError):
-    """The client went away before the reply; nobody reads the response (499 as nginx logs it)."""
-
-    status, type, code = 499, "client_closed_request", "client_disconnected"
-
-    def __init__(self) -> None:
-        super().__init__("the client closed the connection")

@@ -77,6 +77,15 @@ class RateLimited(APIError):
     status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
 
 
+class ClientDisconnected(APIError):
+    """The client went away before the reply; nobody reads the response (499 as nginx logs it)."""
+
+    status, type, code = 499, "client_closed_request", "client_disconnected"
+
+    def __init__(self) -> None:
+        super().__init__("the client closed the connection")
+
+
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, object]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 

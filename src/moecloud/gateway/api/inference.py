@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 from collections.abc import Awaitable, Callable
 from datetime import date
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
@@ -22,14 +20,15 @@ from moecloud.gateway.api.validation import CHAT_BODY, COMPLETION_BODY, check_te
 from moecloud.gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied, UpstreamFailed
 from moecloud.gateway.fleet.catalog import Route
 from moecloud.gateway.tenancy.auth import Caller
-from moecloud.gateway.tenancy.metering import ClientGone, MeteredRequest
+from moecloud.gateway.tenancy.metering import MeteredRequest
 from moecloud.gateway.traffic.admission import Ticket
 from moecloud.gateway.traffic.relay import StreamRelay
 from moecloud.gateway.traffic.router import affinity_key
 from moecloud.pricing import TokenUsage, measure_prompt
 from moecloud.web.bounds import MAX_CHOICES
+from moecloud.web.disconnect import unless_disconnected
+from moecloud.web.errors import ClientDisconnected
 
-T = TypeVar("T")
 router = APIRouter()
 DEADLINE_HEADER = "x-moecloud-deadline"
 
@@ -125,7 +124,7 @@ class _Forwarded(Response):
         state, meter = self._state, self._meter
         try:
             async with meter:
-                lease, answer = await _unless_disconnected(receive, state.failover.first_answer(self._ticket,
+                lease, answer = await unless_disconnected(receive, state.failover.first_answer(self._ticket,
                                                                                                 self._send))
                 meter.serve(lease)
                 state.metrics.queue_wait.labels(meter.model).observe(lease.waited)
@@ -139,31 +138,8 @@ class _Forwarded(Response):
                 meter.answered(usage, "ok")
                 answer["model"] = meter.model
             await JSONResponse(answer, headers=meter.headers)(scope, receive, send)  # sent once settled
-        except ClientGone:
+        except ClientDisconnected:
             return  # nobody is left to answer
-
-
-async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Await ``work`` unless the client disconnects first: then it is cancelled (closing the upstream call, which
-    aborts it at the engine) and ``ClientGone`` raised."""
-
-    async def disconnected() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-
-    work_task = asyncio.ensure_future(work)
-    watch_task = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watch_task.cancel()
-        if not work_task.done():
-            work_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work_task  # the upstream call is closed and its lease given back before billing starts
-    if work_task.cancelled():
-        raise ClientGone()
-    return work_task.result()
 
 
 def _check_answer(answer: dict[str, Any], route: Route) -> None:

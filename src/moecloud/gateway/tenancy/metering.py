@@ -26,16 +26,13 @@ from moecloud.gateway.traffic.upstream import Upstream
 from moecloud.pricing import PriceSheet, PromptSize, TokenUsage
 from moecloud.store import Database
 from moecloud.store.ledger import RequestOutcome, finish_request, place_hold, renew_hold
+from moecloud.web.errors import ClientDisconnected
 
 log = logging.getLogger(__name__)
 
 
 def new_request_id() -> str:
     return "req_" + secrets.token_hex(12)
-
-
-class ClientGone(Exception):
-    """The client hung up before its answer was ready: the request ends as cancelled, with nothing to send."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +106,7 @@ class MeteredRequest:
     ) -> None:
         if kind is None:
             status = self.status or "ok"
-        elif issubclass(kind, ClientGone | asyncio.CancelledError):
+        elif issubclass(kind, ClientDisconnected | asyncio.CancelledError):
             status = "cancelled"
         else:
             status = "error"
