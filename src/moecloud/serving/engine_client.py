@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from moecloud.engine import EngineStats, LLMEngine, PromptTooLong, RequestOutput, SamplingParams
+from moecloud.engine import EngineStats, LLMEngine, PromptTooLong, RequestOutput, SamplingParams, StructuredOutput
 from moecloud.engine.failures import FaultInjector, is_fatal
 from moecloud.serving.errors import EngineDead, QueueFull, RequestFailed
 from moecloud.web.errors import APIError, ContextLengthExceeded, InvalidRequest
@@ -91,6 +91,10 @@ class EngineClient(Protocol):
 
     async def generate(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> RequestStream:
         """Queue a request (raising QueueFull, ContextLengthExceeded, InvalidRequest) and stream its outputs."""
+        ...
+
+    async def compile_structured(self, structured: StructuredOutput) -> None:
+        """Compile a constraint into the engine's cache off its loop; raises ``InvalidParameter`` if it is invalid."""
         ...
 
     async def stats(self) -> EngineStats: ...
@@ -165,6 +169,9 @@ class ThreadEngineClient:
             self._commands.put(("abort", request_id))
             raise
         return stream
+
+    async def compile_structured(self, structured: StructuredOutput) -> None:
+        await asyncio.to_thread(self._engine.structured.compile, structured)
 
     async def stats(self) -> EngineStats:
         if not self.healthy():
