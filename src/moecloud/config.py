@@ -42,6 +42,11 @@ class EngineSettings(BaseModel):
     max_consecutive_failures: int = Field(
         10, ge=1, description="requests failed in a row with no token between them: then the engine counts as broken"
     )
+    structured_cache_size: int = Field(256, ge=1, description="compiled structured-output grammars kept, by spec")
+    structured_lexer_fuel: int = Field(
+        100_000, ge=1000, description="llguidance's budget for building a grammar's lexer: a regex or schema that "
+                                      "needs more is refused (400) instead of stalling the engine's step"
+    )
 
 
 class ServingSettings(BaseModel):
