@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from moecloud.engine.chat_prompt import ChatFormat
 from moecloud.serving.engine_client import EngineClient
 from moecloud.serving.errors import InvalidRequest, ModelNotFound, ShuttingDown, UnsupportedParameter
 from moecloud.serving.metrics import ServingMetrics
@@ -38,6 +40,11 @@ class ServingState:
         unsupported = body.unsupported_parameter()
         if unsupported is not None:
             raise UnsupportedParameter(unsupported)
+
+    @functools.cached_property
+    def chat_format(self) -> ChatFormat:
+        """How the model's chat template handles tools and thinking (probed once)."""
+        return ChatFormat.probe(self.client.tokenizer)
 
     def token_text(self, token_id: int) -> str:
         return self.client.tokenizer.id_to_token(token_id)
