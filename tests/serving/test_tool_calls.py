@@ -16,6 +16,7 @@ import pytest
 from moecloud.config import EngineSettings, ServingSettings, load_settings
 from moecloud.engine.chat_prompt import ChatFormat
 from moecloud.engine.tokenizer import Tokenizer
+from moecloud.serving.tool_use import AssistantOutput, ToolPlan
 from moecloud.serving.worker import RunningWorker, background_worker
 
 MODEL = "tiny"
@@ -94,6 +95,35 @@ def without_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_auto_without_tools_is_accepted(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(model=MODEL, messages=ASK, tool_choice="auto", max_tokens=4)
     assert reply.choices[0].message.tool_calls is None and isinstance(reply.choices[0].message.content, str)
+
+
+def test_auto_answer_after_thinking_becomes_calls_as_openai_streams_them() -> None:
+    """What the model writes freely (`auto`) on a reasoning model: no random model writes this, so it is fed here."""
+    text = ('plan it</think>\nOK <tool_call>{"name": "get_weather", "arguments": {"city": "Rome", "days": 2}}'
+            '</tool_call> <tool_call>{"name": "get_time", "arguments": {"zone": "UTC"}}</tool_call>')
+    fmt = ChatFormat("json", renders_tools=False, thinking=True)
+    for parallel in (True, False):
+        whole = AssistantOutput(ToolPlan("auto", TOOLS, parallel=parallel), fmt, separate_reasoning=True)
+        whole.feed(text, final=True)
+        message = whole.message()
+        assert message["reasoning_content"] == "plan it" and message["content"] == "OK "
+        names = [call["function"]["name"] for call in message["tool_calls"]]
+        assert names == (["get_weather", "get_time"] if parallel else ["get_weather"])
+        assert json.loads(message["tool_calls"][0]["function"]["arguments"]) == {"city": "Rome", "days": 2}
+        assert whole.finish_reason("stop") == "tool_calls" and whole.finish_reason("length") == "length"
+        streamed = AssistantOutput(ToolPlan("auto", TOOLS, parallel=parallel), fmt, separate_reasoning=True)
+        deltas = [d for i, char in enumerate(text) for d in streamed.feed(char, final=i == len(text) - 1)]
+        assert all(len(d) == 1 for d in deltas)  # one field per chunk
+        assert "".join(d.get("reasoning_content", "") for d in deltas) == "plan it"
+        assert "".join(d.get("content", "") for d in deltas) == "OK "
+        calls = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+        starts = [c for c in calls if "id" in c]
+        assert [c["function"]["name"] for c in starts] == names
+        assert all(c["function"]["arguments"] == "" for c in starts)
+        for index, call in enumerate(message["tool_calls"]):
+            fragments = [c["function"]["arguments"] for c in calls if c["index"] == index and "id" not in c]
+            assert set(next(c for c in calls if c["index"] == index and "id" not in c)) == {"index", "function"}
+            assert "".join(fragments) == call["function"]["arguments"]
 
 
 def test_auto_offers_the_tools_in_the_prompt(fallback_client: openai.OpenAI, deepseek_client: openai.OpenAI) -> None:
@@ -277,7 +307,8 @@ def test_reasoning_is_split_from_the_answer(r1_client: openai.OpenAI) -> None:
 
 def test_a_reasoning_model_thinks_freely_then_calls_within_the_schema(r1_client: openai.OpenAI) -> None:
     reply, called = sample_until(r1_client, lambda c: c.finish_reason == "tool_calls", model=MODEL, messages=ASK,
-                                 tools=TOOLS, tool_choice=NAMED, n=24, temperature=1.0, max_tokens=48)
+                                 tools=TOOLS, tool_choice=NAMED, n=24, temperature=1.0, max_tokens=48,
+                                 extra_body={"separate_reasoning": False})  # calls are parsed from the answer anyway
     for choice in called:
         assert choice.message.content is None
         assert choice.message.model_extra["reasoning_content"] and "</think>" not in choice.message.model_extra[

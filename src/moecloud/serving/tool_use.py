@@ -111,7 +111,9 @@ class AssistantOutput:
     """One choice's text as it grows, turned into OpenAI delta fields; `message()` is the whole of it."""
 
     def __init__(self, plan: ToolPlan, chat_format: ChatFormat, separate_reasoning: bool) -> None:
-        self._reasoning = ReasoningSplitter(chat_format.thinking) if separate_reasoning else None
+        # Constrained calls are parsed from the answer alone, so for them the thinking is always split off.
+        split = separate_reasoning or plan.mode in ("required", "named")
+        self._reasoning = ReasoningSplitter(chat_format.thinking) if split else None
         self._tools = plan.parser(chat_format)
         self._parallel = plan.parallel
         self.reasoning: str | None = None
