@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,6 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
 )
-
 _BASE: dict[str, Any] = {
     "vocab_size": 0,  # set from the trained tokenizer
     "hidden_size": 64,
@@ -210,9 +210,10 @@ def corpus(lines: int = 3000, seed: int = 0) -> list[str]:
     return out
 
 
-def write_tokenizer(out_dir: Path, vocab_size: int = 512, texts: list[str] | None = None) -> int:
+def write_tokenizer(out_dir: Path, vocab_size: int = 512, texts: list[str] | None = None,
+                    chat_template: str = CHAT_TEMPLATE, added_tokens: Sequence[str] = ()) -> int:
     """Train a byte-level BPE tokenizer into ``out_dir``; returns its vocabulary size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -224,6 +225,8 @@ def write_tokenizer(out_dir: Path, vocab_size: int = 512, texts: list[str] | Non
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts or corpus(), trainer=trainer)
+    # ordinary (not special) added tokens, as the template's markers are in DeepSeek's tokenizer: decoding keeps them
+    tok.add_tokens([AddedToken(token, special=False, normalized=False) for token in added_tokens])
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_dir / "tokenizer.json"))
     (out_dir / "tokenizer_config.json").write_text(
@@ -238,7 +241,7 @@ def write_tokenizer(out_dir: Path, vocab_size: int = 512, texts: list[str] | Non
                 "tokenizer_class": "PreTrainedTokenizerFast",
                 "clean_up_tokenization_spaces": False,
                 "legacy": True,
-                "chat_template": CHAT_TEMPLATE,
+                "chat_template": chat_template,
             },
             indent=2,
             ensure_ascii=False,
