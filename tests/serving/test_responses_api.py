@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from polling import wait_for
 
 from moecloud.serving.worker import RunningWorker
 
@@ -129,6 +130,18 @@ def test_stream_frames_events_as_openai_does(worker: RunningWorker) -> None:
     assert all(line.startswith("event: ") for line in lines[0::2]) and names[0] == "response.created"
     assert all(f'"type":"{name}"' in data for name, data in zip(names, lines[1::2], strict=True))
     assert "data: [DONE]" not in lines
+
+
+def test_a_stream_left_early_is_aborted_and_reported(worker: RunningWorker, metric) -> None:  # type: ignore[no-untyped-def]
+    aborted = metric(worker, "moecloud_requests_aborted_total")
+    body = {"model": MODEL, "input": "never read to the end", "max_output_tokens": 400, "ignore_eos": True,
+            "stream": True}
+    with httpx.stream("POST", worker.base_url + "/v1/responses", json=body, headers={"x-request-id": "r-left"},
+                      timeout=30) as response:
+        next(response.iter_lines())
+    wait_for(lambda: metric(worker, "moecloud_requests_aborted_total") == aborted + 1)
+    report = httpx.post(worker.base_url + "/v1/requests/r-left/abort", timeout=30).json()
+    assert report["usage"]["completion_tokens"] < 400  # the gateway bills what the engine produced
 
 
 @pytest.fixture(scope="module")
