@@ -4,12 +4,14 @@ Random weights: the checks compare mechanics and the chat endpoint's answer, nev
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from agents import Agent, ModelSettings, OpenAIResponsesModel, RunConfig, Runner
 from polling import wait_for
 
 from moecloud.serving.worker import RunningWorker
@@ -68,9 +70,9 @@ def test_max_output_tokens_makes_the_response_incomplete(client: openai.OpenAI) 
     assert response.usage.output_tokens == 5 and response.output[0].status == "incomplete"
 
 
-def stop_inside(client: openai.OpenAI, prompt: str) -> tuple[str, str]:
+def stop_inside(client: openai.OpenAI, prompt: str, **kwargs: Any) -> tuple[str, str]:
     """(the greedy text of `prompt` up to a stop string, that stop string) from the greedy free run."""
-    free = client.responses.create(model=MODEL, input=prompt, max_output_tokens=30, **GREEDY).output_text
+    free = client.responses.create(model=MODEL, input=prompt, max_output_tokens=30, **GREEDY, **kwargs).output_text
     stop = free[4:7]
     return free[:free.index(stop)], stop
 
@@ -119,6 +121,28 @@ def test_sdk_stream_helper_returns_the_final_response(client: openai.OpenAI) -> 
         final = stream.get_final_response()
     assert deltas == text and final.output_text == text and final.status == "completed"
     assert final.usage is not None and final.usage.output_tokens >= 1
+
+
+def test_openai_agents_sdk_runs_an_agent_plain_and_streamed(worker: RunningWorker, client: openai.OpenAI) -> None:
+    """The Agents SDK's default model path (OpenAIResponsesModel) sends what it always sends (`include: []`, the
+    instructions, the input as message items) and needs a completed response."""
+    text, stop = stop_inside(client, "Hello", instructions="Be brief.")
+    settings = ModelSettings(max_tokens=30, temperature=0, extra_body={"ignore_eos": True, "stop": [stop]})
+    run_config = RunConfig(tracing_disabled=True)
+
+    async def run() -> tuple[Any, Any]:
+        async with openai.AsyncOpenAI(base_url=worker.base_url + "/v1", api_key="unused", max_retries=0) as sdk:
+            agent = Agent(name="brief", instructions="Be brief.", model_settings=settings,
+                          model=OpenAIResponsesModel(model=MODEL, openai_client=sdk))
+            plain = await Runner.run(agent, "Hello", run_config=run_config)
+            streamed = Runner.run_streamed(agent, "Hello", run_config=run_config)
+            async for _ in streamed.stream_events():
+                pass
+            return plain, streamed
+
+    plain, streamed = asyncio.run(run())
+    assert plain.final_output == streamed.final_output == text
+    assert plain.raw_responses[0].usage.output_tokens == streamed.raw_responses[0].usage.output_tokens > 0
 
 
 def test_stream_frames_events_as_openai_does(worker: RunningWorker) -> None:
