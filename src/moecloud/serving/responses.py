@@ -177,9 +177,8 @@ class ResponsesRun:
     def __init__(self, state: ServingState, body: ResponsesRequest) -> None:
         self.state = state
         self.body = body
-        self.translation = body.to_chat()
-        assert self.translation.body is not None
-        self.chat = ChatRun(state, self.translation.body)
+        chat_body, self.chat_names = body.to_chat()
+        self.chat = ChatRun(state, chat_body)
         self.generation: Generation = self.chat.generation
         self.id = _new_id("resp")
         self.created_at = int(time.time())
@@ -188,7 +187,7 @@ class ResponsesRun:
         try:
             await self.chat.start()
         except ServingError as exc:
-            raise self.translation.renamed(exc) from None
+            raise self.chat_names.renamed(exc) from None
 
     def _response(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
                   incomplete: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -229,6 +228,7 @@ class ResponsesRun:
                         yield event
                     finish_reason = choice["finish_reason"] or finish_reason
         except ServingError as exc:
+            self.chat_names.renamed(exc)
             yield builder.event("error", code=exc.code, message=exc.message, param=exc.param)
             for event in builder.close("incomplete"):
                 yield event

@@ -149,7 +149,7 @@ class ResponsesRequest(_Schema):
             if not choice.name:
                 raise InvalidRequest("a function tool_choice needs a name", param="tool_choice.name")
 
-    def to_chat(self) -> ChatTranslation:
+    def to_chat(self) -> tuple[ChatCompletionRequest, ChatFieldNames]:
         """The chat request this one is answered by, and how to name chat's fields back in Responses terms."""
         self.refuse_unsupported()
         messages, origins = self._messages()
@@ -161,14 +161,13 @@ class ResponsesRequest(_Schema):
         }
         if self.stream:
             chat |= {"stream": True, "stream_options": {"include_usage": True}}
-        translation = ChatTranslation(origins)
+        names = ChatFieldNames(origins)
         try:
             body = ChatCompletionRequest.model_validate({k: v for k, v in chat.items() if v is not None})
         except ValidationError as exc:
             message, param = invalid_request(RequestValidationError(exc.errors()))
-            raise translation.renamed(InvalidRequest(message, param=param)) from None
-        translation.body = body
-        return translation
+            raise names.renamed(InvalidRequest(message, param=param)) from None
+        return body, names
 
     def _messages(self) -> tuple[list[dict[str, Any]], list[Origin]]:
         messages: list[dict[str, Any]] = []
@@ -274,10 +273,11 @@ _RENAMED = {"max_completion_tokens": "max_output_tokens", "max_tokens": "max_out
             "messages": "input", "response_format": "text.format"}
 
 
-@dataclass
-class ChatTranslation:
+@dataclass(frozen=True)
+class ChatFieldNames:
+    """Chat's field paths in Responses terms, for one translated request (`origins[i]`: chat's `messages[i]`)."""
+
     origins: list[Origin]
-    body: ChatCompletionRequest | None = None
 
     def param(self, chat_param: str | None) -> str | None:
         """A chat field path as the Responses field it came from."""
