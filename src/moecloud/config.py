@@ -42,6 +42,11 @@ class EngineSettings(BaseModel):
     max_consecutive_failures: int = Field(
         10, ge=1, description="requests failed in a row with no token between them: then the engine counts as broken"
     )
+    structured_cache_size: int = Field(256, ge=1, description="compiled structured-output grammars kept, by spec")
+    structured_lexer_fuel: int = Field(
+        100_000, ge=1000, description="llguidance's budget for building a grammar's lexer: a regex or schema that "
+                                      "needs more is refused (400) instead of stalling the engine's step"
+    )
 
 
 class ServingSettings(BaseModel):
@@ -59,6 +64,10 @@ class ServingSettings(BaseModel):
     )
     usage_reports: int = Field(
         10_000, ge=1, description="latest requests whose final usage the worker keeps for the gateway to read"
+    )
+    max_structured_bytes: int = Field(
+        65536, ge=64, description="longest structured-output spec (JSON schema, regex, choices, grammar) a request "
+                                  "may give, in bytes of its JSON text; longer: 400"
     )
 
 

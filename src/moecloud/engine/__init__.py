@@ -6,6 +6,7 @@ from moecloud.engine.loader import CheckpointError
 from moecloud.engine.model_config import ModelConfig, UnsupportedConfig
 from moecloud.engine.outputs import CompletionOutput, EngineStats, Logprob, RequestOutput
 from moecloud.engine.sampling_params import SamplingParams
+from moecloud.engine.structured import StructuredOutput
 
 __all__ = [
     "LLM",
@@ -19,5 +20,6 @@ __all__ = [
     "PromptTooLong",
     "RequestOutput",
     "SamplingParams",
+    "StructuredOutput",
     "UnsupportedConfig",
 ]

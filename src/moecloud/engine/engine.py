@@ -22,6 +22,7 @@ from moecloud.engine.sampling_params import InvalidParameter, SamplingParams
 from moecloud.engine.scheduler import Scheduler, SchedulerOutput
 from moecloud.engine.sequence import Sequence
 from moecloud.engine.stop import StopChecker
+from moecloud.engine.structured import StructuredCompiler
 from moecloud.engine.tokenizer import IncrementalDetokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class LLMEngine:
         self.requests: dict[str, RequestState] = {}
         self._sample_of: dict[str, tuple[RequestState, SampleState]] = {}
         self.eos_ids = set(self.tokenizer.eos_token_ids) | set(self.model_config.eos_token_ids)
+        self.structured = StructuredCompiler(self.tokenizer, self.model_config.vocab_size, sorted(self.eos_ids),
+                                             config.structured_cache_size, config.structured_lexer_fuel)
         self.prompt_tokens = self.generation_tokens = 0
         self._failed: list[RequestState] = []  # failed during this step, reported by it
         self._failures_in_a_row = 0
@@ -91,6 +94,8 @@ class LLMEngine:
         request = RequestState(request_id, text, ids, params, max_tokens, RequestMetrics(arrival_time=time.time()))
         if params.prompt_logprobs is not None:
             request.prompt_logprobs = [None]
+        structured = params.structured
+        constraints = [self.structured.constraint(structured) if structured else None for _ in range(params.n)]
         for index in range(params.n):
             seq = Sequence(
                 f"{request_id}#{index}", list(ids), len(ids), use_prefix_cache=params.prompt_logprobs is None
@@ -105,6 +110,7 @@ class LLMEngine:
                 StopChecker(params.stop, params.include_stop_str_in_output),
                 generator,
                 [] if params.logprobs is not None else None,
+                constraints[index],
             )
             request.samples.append(sample)
         for sample in request.samples:  # only once every sample is built: a refused request leaves no trace
@@ -282,7 +288,8 @@ class LLMEngine:
         p = request.params
         outputs = sample.seq.token_ids[sample.seq.num_prompt_tokens :]
         blocked = [] if len(outputs) >= p.min_tokens else sorted(self.eos_ids | set(p.stop_token_ids))
-        return SamplingRow(p, request.prompt_ids, outputs, sample.generator, blocked, sample.seq.seq_id)
+        return SamplingRow(p, request.prompt_ids, outputs, sample.generator, blocked, sample.seq.seq_id,
+                           sample.constraint)
 
     def _prompt_logprob_rows(self, request: RequestState, item: ScheduledSeq, start: int) -> list[tuple[int, int]]:
         """(row, position) pairs whose logits score the next prompt token: position p predicts token p + 1."""
@@ -310,6 +317,7 @@ class LLMEngine:
 
     def _append(self, request: RequestState, sample: SampleState, choice: TokenChoice, now: float) -> None:
         seq, token, p = sample.seq, choice.token_id, request.params
+        complete = sample.constraint is not None and sample.constraint.advance(token)  # raises: the token is refused
         seq.token_ids.append(token)
         self.generation_tokens += 1
         self._failures_in_a_row = 0  # a token came out: the engine works
@@ -324,6 +332,8 @@ class LLMEngine:
             sample.finish_reason, sample.stop_reason = "stop", stopped
         elif token in p.stop_token_ids or (token in self.eos_ids and not p.ignore_eos):
             sample.finish_reason, sample.stop_reason = "stop", token
+        elif complete:  # the grammar allows nothing more
+            sample.finish_reason = "stop"
         elif seq.num_output_tokens >= request.max_tokens or seq.num_tokens >= self.max_model_len:
             sample.finish_reason = "length"
         if sample.finish_reason:

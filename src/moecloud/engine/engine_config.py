@@ -24,6 +24,8 @@ class EngineConfig:
     seed: int = 0
     compile: bool = False  # decode steps through torch.compile (inductor); the first ones pay the compile
     compile_max_batch: int = 32  # larger decode steps stay eager: there per-expert GEMMs beat the fused reduction
+    structured_cache_size: int = 256  # compiled grammars kept, by spec
+    structured_lexer_fuel: int = 100_000  # llguidance's budget for building a grammar's lexer
     max_consecutive_failures: int = 10  # failed requests with no token between them: the engine, not them, is broken
 
     def resolve_device(self) -> torch.device:

@@ -10,6 +10,7 @@ from moecloud.engine.outputs import CompletionOutput, Logprob, RequestMetrics, R
 from moecloud.engine.sampling_params import SamplingParams
 from moecloud.engine.sequence import Sequence
 from moecloud.engine.stop import StopChecker
+from moecloud.engine.structured import Constraint
 from moecloud.engine.tokenizer import IncrementalDetokenizer
 
 
@@ -21,6 +22,7 @@ class SampleState:
     stop: StopChecker
     generator: torch.Generator | None
     logprobs: list[dict[int, Logprob]] | None
+    constraint: Constraint | None = None  # its own matcher when the request is constrained
     cumulative_logprob: float = 0.0
     finish_reason: str | None = None
     stop_reason: str | int | None = None

@@ -1,17 +1,20 @@
-"""Logits -> next tokens, with penalties, temperature, top-k/top-p/min-p, per-request seeds and logprobs.
+"""Logits -> next tokens, with structured-output masks, penalties, temperature, top-k/top-p/min-p, per-request
+seeds and logprobs.
 
 Reported logprobs are those of the model's own distribution (before penalties and temperature), as in
-OpenAI's API and vLLM.
+OpenAI's API and vLLM; for a constrained row, the distribution over the tokens its grammar allows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import llguidance
 import torch
 
 from moecloud.engine.failures import SAMPLE, FaultInjector
 from moecloud.engine.sampling_params import SamplingParams
+from moecloud.engine.structured import Constraint, mask_logits
 
 
 @dataclass
@@ -22,6 +25,7 @@ class SamplingRow:
     generator: torch.Generator | None
     block_eos: list[int]  # eos ids that may not be sampled yet (min_tokens)
     seq_id: str = ""
+    constraint: Constraint | None = None
 
 
 @dataclass
@@ -65,11 +69,17 @@ class Sampler:
     def __init__(self, seed: int = 0, faults: FaultInjector | None = None) -> None:
         self._default = torch.Generator().manual_seed(seed)
         self._faults = faults
+        self._executor: llguidance.LLExecutor | None = None  # computes the masks of a batch in parallel
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[TokenChoice | Exception]:
         """``logits`` [B, vocab] float32, one row per sequence that samples this step."""
         results: list[TokenChoice | Exception] = []
+        logits, failures = self._mask(logits, rows)
         for i, row in enumerate(rows):
+            failed = failures[i]
+            if failed is not None:
+                results.append(failed)
+                continue
             try:
                 if self._faults is not None:
                     self._faults.check(SAMPLE, [row.seq_id])
@@ -80,6 +90,21 @@ class Sampler:
                   if r.params.logprobs is not None and isinstance(c, TokenChoice)]
         self._add_logprobs(logits, rows, results, wanted)
         return results
+
+    def _mask(self, logits: torch.Tensor, rows: list[SamplingRow]) -> tuple[torch.Tensor, list[Exception | None]]:
+        """The logits with every constrained row's mask applied: for the batch at once, else row by row (a row
+        that fails alone, unmasked, with its exception)."""
+        if all(row.constraint is None for row in rows):
+            return logits, [None] * len(rows)
+        if self._executor is None:
+            self._executor = llguidance.LLExecutor()
+        try:
+            return mask_logits(logits, [row.constraint for row in rows], self._executor)
+        except Exception as exc:  # noqa: BLE001 - charged to the rows that fail alone
+            if len(rows) == 1:
+                return logits, [exc]
+        parts = [self._mask(logits[i : i + 1], [row]) for i, row in enumerate(rows)]
+        return torch.cat([masked for masked, _ in parts]), [errors[0] for _, errors in parts]
 
     def _add_logprobs(self, logits: torch.Tensor, rows: list[SamplingRow], results: list[TokenChoice | Exception],
                       wanted: list[int]) -> None:

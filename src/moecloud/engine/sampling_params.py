@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from moecloud.engine.structured import StructuredOutput
 
 # Below this a temperature is greedy: dividing logits by less overflows float32 into inf and NaN (vLLM's epsilon).
 MIN_TEMPERATURE = 1e-5
@@ -38,6 +42,7 @@ class SamplingParams:
     logprobs: int | None = None  # top-k alternatives per sampled token (0: only the sampled one)
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    structured: StructuredOutput | None = None  # constrained decoding (engine/structured.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

@@ -26,6 +26,7 @@ class ChatRun:
     async def start(self) -> None:
         state, body = self.state, self.body
         state.admit(body)
+        structured = await state.structured_output(body)
         self.top_logprobs = body.top_logprobs_count()
         try:
             text = state.client.tokenizer.apply_chat_template(body.template_messages(), add_generation_prompt=True)
@@ -35,6 +36,7 @@ class ChatRun:
         max_tokens = resolve_max_tokens(body.requested_max_tokens(), len(ids), state.client.max_model_len,
                                         state.max_tokens_default)
         params = body.sampling_params(max_tokens, logprobs=self.top_logprobs, prompt_logprobs=None)
+        params.structured = structured
         await self.generation.open([ids], params)
 
     def _logprobs(self, choice: CompletionOutput, start: int, end: int) -> dict[str, object] | None:
