@@ -68,8 +68,6 @@ def test_bad_completion_requests_are_400(worker: RunningWorker, body: dict[str, 
 
 
 @pytest.mark.parametrize(("extra", "param"), [
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-    ({"tool_choice": "auto"}, "tool_choice"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"logit_bias": {"42": 5}}, "logit_bias"),
@@ -81,10 +79,10 @@ def test_unsupported_parameters_are_named(client: openai.OpenAI, extra: dict[str
     assert caught.value.body["param"] == param and param in caught.value.body["message"]
 
 
-def test_image_content_and_tool_messages_are_rejected(worker: RunningWorker) -> None:
+def test_image_content_and_legacy_function_messages_are_rejected(worker: RunningWorker) -> None:
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}
-    tool = {"role": "tool", "content": "42", "tool_call_id": "t1"}
-    for message, param in ((image, "messages[0].content[0].type"), (tool, "messages[0].role")):
+    function = {"role": "function", "content": "42", "name": "f"}
+    for message, param in ((image, "messages[0].content[0].type"), (function, "messages[0].role")):
         body = {"model": MODEL, "messages": [message]}
         assert error_of(post(worker, "/v1/chat/completions", json=body), 400)["param"] == param
 

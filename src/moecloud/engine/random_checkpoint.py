@@ -28,6 +28,38 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
 )
+# DeepSeek-R1's shape: the generation prompt opens the thinking block; past answers are shown without theirs.
+R1_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(
+    "message['content'] + eos_token", "message['content'].split('</think>')[-1] + eos_token"
+).replace("{{ '<｜Assistant｜>' }}{% endif %}", "{{ '<｜Assistant｜><think>\\n' }}{% endif %}")
+# DeepSeek-V3's tool-call tokens as its template writes them (tools listed up front, as vLLM's template does).
+TOOLS_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for tool in tools or [] %}"
+    "{{ tool['function']['name'] + ': ' + (tool | tojson) + '\\n' }}{% endfor %}"
+    "{% set ns = namespace(tool=false) %}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n"
+    "{% elif message['role'] == 'user' %}{{ '<｜User｜>' + message['content'] }}"
+    "{% elif message['role'] == 'assistant' and message['tool_calls'] %}"
+    "{{ '<｜Assistant｜>' + (message['content'] or '') + '<｜tool▁calls▁begin｜>' }}"
+    "{% for call in message['tool_calls'] %}{{ '\\n' if not loop.first else '' }}"
+    "{{ '<｜tool▁call▁begin｜>function<｜tool▁sep｜>' + call['function']['name'] + '\\n```json\\n' }}"
+    "{{ call['function']['arguments'] + '\\n```<｜tool▁call▁end｜>' }}"
+    "{% endfor %}{{ '<｜tool▁calls▁end｜>' + eos_token }}"
+    "{% elif message['role'] == 'assistant' %}"
+    "{{ ('<｜tool▁outputs▁end｜>' if ns.tool else '<｜Assistant｜>') + message['content'] + eos_token }}"
+    "{% set ns.tool = false %}"
+    "{% elif message['role'] == 'tool' %}{{ '\\n' if ns.tool else '<｜tool▁outputs▁begin｜>' }}"
+    "{{ '<｜tool▁output▁begin｜>' + message['content'] + '<｜tool▁output▁end｜>' }}{% set ns.tool = true %}"
+    "{% endif %}{% endfor %}"
+    "{% if ns.tool %}{{ '<｜tool▁outputs▁end｜>' }}{% elif add_generation_prompt %}{{ '<｜Assistant｜>' }}{% endif %}"
+)
+CHAT_TEMPLATES = {"default": CHAT_TEMPLATE, "r1": R1_CHAT_TEMPLATE, "deepseek-tools": TOOLS_CHAT_TEMPLATE}
+# Ordinary (not special) added tokens, as in DeepSeek's tokenizer: decoding keeps them in the text.
+_TEMPLATE_TOKENS = {
+    "r1": ["<think>", "</think>"],
+    "deepseek-tools": [f"<｜tool▁{name}｜>" for name in ("calls▁begin", "calls▁end", "call▁begin", "call▁end", "sep",
+                                                       "outputs▁begin", "outputs▁end", "output▁begin", "output▁end")],
+}
 
 _BASE: dict[str, Any] = {
     "vocab_size": 0,  # set from the trained tokenizer
@@ -212,9 +244,10 @@ def corpus(lines: int = 3000, seed: int = 0) -> list[str]:
     return out
 
 
-def write_tokenizer(out_dir: Path, vocab_size: int = 512, texts: list[str] | None = None) -> int:
+def write_tokenizer(out_dir: Path, vocab_size: int = 512, texts: list[str] | None = None,
+                    chat_template: str = "default") -> int:
     """Train a byte-level BPE tokenizer into ``out_dir``; returns its vocabulary size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -226,6 +259,7 @@ def write_tokenizer(out_dir: Path, vocab_size: int = 512, texts: list[str] | Non
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(texts or corpus(), trainer=trainer)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in _TEMPLATE_TOKENS.get(chat_template, [])])
     out_dir.mkdir(parents=True, exist_ok=True)
     tok.save(str(out_dir / "tokenizer.json"))
     (out_dir / "tokenizer_config.json").write_text(
@@ -240,7 +274,7 @@ def write_tokenizer(out_dir: Path, vocab_size: int = 512, texts: list[str] | Non
                 "tokenizer_class": "PreTrainedTokenizerFast",
                 "clean_up_tokenization_spaces": False,
                 "legacy": True,
-                "chat_template": CHAT_TEMPLATE,
+                "chat_template": CHAT_TEMPLATES[chat_template],
             },
             indent=2,
             ensure_ascii=False,
@@ -359,6 +393,7 @@ def write_random_checkpoint(
     dtype: torch.dtype = torch.float32,
     fp8_block: tuple[int, int] | None = None,
     tokenizer_vocab: int = 512,
+    chat_template: str = "default",
     **overrides: Any,
 ) -> Path:
     """Write a random checkpoint; with ``fp8_block`` the projections are stored FP8 block-scaled.
@@ -366,7 +401,7 @@ def write_random_checkpoint(
     Returns ``out_dir``. With fp8, the dequantized twin of each weight is what the model really holds.
     """
     out = Path(out_dir)
-    vocab = write_tokenizer(out, tokenizer_vocab)
+    vocab = write_tokenizer(out, tokenizer_vocab, chat_template=chat_template)
     config = make_config(variant, vocab_size=overrides.pop("vocab_size", vocab), **overrides)
     config["torch_dtype"] = str(dtype).removeprefix("torch.")
     tensors = {n: t.to(dtype) for n, t in random_state_dict(config, seed).items()}

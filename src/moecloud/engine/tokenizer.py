@@ -96,9 +96,14 @@ class Tokenizer:
         return self.decode([token_id], skip_special_tokens=False).encode("utf-8")
 
     def apply_chat_template(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs: Any
+        self,
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
     ) -> str:
-        """Render ``messages`` to prompt text (bos included when the template adds it)."""
+        """Render ``messages`` to prompt text (bos included when the template adds it); ``tools`` in OpenAI's
+        shape reach templates that render them (engine.chat_prompt decides when to pass them)."""
         if not self.chat_template:
             raise ChatTemplateError("this model has no chat template; use the completions API")
         try:
@@ -108,6 +113,7 @@ class Tokenizer:
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token or "",
                 eos_token=self.eos_token or "",
+                tools=tools,
                 **kwargs,
             )
         except TemplateError as err:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from moecloud.engine import CompletionOutput
+from moecloud.engine.reasoning import reasoning_tokens
+from moecloud.engine.sampling_params import InvalidParameter
 from moecloud.serving.errors import InvalidRequest
 from moecloud.serving.generation import ChoiceCursor, Generation, resolve_max_tokens
 from moecloud.serving.logprobs import chat_logprobs
 from moecloud.serving.protocol import ChatCompletionRequest
 from moecloud.serving.state import ServingState, new_request_id
+from moecloud.serving.tool_use import AssistantOutput, ToolPlan, constrain_answer
 
 
 class ChatRun:
@@ -22,22 +27,44 @@ class ChatRun:
         self.created = int(time.time())
         self.generation = Generation(state.client, state.metrics, new_request_id("chatcmpl"))
         self.top_logprobs: int | None = None
+        self.plan = ToolPlan("none", [])
 
     async def start(self) -> None:
         state, body = self.state, self.body
         state.admit(body)
         structured = await state.structured_output(body)
         self.top_logprobs = body.top_logprobs_count()
+        self.plan = ToolPlan.of(body)
+        chat_format = state.chat_format
         try:
-            text = state.client.tokenizer.apply_chat_template(body.template_messages(), add_generation_prompt=True)
+            text = chat_format.render(state.client.tokenizer, body.template_messages(), self.plan.tools)
         except ValueError as exc:  # the engine's ChatTemplateError
             raise InvalidRequest(f"the messages do not fit the chat template: {exc}", param="messages") from exc
         ids = await state.encode(text, add_special_tokens=False)
         max_tokens = resolve_max_tokens(body.requested_max_tokens(), len(ids), state.client.max_model_len,
                                         state.max_tokens_default)
         params = body.sampling_params(max_tokens, logprobs=self.top_logprobs, prompt_logprobs=None)
-        params.structured = structured
-        await self.generation.open([ids], params)
+        try:
+            constraint = self.plan.constraint() or structured
+        except InvalidParameter as exc:
+            raise InvalidRequest(str(exc), param=self.plan.schema_param()) from exc
+        params = dataclasses.replace(params, structured=constrain_answer(constraint, chat_format))
+        try:
+            await self.generation.open([ids], params)
+        except InvalidRequest as exc:  # the engine could not compile the tools' schema
+            if exc.param != "structured" or self.plan.constraint() is None:
+                raise
+            raise InvalidRequest(exc.message, param=self.plan.schema_param()) from exc
+
+    def _output(self) -> AssistantOutput:
+        return AssistantOutput(self.plan, self.state.chat_format, self.body.separate_reasoning)
+
+    def _usage(self) -> dict[str, object]:
+        """The usage so far, with the thinking tokens among the completion tokens counted apart."""
+        decode, thinking = self.state.client.tokenizer.decode, self.state.chat_format.thinking
+        reasoning = sum(reasoning_tokens(c.token_ids, decode, thinking) for o in self.generation.final
+                        for c in o.outputs)
+        return self.generation.usage() | {"completion_tokens_details": {"reasoning_tokens": reasoning}}
 
     def _logprobs(self, choice: CompletionOutput, start: int, end: int) -> dict[str, object] | None:
         if self.top_logprobs is None:
@@ -55,13 +82,18 @@ class ChatRun:
             final = (await self.generation.collect())[0]
         finally:
             self.generation.close()
-        choices = [{"index": c.index, "message": {"role": "assistant", "content": c.text, "refusal": None},
-                    "logprobs": self._logprobs(c, 0, len(c.token_ids)), "finish_reason": c.finish_reason,
-                    "stop_reason": c.stop_reason} for c in final.outputs]
-        return self._envelope("chat.completion", choices) | {"usage": self.generation.usage()}
+        choices = []
+        for c in final.outputs:
+            output = self._output()
+            output.feed(c.text, final=True)
+            choices.append({"index": c.index, "message": output.message(),
+                            "logprobs": self._logprobs(c, 0, len(c.token_ids)),
+                            "finish_reason": output.finish_reason(c.finish_reason), "stop_reason": c.stop_reason})
+        return self._envelope("chat.completion", choices) | {"usage": self._usage()}
 
     async def chunks(self) -> AsyncIterator[dict[str, object]]:
         cursors: dict[int, ChoiceCursor] = {}
+        outputs: dict[int, AssistantOutput] = {}
         usage_field = {"usage": None} if self.body.include_usage else {}
         async for _, output in self.generation.outputs():
             for choice in output.outputs:
@@ -74,10 +106,15 @@ class ChatRun:
                             "logprobs": None, "finish_reason": None}
                     yield self._envelope("chat.completion.chunk", [role]) | usage_field
                 text, start, end = cursor.advance(choice)
-                if not (text or start < end or cursor.finished):
+                shaped = outputs.setdefault(choice.index, self._output())
+                deltas: list[dict[str, Any]] = shaped.feed(text, final=cursor.finished)
+                if not (deltas or start < end or cursor.finished):
                     continue
-                chunk = {"index": choice.index, "delta": {"content": text} if text else {},
-                         "logprobs": self._logprobs(choice, start, end), "finish_reason": choice.finish_reason}
-                yield self._envelope("chat.completion.chunk", [chunk]) | usage_field
+                for i, delta in enumerate(deltas or [{}]):
+                    last = i == max(len(deltas), 1) - 1  # logprobs and the finish reason ride on the last delta
+                    chunk = {"index": choice.index, "delta": delta,
+                             "logprobs": self._logprobs(choice, start, end) if last else None,
+                             "finish_reason": shaped.finish_reason(choice.finish_reason) if last else None}
+                    yield self._envelope("chat.completion.chunk", [chunk]) | usage_field
         if self.body.include_usage:
-            yield self._envelope("chat.completion.chunk", []) | {"usage": self.generation.usage()}
+            yield self._envelope("chat.completion.chunk", []) | {"usage": self._usage()}

@@ -8,6 +8,7 @@ once the route knows the model.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
@@ -22,6 +23,10 @@ MAX_STOP_LENGTH = 1000  # characters
 MAX_STOP_TOKEN_IDS = 64
 MAX_PROMPTS = 256  # prompts in one /v1/completions request
 MAX_CHOICES = 64
+MAX_TOOLS = 128  # OpenAI's limit
+MAX_PARAMETERS_CHARS = 32768  # one function's parameter schema, as compact JSON
+MAX_PARAMETERS_DEPTH = 32  # nesting of a parameter schema's objects and arrays
+FUNCTION_NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function names
 
 
 def _valid_unicode(text: str) -> str:
@@ -53,11 +58,66 @@ class ContentPart(_Schema):
     text: Text | None = None
 
 
+def _bounded_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter schema is an object schema of bounded size (it is compiled into a grammar for each request)."""
+    if schema.get("type", "object") != "object":
+        raise ValueError("must be a JSON schema of type 'object'")
+    stack, size = [(schema, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_PARAMETERS_DEPTH:
+            raise ValueError(f"nests deeper than {MAX_PARAMETERS_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        size += len(value) if isinstance(value, str) else 8
+        if size > MAX_PARAMETERS_CHARS:
+            raise ValueError(f"is larger than {MAX_PARAMETERS_CHARS} characters")
+        stack.extend((child, depth + 1) for child in children)
+    if len(json.dumps(schema, separators=(",", ":"))) > MAX_PARAMETERS_CHARS:
+        raise ValueError(f"is larger than {MAX_PARAMETERS_CHARS} characters")
+    return schema
+
+
+FunctionName = Annotated[Text, Field(pattern=FUNCTION_NAME)]
+
+
+class FunctionDefinition(_Schema):
+    name: FunctionName
+    description: Text | None = None
+    parameters: Annotated[dict[str, Any], AfterValidator(_bounded_schema)] | None = None
+    strict: StrictBool | None = None
+
+
+class ToolDefinition(_Schema):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class ChosenFunction(_Schema):
+    name: Text
+
+
+class NamedToolChoice(_Schema):
+    type: Literal["function"]
+    function: ChosenFunction
+
+
+class FunctionCall(_Schema):
+    name: Text
+    arguments: Text
+
+
+class ToolCall(_Schema):
+    id: Text | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Schema):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: Text | list[ContentPart] | None = None
     name: Text | None = None
-    tool_calls: Any = None
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)] | None = None
+    tool_call_id: Text | None = None
     function_call: Any = None
 
 
@@ -149,8 +209,10 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: Annotated[int, Field(ge=0)] | None = None
     logprobs: StrictBool | None = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    tools: Any = None
-    tool_choice: Any = None
+    tools: Annotated[list[ToolDefinition], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
+    separate_reasoning: StrictBool = True  # SGLang's name: False leaves the thinking in `content`
     functions: Any = None
     function_call: Any = None
     audio: Any = None
@@ -162,18 +224,18 @@ class ChatCompletionRequest(SamplingRequest):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     def unsupported_parameter(self) -> str | None:
-        rejected = ("tools", "functions", "function_call", "audio", "prediction", "web_search_options")
+        rejected = ("functions", "function_call", "audio", "prediction", "web_search_options")
         for name in rejected:
             if getattr(self, name):
                 return name
-        if self.tool_choice not in (None, "none"):
-            return "tool_choice"
         if self.modalities is not None and self.modalities != ["text"]:
             return "modalities"
         for i, message in enumerate(self.messages):
-            if message.role in ("tool", "function"):
+            if message.role == "function":
                 return f"messages[{i}].role"
-            if message.tool_calls or message.function_call:
+            if message.function_call:
+                return f"messages[{i}].function_call"
+            if message.tool_calls and message.role != "assistant":
                 return f"messages[{i}].tool_calls"
             for j, part in enumerate(message.content if isinstance(message.content, list) else []):
                 if part.type != "text" or part.text is None:
@@ -185,15 +247,23 @@ class ChatCompletionRequest(SamplingRequest):
             raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
         return (self.top_logprobs or 0) if self.logprobs else None
 
-    def template_messages(self) -> list[dict[str, str]]:
-        """Messages as the chat template expects them: `developer` is `system`, text parts are joined."""
-        rendered = []
+    def template_messages(self) -> list[dict[str, Any]]:
+        """Messages as the chat template expects them: `developer` is `system`, text parts are joined; an
+        assistant's tool calls keep OpenAI's shape (with `content` None when it has no text, as DeepSeek's
+        template expects), a tool result keeps its `tool_call_id`."""
+        rendered: list[dict[str, Any]] = []
         for message in self.messages:
             content = message.content
             if isinstance(content, list):
                 content = "".join(part.text or "" for part in content)
             role = "system" if message.role == "developer" else message.role
-            rendered.append({"role": role, "content": content or ""})
+            entry: dict[str, Any] = {"role": role, "content": content or ""}
+            if message.tool_calls:
+                entry["tool_calls"] = [call.model_dump() for call in message.tool_calls]
+                entry["content"] = content or None
+            if role == "tool":
+                entry["tool_call_id"] = message.tool_call_id or ""
+            rendered.append(entry)
         return rendered
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from moecloud.engine import StructuredOutput
+from moecloud.engine.chat_prompt import ChatFormat
 from moecloud.engine.sampling_params import InvalidParameter
 from moecloud.serving.engine_client import EngineClient
 from moecloud.serving.errors import InvalidRequest, ModelNotFound, ShuttingDown, UnsupportedParameter
@@ -55,6 +57,11 @@ class ServingState:
         except InvalidParameter as exc:
             raise InvalidRequest(f"'{param}' cannot be used: {exc}", param=param) from exc
         return constraint
+
+    @functools.cached_property
+    def chat_format(self) -> ChatFormat:
+        """How the model's chat template handles tools and thinking (probed once)."""
+        return ChatFormat.probe(self.client.tokenizer)
 
     def token_text(self, token_id: int) -> str:
         return self.client.tokenizer.id_to_token(token_id)
