@@ -3,9 +3,10 @@ of one, on the tiny random checkpoint.
 
 Three generators, each ``--count`` requests: schemathesis from the target's OpenAPI document (positive data,
 then negative data; the gateway's tenant routes only, with a tenant key) and Hypothesis's hostile bodies for
-chat and completions. The property: no 5xx, every error in OpenAI's shape, a stream ends with ``[DONE]``
-and no error event, and after the run the engine still answers a normal request. Prints, per generator, the
-requests sent, the answers by status class, the failures and the seconds it took; exits 1 on any failure.
+chat, completions and responses. The property: no 5xx, every error in OpenAI's shape, a stream ends with
+``[DONE]`` (a Responses stream with its final event) and no error event, and after the run the engine still
+answers a normal request. Prints, per generator, the requests sent, the answers by status class, the failures
+and the seconds it took; exits 1 on any failure.
 
     .venv/bin/python benchmarks/fuzz.py [--target worker|gateway] [--count 1000] [--seed 0]
 """

@@ -148,13 +148,53 @@ def completion_bodies(vocab: int, model: str) -> st.SearchStrategy[dict[str, Any
     ).map(lambda body: {"model": model, **body})
 
 
+def _input_item(vocab: int) -> st.SearchStrategy[dict[str, Any]]:
+    bad = junk(vocab)
+    part = st.fixed_dictionaries({"type": mostly(st.sampled_from(["input_text", "output_text"]), texts())},
+                                 optional={"text": mostly(texts(), bad)})
+    content = mostly(st.one_of(texts(), st.lists(part, max_size=2)), bad)
+    message = st.fixed_dictionaries(
+        {"role": mostly(st.sampled_from(["system", "developer", "user", "assistant"]),
+                        st.one_of(st.sampled_from(["tool", "wizard"]), bad)), "content": content},
+        optional={"type": mostly(st.just("message"), st.one_of(texts(), bad))})
+    call = st.fixed_dictionaries({"type": st.just("function_call")},
+                                 optional={"call_id": mostly(texts(), bad), "name": mostly(texts(), bad),
+                                           "arguments": mostly(st.just("{}"), st.one_of(texts(), bad))})
+    output = st.fixed_dictionaries({"type": st.just("function_call_output")},
+                                   optional={"call_id": mostly(texts(), bad), "output": content})
+    return mostly(message, st.one_of(call, output, st.fixed_dictionaries({"type": st.sampled_from(
+        ["reasoning", "item_reference", "web_search_call"])})), bad_in=5)
+
+
+def responses_bodies(vocab: int, model: str) -> st.SearchStrategy[dict[str, Any]]:
+    bad = junk(vocab)
+    sampling = _sampling_fields(vocab, model)
+    text_format = st.fixed_dictionaries({"type": mostly(st.sampled_from(["text", "json_object", "json_schema"]),
+                                                        st.one_of(texts(), bad))},
+                                        optional={"name": mostly(texts(), bad), "schema": mostly(st.just({}), bad)})
+    return st.fixed_dictionaries(
+        {"input": mostly(st.one_of(texts(), st.lists(_input_item(vocab), min_size=1, max_size=3)), bad)},
+        optional={**{name: sampling[name] for name in ("model", "temperature", "top_p", "seed", "stop",
+                                                       "ignore_eos", "stream", "user")},
+                  "instructions": mostly(texts(), bad),
+                  "max_output_tokens": mostly(st.integers(1, 6), st.one_of(counts(), bad)),
+                  "text": mostly(st.fixed_dictionaries({}, optional={"format": text_format}), bad),
+                  "tool_choice": mostly(st.sampled_from(["auto", "none"]), bad),
+                  "metadata": mostly(st.dictionaries(texts(), texts(), max_size=3), bad),
+                  "store": mostly(st.just(False), bad), "tools": bad, "previous_response_id": bad,
+                  "include": bad, "reasoning": bad, "truncation": bad},
+    ).map(lambda body: {"model": model, **body})
+
+
 def requests(vocab: int, model: str) -> st.SearchStrategy[tuple[str, bytes]]:
     """(path, raw body): JSON as a hostile client writes it (NaN literals, \\ud800 escapes), now and then not JSON."""
     encoded = st.one_of(
         chat_bodies(vocab, model).map(lambda b: ("/v1/chat/completions", b)),
         completion_bodies(vocab, model).map(lambda b: ("/v1/completions", b)),
+        responses_bodies(vocab, model).map(lambda b: ("/v1/responses", b)),
     ).map(lambda pb: (pb[0], json.dumps(pb[1], allow_nan=True).encode()))
-    garbage = st.tuples(st.sampled_from(["/v1/chat/completions", "/v1/completions"]), st.binary(max_size=40))
+    garbage = st.tuples(st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/responses"]),
+                        st.binary(max_size=40))
     return mostly(encoded, garbage, bad_in=20)
 
 
@@ -181,10 +221,28 @@ def failure(status: int, content_type: str, content: bytes) -> str | None:
     if not content_type.startswith("text/event-stream"):
         return None
     events = [line[6:] for line in content.decode().splitlines() if line.startswith("data: ")]
+    if events and _typed_event(events[-1]) is not None:
+        return _typed_stream_failure(events)
     if not events or events[-1] != "[DONE]":
         return "stream without [DONE]"
     if any(not _is_json(e.encode()) or "error" in json.loads(e) for e in events[:-1]):
         return "stream error event"
+    return None
+
+
+def _typed_event(data: str) -> str | None:
+    """The `type` of a Responses stream event (None for anything else)."""
+    event = json.loads(data) if _is_json(data.encode()) else None
+    return event.get("type") if isinstance(event, dict) and isinstance(event.get("type"), str) else None
+
+
+def _typed_stream_failure(events: list[str]) -> str | None:
+    """A Responses stream has no `[DONE]`: it ends with its final response event, and has no error events."""
+    types = [_typed_event(e) for e in events]
+    if any(t in ("error", "response.failed") for t in types):
+        return "stream error event"
+    if types[-1] not in ("response.completed", "response.incomplete") or None in types:
+        return "stream without its final event"
     return None
 
 

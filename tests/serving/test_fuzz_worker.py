@@ -34,7 +34,8 @@ def fuzz_worker(start_worker) -> Iterator[RunningWorker]:  # type: ignore[no-unt
 def test_schemathesis_over_every_operation(fuzz_worker: RunningWorker, mode: GenerationMode) -> None:
     schema = schemathesis.openapi.from_url(fuzz_worker.base_url + "/openapi.json")
     operations = {op.ok().label for op in schema.get_all_operations()}
-    assert {"POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models", "GET /health"} <= operations
+    assert {"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses", "GET /v1/models",
+            "GET /v1/models/{model}", "GET /health"} <= operations
     tally = Tally()
 
     @FUZZ

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import ASGIApp, Scope
@@ -10,21 +13,28 @@ from moecloud.engine.failures import FAULT_STAGES
 from moecloud.serving import reports
 from moecloud.serving.chat import ChatRun
 from moecloud.serving.completions import CompletionRun
+from moecloud.serving.generation import Generation
 from moecloud.serving.metrics import ServingMetrics
 from moecloud.serving.protocol import ChatCompletionRequest, CompletionRequest
+from moecloud.serving.responses import ResponseNotStored, ResponsesRun, typed_event_stream
+from moecloud.serving.responses_protocol import ResponsesRequest
 from moecloud.serving.sse import event_stream
 from moecloud.serving.state import ServingState, State
 from moecloud.web.disconnect import unless_disconnected
-from moecloud.web.errors import InvalidRequest, install_error_handlers
+from moecloud.web.errors import InvalidRequest, ModelNotFound, install_error_handlers
 from moecloud.web.metrics import RequestCounter
 
 router = APIRouter()
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_COUNTED_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/models"}
+_COUNTED_PATHS = {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models"}
 FAULT_HEADER = "x-moecloud-fault"
 
 
-def _arm_fault(request: Request, run: ChatRun | CompletionRun) -> None:
+Run = ChatRun | CompletionRun | ResponsesRun
+Framing = Callable[[AsyncIterator[Any], Generation], AsyncIterator[str]]
+
+
+def _arm_fault(request: Request, run: Run) -> None:
     """Tests only: with serving.fault_injection, `x-moecloud-fault: forward|sample|fatal` makes the engine fail
     this request at that stage (fatal: as a lost device would). Without the setting the header means nothing."""
     faults, stage = run.state.client.faults, request.headers.get(FAULT_HEADER)
@@ -35,7 +45,7 @@ def _arm_fault(request: Request, run: ChatRun | CompletionRun) -> None:
     faults.arm(run.generation.request_id, stage)
 
 
-async def _respond(request: Request, run: ChatRun | CompletionRun, stream: bool) -> Response:
+async def _respond(request: Request, run: Run, stream: bool, framing: Framing = event_stream) -> Response:
     _arm_fault(request, run)
     try:
         await unless_disconnected(request.receive, run.start())
@@ -44,7 +54,7 @@ async def _respond(request: Request, run: ChatRun | CompletionRun, stream: bool)
         raise
     request.app.state.serving.reports.track(request.headers.get("x-request-id"), run.generation)
     if stream:
-        return StreamingResponse(event_stream(run.chunks(), run.generation), media_type="text/event-stream",
+        return StreamingResponse(framing(run.chunks(), run.generation), media_type="text/event-stream",
                                  headers=_SSE_HEADERS)
     return JSONResponse(await unless_disconnected(request.receive, run.response()))
 
@@ -59,11 +69,34 @@ async def completions(body: CompletionRequest, request: Request, state: State) -
     return await _respond(request, CompletionRun(state, body), bool(body.stream))
 
 
+@router.post("/v1/responses")
+async def responses(body: ResponsesRequest, request: Request, state: State) -> Response:
+    return await _respond(request, ResponsesRun(state, body), bool(body.stream), typed_event_stream)
+
+
+@router.get("/v1/responses/{response_id}")
+@router.delete("/v1/responses/{response_id}")
+@router.get("/v1/responses/{response_id}/input_items")
+@router.post("/v1/responses/{response_id}/cancel")
+async def stored_response(response_id: str) -> None:
+    raise ResponseNotStored(response_id)
+
+
+def _model_card(state: ServingState) -> dict[str, object]:
+    return {"id": state.served_model_name, "object": "model", "created": state.created, "owned_by": "moecloud",
+            "root": state.client.model_name, "max_model_len": state.client.max_model_len}
+
+
 @router.get("/v1/models")
 async def models(state: State) -> dict[str, object]:
-    card = {"id": state.served_model_name, "object": "model", "created": state.created, "owned_by": "moecloud",
-            "root": state.client.model_name, "max_model_len": state.client.max_model_len}
-    return {"object": "list", "data": [card]}
+    return {"object": "list", "data": [_model_card(state)]}
+
+
+@router.get("/v1/models/{model:path}")
+async def retrieve_model(model: str, state: State) -> dict[str, object]:
+    if model != state.served_model_name:
+        raise ModelNotFound(f"The model '{model}' does not exist", param="model")
+    return _model_card(state)
 
 
 @router.get("/health")
