@@ -26,6 +26,7 @@ class EngineConfig:
     compile_max_batch: int = 32  # larger decode steps stay eager: there per-expert GEMMs beat the fused reduction
     structured_cache_size: int = 256  # compiled grammars kept, by spec
     structured_lexer_fuel: int = 100_000  # llguidance's budget for building a grammar's lexer
+    structured_mask_threads: int = 0  # 0: masks computed on the engine thread; N: on a pool of N threads
     max_consecutive_failures: int = 10  # failed requests with no token between them: the engine, not them, is broken
 
     def resolve_device(self) -> torch.device:
