@@ -48,6 +48,10 @@ class EngineSettings(BaseModel):
         100_000, ge=1000, description="llguidance's budget for building a grammar's lexer: a regex or schema that "
                                       "needs more is refused (400) instead of stalling the engine's step"
     )
+    structured_mask_threads: int = Field(
+        0, ge=0, description="0: structured-output masks are computed on the engine thread (best on a few cores); "
+                             "N: on a pool of N threads (many cores, large batches of constrained requests)"
+    )
 
 
 class ServingSettings(BaseModel):

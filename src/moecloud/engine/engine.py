@@ -62,7 +62,7 @@ class LLMEngine:
             compile_max_batch=config.compile_max_batch,
         )
         self.faults = faults
-        self.sampler = Sampler(config.seed, faults)
+        self.sampler = Sampler(config.seed, faults, config.structured_mask_threads)
         self.requests: dict[str, RequestState] = {}
         self._sample_of: dict[str, tuple[RequestState, SampleState]] = {}
         self.eos_ids = set(self.tokenizer.eos_token_ids) | set(self.model_config.eos_token_ids)

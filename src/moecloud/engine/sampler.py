@@ -65,9 +65,10 @@ class Sampler:
     gets a token of the vocabulary: non-finite logits are never chosen (all non-finite: token 0), and a
     distribution that filters to nothing falls back to the most likely token."""
 
-    def __init__(self, seed: int = 0, faults: FaultInjector | None = None) -> None:
+    def __init__(self, seed: int = 0, faults: FaultInjector | None = None, mask_threads: int = 0) -> None:
         self._default = torch.Generator().manual_seed(seed)
         self._faults = faults
+        self._mask_threads = mask_threads
         self._masker: Masker | None = None  # made for the first constrained row
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[TokenChoice | Exception]:
@@ -96,7 +97,7 @@ class Sampler:
         if all(row.constraint is None for row in rows):
             return logits, [None] * len(rows)
         if self._masker is None:
-            self._masker = Masker()
+            self._masker = Masker(self._mask_threads)
         try:
             return self._masker(logits, [row.constraint for row in rows])
         except Exception as exc:  # noqa: BLE001 - charged to the rows that fail alone
