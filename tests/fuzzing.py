@@ -58,6 +58,29 @@ def junk(vocab: int) -> st.SearchStrategy[Any]:
                      st.lists(token_ids(vocab), max_size=3))
 
 
+def _structured_fields(vocab: int) -> dict[str, st.SearchStrategy[Any]]:
+    """Constraints: JSON schemas of every shape (nested, broken, of unknown types), regexes of any text,
+    catastrophic ones included, choices and grammars."""
+    bad = junk(vocab)
+    leaf = st.fixed_dictionaries({"type": st.sampled_from(["string", "integer", "boolean", "object", "wizard"])},
+                                 optional={"maxLength": counts(), "enum": st.lists(texts(), max_size=3)})
+    schema = st.recursive(leaf, lambda inner: st.one_of(
+        st.fixed_dictionaries({"type": st.just("array"), "items": inner}, optional={"maxItems": counts()}),
+        st.fixed_dictionaries({"anyOf": st.lists(inner, max_size=3)}),
+        st.fixed_dictionaries({"properties": st.dictionaries(texts(), inner, max_size=3),
+                               "$ref": st.sampled_from(["#", "#/$defs/x", "nowhere"])})), max_leaves=6)
+    regex = st.one_of(texts(), st.sampled_from(["a{1000}{1000}", "(a*)*b", "(?=x)", "[", "\\1", ".*"]))
+    response_format = st.fixed_dictionaries(
+        {"type": st.sampled_from(["text", "json_object", "json_schema", "xml"])},
+        optional={"json_schema": mostly(st.fixed_dictionaries({"name": texts(), "schema": mostly(schema, bad)}),
+                                        bad)})
+    structured_outputs = st.fixed_dictionaries({}, optional={
+        "json": mostly(schema, bad), "regex": mostly(regex, bad), "choice": mostly(st.lists(texts(), max_size=3), bad),
+        "grammar": mostly(texts(), bad)})
+    return {"response_format": mostly(response_format, bad), "structured_outputs": mostly(structured_outputs, bad),
+            "guided_regex": mostly(regex, bad), "guided_choice": mostly(st.lists(texts(), max_size=3), bad)}
+
+
 def _sampling_fields(vocab: int, model: str) -> dict[str, st.SearchStrategy[Any]]:
     bad = junk(vocab)
     stops = mostly(st.one_of(texts(), st.lists(texts(), max_size=3)), st.lists(st.just("x"), min_size=17), 10)
@@ -87,6 +110,7 @@ def _sampling_fields(vocab: int, model: str) -> dict[str, st.SearchStrategy[Any]
         "logit_bias": mostly(st.dictionaries(st.one_of(token_ids(vocab).map(str), texts()), floats(-100, 100),
                                              max_size=2),
                              bad),
+        **_structured_fields(vocab),
     }
 
 
@@ -108,7 +132,7 @@ def chat_bodies(vocab: int, model: str) -> st.SearchStrategy[dict[str, Any]]:
         optional={**_sampling_fields(vocab, model), "max_completion_tokens": mostly(st.integers(0, 6), bad),
                   "logprobs": mostly(st.booleans(), bad),
                   "top_logprobs": mostly(st.one_of(st.integers(0, 20), counts()), bad),
-                  "tool_choice": bad, "response_format": bad, "modalities": bad, "tools": bad},
+                  "tool_choice": bad, "modalities": bad, "tools": bad},
     ).map(lambda body: {"model": model, **body})
 
 

@@ -65,6 +65,10 @@ class ServingSettings(BaseModel):
     usage_reports: int = Field(
         10_000, ge=1, description="latest requests whose final usage the worker keeps for the gateway to read"
     )
+    max_structured_bytes: int = Field(
+        65536, ge=64, description="longest structured-output spec (JSON schema, regex, choices, grammar) a request "
+                                  "may give, in bytes of its JSON text; longer: 400"
+    )
 
 
 _WEAK_SECRETS = {"admin", "secret", "changeme", "change-me", "password", "test", "default", "moecloud"}

@@ -69,8 +69,6 @@ def test_bad_completion_requests_are_400(worker: RunningWorker, body: dict[str, 
 
 @pytest.mark.parametrize(("extra", "param"), [
     ({"functions": [{"name": "f"}]}, "functions"),
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}, "response_format"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"logit_bias": {"42": 5}}, "logit_bias"),
 ])

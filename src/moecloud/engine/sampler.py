@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import llguidance
 import torch
 
 from moecloud.engine.failures import SAMPLE, FaultInjector
 from moecloud.engine.sampling_params import SamplingParams
-from moecloud.engine.structured import Constraint, mask_logits
+from moecloud.engine.structured import Constraint, Masker
 
 
 @dataclass
@@ -69,7 +68,7 @@ class Sampler:
     def __init__(self, seed: int = 0, faults: FaultInjector | None = None) -> None:
         self._default = torch.Generator().manual_seed(seed)
         self._faults = faults
-        self._executor: llguidance.LLExecutor | None = None  # computes the masks of a batch in parallel
+        self._masker: Masker | None = None  # made for the first constrained row
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[TokenChoice | Exception]:
         """``logits`` [B, vocab] float32, one row per sequence that samples this step."""
@@ -96,10 +95,10 @@ class Sampler:
         that fails alone, unmasked, with its exception)."""
         if all(row.constraint is None for row in rows):
             return logits, [None] * len(rows)
-        if self._executor is None:
-            self._executor = llguidance.LLExecutor()
+        if self._masker is None:
+            self._masker = Masker()
         try:
-            return mask_logits(logits, [row.constraint for row in rows], self._executor)
+            return self._masker(logits, [row.constraint for row in rows])
         except Exception as exc:  # noqa: BLE001 - charged to the rows that fail alone
             if len(rows) == 1:
                 return logits, [exc]

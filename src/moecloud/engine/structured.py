@@ -29,7 +29,6 @@ Kind = Literal["json_schema", "json_object", "regex", "choice", "grammar"]
 # No free whitespace in JSON: a model may otherwise emit blanks until max_tokens cuts the object short.
 _JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _MAX_ERROR_CHARS = 500
-_BITS = torch.tensor([1 << b for b in range(31)] + [-(1 << 31)], dtype=torch.int32)  # bit b of an int32 word
 
 
 @dataclass(frozen=True)
@@ -213,25 +212,44 @@ class Constraint:
             self.matcher.consume_tokens(rest)
 
 
-def mask_logits(logits: torch.Tensor, constraints: Sequence[Constraint | None],
-                executor: llguidance.LLExecutor) -> tuple[torch.Tensor, list[Exception | None]]:
-    """``logits`` [B, vocab] (one row per constraint, on any device) with the tokens each active constraint forbids
-    at -inf, and per row the exception of a matcher that failed (its row is left as it was)."""
-    rows = [i for i, c in enumerate(constraints) if c is not None and c.active]
-    errors: list[Exception | None] = [None] * len(constraints)
-    if not rows:
-        return logits, errors
-    vocab = logits.shape[1]
-    bitmask = torch.full((len(rows), (vocab + 31) // 32), -1, dtype=torch.int32)
-    matchers = [(constraints[i].matcher, k) for k, i in enumerate(rows)]  # type: ignore[union-attr]
-    executor.unsafe_compute_mask_ptr(matchers, bitmask.data_ptr(), bitmask.shape[1] * 4, len(rows))
-    for k, i in enumerate(rows):
-        matcher = constraints[i].matcher  # type: ignore[union-attr]
-        if matcher.is_error():
-            errors[i] = StructuredOutputError(_short(matcher.get_error()))
-            bitmask[k] = -1
-    bits = bitmask.to(logits.device, non_blocking=True)
-    words = (bits[:, :, None] & _BITS.to(logits.device)) != 0  # [rows, vocab / 32, 32]
-    allowed = torch.ones(logits.shape, dtype=torch.bool, device=logits.device)
-    allowed[torch.tensor(rows, device=logits.device)] = words.reshape(len(rows), -1)[:, :vocab]
-    return logits.masked_fill(~allowed, float("-inf")), errors
+class Masker:
+    """Applies the masks of a batch's constraints: llguidance fills their bitmasks (one row each, in parallel for
+    several), and one lookup turns the bits into a boolean mask on the logits' device."""
+
+    def __init__(self) -> None:
+        self._executor = llguidance.LLExecutor()
+        self._byte_bits: dict[torch.device, torch.Tensor] = {}  # [256, 8]: each byte's bits, lowest first
+
+    def __call__(self, logits: torch.Tensor, constraints: Sequence[Constraint | None]
+                 ) -> tuple[torch.Tensor, list[Exception | None]]:
+        """``logits`` [B, vocab] (one row per constraint, on any device) with the tokens each active constraint
+        forbids at -inf, and per row the exception of a matcher that failed (its row is left as it was)."""
+        rows = [i for i, c in enumerate(constraints) if c is not None and c.active]
+        errors: list[Exception | None] = [None] * len(constraints)
+        if not rows:
+            return logits, errors
+        vocab = logits.shape[1]
+        bitmask = torch.full((len(rows), (vocab + 31) // 32), -1, dtype=torch.int32)
+        matchers = [constraints[i].matcher for i in rows]  # type: ignore[union-attr]
+        if len(matchers) == 1:  # no hand-off to the pool's threads for one row
+            matchers[0].unsafe_compute_mask_ptr(bitmask.data_ptr(), bitmask.shape[1] * 4)
+        else:
+            self._executor.unsafe_compute_mask_ptr([(m, k) for k, m in enumerate(matchers)], bitmask.data_ptr(),
+                                                   bitmask.shape[1] * 4, len(rows))
+        for k, (i, matcher) in enumerate(zip(rows, matchers, strict=True)):
+            if matcher.is_error():
+                errors[i] = StructuredOutputError(_short(matcher.get_error()))
+                bitmask[k] = -1
+        table = self._byte_bits.get(logits.device)
+        if table is None:
+            table = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).bool().to(logits.device)
+            self._byte_bits[logits.device] = table
+        # little-endian words: bit b of a word is bit b % 8 of its byte b // 8
+        index = bitmask.view(torch.uint8).to(device=logits.device, dtype=torch.int64, non_blocking=True)
+        allowed = table[index].reshape(len(rows), -1)[:, :vocab]
+        if len(rows) == len(constraints):
+            return logits.masked_fill(~allowed, float("-inf")), errors
+        masked = logits.clone()
+        picked = torch.tensor(rows, device=logits.device)
+        masked[picked] = logits[picked].masked_fill(~allowed, float("-inf"))
+        return masked, errors

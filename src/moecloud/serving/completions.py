@@ -25,6 +25,7 @@ class CompletionRun:
     async def start(self) -> None:
         state, body = self.state, self.body
         state.admit(body)
+        structured = await state.structured_output(body)
         requested = body.prompts()
         body.check_prompt_ids(requested, state.client.tokenizer.vocab_size)
         prompts = [await state.encode(p, add_special_tokens=True) if isinstance(p, str) else p for p in requested]
@@ -32,6 +33,7 @@ class CompletionRun:
                                             state.max_tokens_default) for ids in prompts)
         prompt_logprobs = body.logprobs if body.echo and body.logprobs is not None else None
         params = body.sampling_params(max_tokens, logprobs=body.logprobs, prompt_logprobs=prompt_logprobs)
+        params.structured = structured
         await self.generation.open(list(prompts), params)
         if body.echo:
             self.prompt_texts = [p if isinstance(p, str) else state.client.tokenizer.decode(p) for p in requested]

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from moecloud.engine import EngineStats, LLMEngine, PromptTooLong, RequestOutput, SamplingParams
+from moecloud.engine import EngineStats, LLMEngine, PromptTooLong, RequestOutput, SamplingParams, StructuredOutput
 from moecloud.engine.failures import FaultInjector, is_fatal
 from moecloud.serving.errors import (
     ContextLengthExceeded,
@@ -99,6 +99,10 @@ class EngineClient(Protocol):
         """Queue a request (raising QueueFull, ContextLengthExceeded, InvalidRequest) and stream its outputs."""
         ...
 
+    async def compile_structured(self, structured: StructuredOutput) -> None:
+        """Compile a constraint into the engine's cache off its loop; raises ``InvalidParameter`` if it is invalid."""
+        ...
+
     async def stats(self) -> EngineStats: ...
 
     def num_active(self) -> int: ...
@@ -171,6 +175,9 @@ class ThreadEngineClient:
             self._commands.put(("abort", request_id))
             raise
         return stream
+
+    async def compile_structured(self, structured: StructuredOutput) -> None:
+        await asyncio.to_thread(self._engine.structured.compile, structured)
 
     async def stats(self) -> EngineStats:
         if not self.healthy():

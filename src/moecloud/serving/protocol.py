@@ -145,6 +145,13 @@ class SamplingRequest(_Schema):
     stream_options: StreamOptions | None = None
     user: Text | None = None
     logit_bias: dict[TokenIdKey, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    # structured output (serving/structured.py reads these): OpenAI's, vLLM's, and vLLM's older names
+    response_format: Any = None
+    structured_outputs: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
@@ -208,7 +215,6 @@ class ChatCompletionRequest(SamplingRequest):
     separate_reasoning: StrictBool = True  # SGLang's name: False leaves the thinking in `content`
     functions: Any = None
     function_call: Any = None
-    response_format: Any = None
     audio: Any = None
     modalities: list[Text] | None = None
     prediction: Any = None
@@ -222,8 +228,6 @@ class ChatCompletionRequest(SamplingRequest):
         for name in rejected:
             if getattr(self, name):
                 return name
-        if self.response_format is not None and _format_type(self.response_format) != "text":
-            return "response_format"
         if self.modalities is not None and self.modalities != ["text"]:
             return "modalities"
         for i, message in enumerate(self.messages):
@@ -308,6 +312,3 @@ def check_token_id(token_id: int, vocab_size: int, param: str) -> None:
     if not 0 <= token_id < vocab_size:
         raise InvalidRequest(f"token id {token_id} is not in the vocabulary [0, {vocab_size})", param=param)
 
-
-def _format_type(response_format: Any) -> Any:
-    return response_format.get("type") if isinstance(response_format, dict) else response_format

@@ -11,12 +11,15 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from moecloud.engine import StructuredOutput
 from moecloud.engine.chat_prompt import ChatFormat
+from moecloud.engine.sampling_params import InvalidParameter
 from moecloud.serving.engine_client import EngineClient
 from moecloud.serving.errors import InvalidRequest, ModelNotFound, ShuttingDown, UnsupportedParameter
 from moecloud.serving.metrics import ServingMetrics
 from moecloud.serving.protocol import SamplingRequest
 from moecloud.serving.reports import UsageReports
+from moecloud.serving.structured import requested_constraint
 
 
 @dataclass
@@ -26,6 +29,7 @@ class ServingState:
     max_tokens_default: int
     reports: UsageReports
     metrics: ServingMetrics = field(default_factory=ServingMetrics)
+    max_structured_bytes: int = 65536
     draining: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -45,6 +49,19 @@ class ServingState:
     def chat_format(self) -> ChatFormat:
         """How the model's chat template handles tools and thinking (probed once)."""
         return ChatFormat.probe(self.client.tokenizer)
+
+    async def structured_output(self, body: SamplingRequest) -> StructuredOutput | None:
+        """The request's constraint, compiled now (off the engine's thread, so a large grammar never stalls a
+        step): a schema or regex the grammar library refuses is a 400 naming the field that gave it."""
+        requested = requested_constraint(body, self.max_structured_bytes)
+        if requested is None:
+            return None
+        constraint, param = requested
+        try:
+            await self.client.compile_structured(constraint)
+        except InvalidParameter as exc:
+            raise InvalidRequest(f"'{param}' cannot be used: {exc}", param=param) from exc
+        return constraint
 
     def token_text(self, token_id: int) -> str:
         return self.client.tokenizer.id_to_token(token_id)

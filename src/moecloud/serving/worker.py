@@ -87,7 +87,8 @@ def serving_app(client: ThreadEngineClient, settings: Settings, served_model_nam
 def serving_state(client: ThreadEngineClient, settings: Settings, served_model_name: str | None) -> ServingState:
     return ServingState(client=client, served_model_name=served_model_name or client.model_name,
                         max_tokens_default=settings.serving.max_tokens_default,
-                        reports=UsageReports(settings.serving.usage_reports))
+                        reports=UsageReports(settings.serving.usage_reports),
+                        max_structured_bytes=settings.serving.max_structured_bytes)
 
 
 class DrainingServer(uvicorn.Server):
