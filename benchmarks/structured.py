@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 from engine import SHAPES, prompts  # benchmarks/engine.py: the checkpoint shapes and prompts of the engine benchmark
+from moecloud.engine.random_checkpoint import write_random_checkpoint
 from rich.console import Console
 from rich.table import Table
 
 from moecloud.engine import LLM, SamplingParams, StructuredOutput
-from moecloud.engine.random_checkpoint import write_random_checkpoint
 from moecloud.engine.structured import Masker, StructuredCompiler
 
 SCHEMA = {

@@ -4,6 +4,7 @@ really constrained, so `required` and named choices are checked against their sc
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,36 @@ def test_auto_answer_after_thinking_becomes_calls_as_openai_streams_them() -> No
             fragments = [c["function"]["arguments"] for c in calls if c["index"] == index and "id" not in c]
             assert set(next(c for c in calls if c["index"] == index and "id" not in c)) == {"index", "function"}
             assert "".join(fragments) == call["function"]["arguments"]
+
+
+@pytest.mark.parametrize("which", ["fallback", "deepseek"])
+def test_auto_parses_the_calls_a_model_writes(which: str, fallback_client: openai.OpenAI,
+                                              deepseek_client: openai.OpenAI) -> None:
+    """A regex constraint makes the random model write calls in the template's format, as a trained one would."""
+    arguments = r'\{"city": "(Paris|Rome)", "days": [1-7]\}'
+    if which == "fallback":
+        sdk_client, one = fallback_client, re.escape('<tool_call>{"name": "get_weather", "arguments": ') + arguments + (
+            re.escape("}</tool_call>"))
+        pattern = f"Sure\\. ({one}){{2}}"
+    else:
+        sdk_client = deepseek_client
+        one = re.escape("<｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n") + arguments + re.escape(
+            "\n```<｜tool▁call▁end｜>")
+        pattern = f"Sure\\. {re.escape('<｜tool▁calls▁begin｜>')}{one}\\n{one}{re.escape('<｜tool▁calls▁end｜>')}"
+    args: dict[str, Any] = {"model": MODEL, "messages": ASK, "tools": TOOLS, "seed": 4, "temperature": 1.0,
+                            "max_tokens": 256, "extra_body": {"structured_outputs": {"regex": pattern}}}
+    reply = sdk_client.chat.completions.create(**args)
+    stream = reassemble(sdk_client.chat.completions.create(**args, stream=True))
+    for choice in reply.choices:
+        assert choice.finish_reason == "tool_calls" and choice.message.content == "Sure. "
+        assert [c.function.name for c in choice.message.tool_calls] == ["get_weather", "get_weather"]
+        for call in choice.message.tool_calls:
+            jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+        assert stream[choice.index]["content"] == "Sure. " and stream[choice.index]["finish"] == "tool_calls"
+        assert without_ids(list(stream[choice.index]["calls"].values())) == without_ids(calls_of(choice.message))
+    if which == "deepseek":  # the same parse; only the first call is kept
+        single = sdk_client.chat.completions.create(**args, parallel_tool_calls=False)
+        assert without_ids(calls_of(single.choices[0].message)) == without_ids(calls_of(reply.choices[0].message))[:1]
 
 
 def test_auto_offers_the_tools_in_the_prompt(fallback_client: openai.OpenAI, deepseek_client: openai.OpenAI) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from moecloud.engine import CompletionOutput
+from moecloud.engine import CompletionOutput, StructuredOutput
 from moecloud.engine.reasoning import reasoning_tokens
 from moecloud.engine.sampling_params import InvalidParameter
 from moecloud.serving.generation import ChoiceCursor, Generation, resolve_max_tokens
@@ -44,17 +43,20 @@ class ChatRun:
         max_tokens = resolve_max_tokens(body.requested_max_tokens(), len(ids), state.client.max_model_len,
                                         state.max_tokens_default)
         params = body.sampling_params(max_tokens, logprobs=self.top_logprobs, prompt_logprobs=None)
+        params.structured = constrain_answer(await self._tool_constraint() or structured, chat_format)
+        await self.generation.open([ids], params)
+
+    async def _tool_constraint(self) -> StructuredOutput | None:
+        """The constraint of a "required" or named tool_choice, compiled now: a schema the grammar library refuses
+        is a 400 naming the tool's parameters."""
         try:
-            constraint = self.plan.constraint() or structured
+            constraint = self.plan.constraint()
+            if constraint is not None:
+                await self.state.client.compile_structured(constraint)
         except InvalidParameter as exc:
-            raise InvalidRequest(str(exc), param=self.plan.schema_param()) from exc
-        params = dataclasses.replace(params, structured=constrain_answer(constraint, chat_format))
-        try:
-            await self.generation.open([ids], params)
-        except InvalidRequest as exc:  # the engine could not compile the tools' schema
-            if exc.param != "structured" or self.plan.constraint() is None:
-                raise
-            raise InvalidRequest(exc.message, param=self.plan.schema_param()) from exc
+            raise InvalidRequest(f"'{self.plan.schema_param()}' cannot be used: {exc}",
+                                 param=self.plan.schema_param()) from exc
+        return constraint
 
     def _output(self) -> AssistantOutput:
         return AssistantOutput(self.plan, self.state.chat_format, self.body.separate_reasoning)

@@ -46,6 +46,11 @@ class ServingState:
         if unsupported is not None:
             raise UnsupportedParameter(unsupported)
 
+    @functools.cached_property
+    def chat_format(self) -> ChatFormat:
+        """How the model's chat template handles tools and thinking (probed once)."""
+        return ChatFormat.probe(self.client.tokenizer)
+
     async def structured_output(self, body: SamplingRequest) -> StructuredOutput | None:
         """The request's constraint, compiled now (off the engine's thread, so a large grammar never stalls a
         step): a schema or regex the grammar library refuses is a 400 naming the field that gave it."""
@@ -58,11 +63,6 @@ class ServingState:
         except InvalidParameter as exc:
             raise InvalidRequest(f"'{param}' cannot be used: {exc}", param=param) from exc
         return constraint
-
-    @functools.cached_property
-    def chat_format(self) -> ChatFormat:
-        """How the model's chat template handles tools and thinking (probed once)."""
-        return ChatFormat.probe(self.client.tokenizer)
 
     def token_text(self, token_id: int) -> str:
         return self.client.tokenizer.id_to_token(token_id)
