@@ -179,9 +179,11 @@ def responses_bodies(vocab: int, model: str) -> st.SearchStrategy[dict[str, Any]
                   "instructions": mostly(texts(), bad),
                   "max_output_tokens": mostly(st.integers(1, 6), st.one_of(counts(), bad)),
                   "text": mostly(st.fixed_dictionaries({}, optional={"format": text_format}), bad),
-                  "tool_choice": mostly(st.sampled_from(["auto", "none"]), bad),
+                  "tool_choice": mostly(st.sampled_from(["auto", "none", "required"]), bad),
                   "metadata": mostly(st.dictionaries(texts(), texts(), max_size=3), bad),
-                  "store": mostly(st.just(False), bad), "tools": bad, "previous_response_id": bad,
+                  "tools": mostly(st.just([{"type": "function", "name": "f", "parameters": {"type": "object"}}]),
+                                  bad),
+                  "store": mostly(st.just(False), bad), "previous_response_id": bad,
                   "include": bad, "reasoning": bad, "truncation": bad},
     ).map(lambda body: {"model": model, **body})
 

@@ -5,6 +5,7 @@ or a valid call only when decoding is really constrained, so these can fail."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Literal
 
 import openai
 import pytest
+from agents import Agent, ModelSettings, OpenAIResponsesModel, RunConfig, Runner, function_tool
 from pydantic import BaseModel, Field
 
 from moecloud.config import EngineSettings, ServingSettings, load_settings
@@ -48,9 +50,14 @@ def worker_on(checkpoint: Path) -> Any:
 
 
 @pytest.fixture(scope="module")
-def tools_client(make_checkpoint: Callable[..., Path]) -> Iterator[openai.OpenAI]:
+def tools_worker(make_checkpoint: Callable[..., Path]) -> Iterator[RunningWorker]:
     with worker_on(make_checkpoint("v2-lite", chat_template="deepseek-tools")) as running:
-        yield sdk(running)
+        yield running
+
+
+@pytest.fixture(scope="module")
+def tools_client(tools_worker: RunningWorker) -> openai.OpenAI:
+    return sdk(tools_worker)
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +74,16 @@ def test_parse_returns_the_pydantic_model(client: openai.OpenAI, seed: int) -> N
     assert Forecast.model_validate_json(response.output_text) == response.output_parsed
 
 
-def test_json_object_format_gives_an_object(client: openai.OpenAI) -> None:
+def test_json_object_format_is_chats_json_object(client: openai.OpenAI) -> None:
+    """An object of any size: the random model may not close it within the budget, but it is chat's answer."""
     response = client.responses.create(model=MODEL, input="Some JSON", text={"format": {"type": "json_object"}},
-                                       temperature=1.0, max_output_tokens=BUDGET, extra_body={"seed": 4})
-    assert response.status == "completed" and isinstance(json.loads(response.output_text), dict)
+                                       temperature=1.0, max_output_tokens=48, extra_body={"seed": 4})
+    reference = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Some JSON"}],
+                                               response_format={"type": "json_object"}, temperature=1.0,
+                                               max_tokens=48, seed=4)
+    assert response.output_text == reference.choices[0].message.content and response.output_text.startswith("{")
+    if response.status == "completed":
+        assert isinstance(json.loads(response.output_text), dict)
     assert response.text.format.type == "json_object"
 
 
@@ -131,6 +144,29 @@ def test_streamed_tool_call_events(tools_client: openai.OpenAI) -> None:
     final = events[-1].response
     assert events[-1].type == "response.completed"
     assert [c.arguments for c in calls(final)] == [e.arguments for e in done]
+
+
+def test_openai_agents_sdk_calls_a_function_tool(tools_worker: RunningWorker) -> None:
+    """The Agents SDK reads the function_call item, runs the tool with its parsed arguments and stops there."""
+    seen: list[tuple[str, str]] = []
+
+    @function_tool
+    def get_weather(city: Literal["paris", "rome"], unit: Literal["c", "f"]) -> str:
+        """The weather in a city."""
+        seen.append((city, unit))
+        return f"18 {unit} in {city}"
+
+    async def run() -> Any:
+        async with openai.AsyncOpenAI(base_url=tools_worker.base_url + "/v1", api_key="unused",
+                                      max_retries=0) as client:
+            agent = Agent(name="weather", tools=[get_weather], tool_use_behavior="stop_on_first_tool",
+                          model=OpenAIResponsesModel(model=MODEL, openai_client=client),
+                          model_settings=ModelSettings(tool_choice="required", temperature=1.0,
+                                                       max_tokens=BUDGET, extra_body={"seed": 7}))
+            return await Runner.run(agent, "Weather?", run_config=RunConfig(tracing_disabled=True))
+
+    result = asyncio.run(run())
+    assert len(seen) >= 1 and result.final_output == f"18 {seen[0][1]} in {seen[0][0]}"
 
 
 def test_a_round_trip_with_tool_results_renders_like_chat(tools_client: openai.OpenAI) -> None:
