@@ -12,18 +12,21 @@ benchmarks/engine.py. Target: constrained >= 0.9x unconstrained.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 from engine import SHAPES, prompts  # benchmarks/engine.py: the checkpoint shapes and prompts of the engine benchmark
-from moecloud.engine.random_checkpoint import write_random_checkpoint
 from rich.console import Console
 from rich.table import Table
 
 from moecloud.engine import LLM, SamplingParams, StructuredOutput
 from moecloud.engine.structured import Masker, StructuredCompiler
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from checkpoints import write_random_checkpoint  # noqa: E402  (the suite's random checkpoints)
 
 SCHEMA = {
     "type": "array", "minItems": 1000,
