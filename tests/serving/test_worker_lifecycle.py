@@ -62,16 +62,16 @@ def test_disconnected_plain_request_is_aborted(worker: RunningWorker, metric) ->
 
 
 def test_drain_finishes_short_requests_and_ends_long_streams(start_worker) -> None:
-    # The grace is long enough for 4 tokens on the slowest machine, and the long stream outlasts it on the
-    # fastest: 8,000 tokens take the tiny model far longer than 5 s (no bound here is timed by the test itself).
-    with start_worker(engine={"max_model_len": 8192}, serving={"shutdown_grace_seconds": 5.0}) as worker:
+    # The grace is long enough for 4 tokens on a slow, busy machine, and the long stream outlasts it on a fast one:
+    # 2,000 tokens take the tiny model several times 3 s (no bound here is timed by the test itself).
+    with start_worker(engine={"max_model_len": 2048}, serving={"shutdown_grace_seconds": 3.0}) as worker:
         url = worker.base_url + "/v1/completions"
         short: list[str] = []
         long_: list[str] = []
         readers = [threading.Thread(target=read_stream, args=(url, {**LONG, "prompt": "a", "stream": True,
                                                                     "max_tokens": 4}, short)),
                    threading.Thread(target=read_stream, args=(url, {**LONG, "prompt": "b", "stream": True,
-                                                                    "max_tokens": 8000}, long_))]
+                                                                    "max_tokens": 2000}, long_))]
         for reader in readers:
             reader.start()
         wait_for(lambda: bool(short and long_))
@@ -92,7 +92,7 @@ def test_drain_finishes_short_requests_and_ends_long_streams(start_worker) -> No
 def test_worker_process_exits_cleanly_on_sigterm(tiny_checkpoint: Path) -> None:
     port = free_port()
     env = {**os.environ, "MOECLOUD_SERVING__SHUTDOWN_GRACE_SECONDS": "1", "MOECLOUD_ENGINE__DEVICE": "cpu",
-           "MOECLOUD_ENGINE__MAX_MODEL_LEN": "8192"}
+           "MOECLOUD_ENGINE__MAX_MODEL_LEN": "2048"}
     process = subprocess.Popen([sys.executable, "-m", "moecloud.cli", "worker", "--model", str(tiny_checkpoint),
                                 "--port", str(port), "--served-model-name", MODEL], env=env)
     try:
@@ -100,13 +100,13 @@ def test_worker_process_exits_cleanly_on_sigterm(tiny_checkpoint: Path) -> None:
         lines: list[str] = []
         reader = threading.Thread(target=read_stream, args=(f"http://127.0.0.1:{port}/v1/completions",
                                                             {**LONG, "prompt": "x", "stream": True,
-                                                             "max_tokens": 8000}, lines))
+                                                             "max_tokens": 2000}, lines))
         reader.start()
         wait_for(lambda: len(lines) > 0)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=120) == 0
         reader.join(timeout=30)
-        # ended by the 1 s grace (8,000 tokens take far longer), not by waiting for the stream to finish
+        # ended by the 1 s grace (2,000 tokens take far longer), not by waiting for the stream to finish
         assert lines[-1] == "data: [DONE]"
         assert json.loads(lines[-2].removeprefix("data: "))["choices"][0]["finish_reason"] == "abort"
     finally:
