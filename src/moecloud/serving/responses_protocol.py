@@ -15,9 +15,8 @@ from typing import Annotated, Any, Literal
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from moecloud.openai_errors import invalid_request
 from moecloud.serving.protocol import ChatCompletionRequest, Text
-from moecloud.web.errors import APIError, InvalidRequest, UnsupportedParameter
+from moecloud.web.errors import APIError, InvalidRequest, UnsupportedParameter, invalid_request
 
 MAX_METADATA_PAIRS = 16
 # vLLM-style sampling extensions a Responses request may carry too (OpenAI's Responses API has none of them)
