@@ -50,6 +50,7 @@ def create_fake_upstream() -> FastAPI:
     app.state.received = []
     app.state.down = False
     app.state.engine_dead = False
+    app.state.models = {"fake": None}  # the models /v1/models lists, with their max_model_len (None: not said)
 
     async def handle(request: Request, chat: bool) -> Response:
         if app.state.down or app.state.engine_dead:
@@ -120,8 +121,9 @@ def create_fake_upstream() -> FastAPI:
     async def models() -> Response:
         if app.state.down:
             return JSONResponse({"error": {"message": "replica down"}}, 503)
-        model = {"id": "fake", "object": "model", "created": 0, "owned_by": "fake"}
-        return JSONResponse({"object": "list", "data": [model]})
+        models = [{"id": name, "object": "model", "created": 0, "owned_by": "fake",
+                   **({"max_model_len": length} if length else {})} for name, length in app.state.models.items()]
+        return JSONResponse({"object": "list", "data": models})
 
     @app.post("/v1/responses")
     async def responses(request: Request) -> Response:
