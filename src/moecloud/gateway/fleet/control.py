@@ -126,16 +126,15 @@ class ControlLoop:
         """Ask each newly ready local replica for its context length (a replica's never changes)."""
         assert self.replicas is not None
         timeout = self.settings.routing.health_timeout_seconds
-        ready = {replica.id for replica in self.replicas.all_ready()}
-        self._measured &= ready
-        for spec in specs:
-            for replica in self.replicas.replicas(spec.name) if spec.kind == "local" else []:
-                if replica.id in self._measured:
-                    continue
-                entries = await self.health.models(replica.base_url + "/models", timeout)
-                if entries is not None:
-                    self._measured.add(replica.id)
-                    self.catalog.learn_context(spec.name, _context_length(entries, spec.upstream_model))
+        self._measured &= {replica.id for replica in self.replicas.all_ready()}
+        new = [(spec, replica) for spec in specs if spec.kind == "local"
+               for replica in self.replicas.replicas(spec.name) if replica.id not in self._measured]
+        answers = await asyncio.gather(*(self.health.models(replica.base_url + "/models", timeout)
+                                         for _spec, replica in new))
+        for (spec, replica), entries in zip(new, answers, strict=True):
+            if entries is not None:  # else asked again at the next tick
+                self._measured.add(replica.id)
+                self.catalog.learn_context(spec.name, _context_length(entries, spec.upstream_model))
 
     def _load(self, spec: DeploymentSpec) -> Load:
         queued, oldest = self.traffic.queued(spec.model)
