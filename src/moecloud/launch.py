@@ -38,7 +38,7 @@ class _Gateway(uvicorn.Server):
         self.should_exit = True
 
 
-SHIPPED_DEMO = Path(__file__).resolve().parents[3] / "models" / "moecloud-demo"
+SHIPPED_DEMO = Path(__file__).resolve().parents[2] / "models" / "moecloud-demo"
 
 
 def default_model(settings: Settings) -> Path:
