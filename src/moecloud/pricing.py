@@ -41,6 +41,16 @@ class TokenUsage:
             return None
         return cls(prompt_tokens=prompt, cached_tokens=min(cached or 0, prompt), completion_tokens=completion)
 
+    @classmethod
+    def from_responses(cls, usage: Any) -> TokenUsage | None:
+        """Read a Responses API ``usage`` object (its reasoning tokens are part of ``output_tokens``)."""
+        if not isinstance(usage, dict):
+            return None
+        details = usage.get("input_tokens_details")
+        return cls.from_openai({"prompt_tokens": usage.get("input_tokens"),
+                                "completion_tokens": usage.get("output_tokens"),
+                                "prompt_tokens_details": details if isinstance(details, dict) else {}})
+
 
 @dataclass(frozen=True)
 class PriceSheet:
@@ -102,6 +112,25 @@ def measure_prompt(body: dict[str, Any]) -> PromptSize:
         elif isinstance(item, list):
             known_tokens += len(item)
     return PromptSize(text_bytes=text_bytes, known_tokens=known_tokens, messages=messages, prompts=_count(items))
+
+
+def measure_input(body: dict[str, Any]) -> PromptSize:
+    """Size the prompt of a Responses API request: ``instructions`` and each ``input`` item are a message;
+    tools and ``text.format`` count as text."""
+    text_bytes, messages = 0, 0
+    text = body.get("text")
+    for extra in (body.get("tools"), text.get("format") if isinstance(text, dict) else None):
+        if extra is not None:
+            text_bytes += _json_bytes(extra)
+    given = body.get("input")
+    items = [body.get("instructions"), *(given if isinstance(given, list) else [given])]
+    for item in items:
+        if isinstance(item, dict):
+            text_bytes += sum(_json_bytes(v) for k, v in item.items() if k not in ("role", "type"))
+        elif item is not None:
+            text_bytes += _json_bytes(item)
+        messages += item is not None
+    return PromptSize(text_bytes=text_bytes, known_tokens=0, messages=messages)
 
 
 def _count(prompts: list[Any]) -> int:

@@ -25,6 +25,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 
 def prompt_text(body: dict[str, Any]) -> str:
+    if isinstance(body.get("input"), str):
+        return body["input"]
     if isinstance(body.get("messages"), list):
         return " ".join(str(m.get("content", "")) for m in body["messages"] if isinstance(m, dict))
     prompt = body.get("prompt", "")
@@ -48,6 +50,7 @@ def create_fake_upstream() -> FastAPI:
     app.state.received = []
     app.state.down = False
     app.state.engine_dead = False
+    app.state.models = {"fake": None}  # the models /v1/models lists, with their max_model_len (None: not said)
 
     async def handle(request: Request, chat: bool) -> Response:
         if app.state.down or app.state.engine_dead:
@@ -118,8 +121,41 @@ def create_fake_upstream() -> FastAPI:
     async def models() -> Response:
         if app.state.down:
             return JSONResponse({"error": {"message": "replica down"}}, 503)
-        model = {"id": "fake", "object": "model", "created": 0, "owned_by": "fake"}
-        return JSONResponse({"object": "list", "data": [model]})
+        models = [{"id": name, "object": "model", "created": 0, "owned_by": "fake",
+                   **({"max_model_len": length} if length else {})} for name, length in app.state.models.items()]
+        return JSONResponse({"object": "list", "data": models})
+
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        """The Responses API in brief: one message item of ``max_output_tokens`` tokens (string ``input`` only);
+        ``DIE_AFTER_2`` and ``NOUSAGE`` as for chat."""
+        body = await request.json()
+        app.state.received.append({"body": body, "request_id": request.headers.get("x-request-id"),
+                                   "authorization": request.headers.get("authorization")})
+        text, tokens = prompt_text(body), body.get("max_output_tokens") or 16
+        counts = usage_for(body, tokens)
+        usage = {"input_tokens": counts["prompt_tokens"], "output_tokens": tokens,
+                 "input_tokens_details": counts["prompt_tokens_details"], "total_tokens": counts["total_tokens"]}
+        response = {"id": "resp_fake", "object": "response", "status": "completed", "model": body["model"],
+                    "output": [{"type": "message", "role": "assistant",
+                                "content": [{"type": "output_text", "text": "tok " * tokens}]}],
+                    "usage": None if "NOUSAGE" in text else usage}
+        if not body.get("stream"):
+            return JSONResponse(response)
+
+        async def events() -> AsyncIterator[bytes]:
+            def event(number: int, kind: str, **fields: Any) -> bytes:
+                payload = {"type": kind, "sequence_number": number, **fields}
+                return f"event: {kind}\ndata: {json.dumps(payload)}\n\n".encode()
+
+            yield event(0, "response.created", response={**response, "status": "in_progress", "usage": None})
+            for i in range(2 if "DIE_AFTER_2" in text else tokens):
+                yield event(i + 1, "response.output_text.delta", output_index=0, content_index=0, delta="tok ")
+            if "DIE_AFTER_2" in text:
+                raise RuntimeError("worker died mid-stream")
+            yield event(tokens + 1, "response.completed", response=response)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

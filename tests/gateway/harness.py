@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -108,42 +108,49 @@ class Gateway:
             time.sleep(0.05)
 
 
+@contextmanager
+def running_gateway(database_url: str, upstream: tuple[str, FastAPI], home: Path,  # noqa: F811
+                    gateway: dict[str, Any] | None = None, billing: dict[str, Any] | None = None, *,
+                    launcher: Launcher | None = None, **sections: dict[str, Any]) -> Iterator[Gateway]:
+    """A gateway with the fake upstream deployed as ``MODEL``; ``sections``: other settings sections
+    (admission, routing, scaling) as dicts."""
+    sock = bound_socket()
+    settings = load_settings(
+        home=home,
+        gateway=GatewaySettings(**{
+            "db_url": database_url, "admin_key": ADMIN_KEY, "audit_key": AUDIT_KEY,
+            "host": "127.0.0.1", "port": sock.getsockname()[1],
+            "auth_cache_seconds": 0, "catalog_cache_seconds": 0,
+            "auth_failure_limit": 10_000,  # every test's client is 127.0.0.1; the tests of the limit set their own
+            **(gateway or {}),
+        }),
+        billing=BillingSettings(**(billing or {})),
+        **sections,
+    )
+    database = Database.open(database_url)
+    try:
+        with serve(create_app(settings, database, launcher=launcher), sock) as url:
+            harness = Gateway(url, settings, database, upstream[1])
+            harness.call("POST", "/admin/deployments",
+                         json={"name": "fake-1", "model": MODEL, "base_url": upstream[0] + "/v1"})
+            harness.call("PUT", f"/admin/prices/{MODEL}", json={k: str(v) for k, v in PRICES.items()})
+            yield harness
+    finally:
+        database.dispose()
+
+
 @pytest.fixture
 def make_gateway(
     database_url: str, upstream: tuple[str, FastAPI], tmp_path: Path  # noqa: F811
 ) -> Iterator[Callable[..., Gateway]]:
-    started: list[tuple[Any, Database]] = []
+    with ExitStack() as started:
 
-    def make(gateway: dict[str, Any] | None = None, billing: dict[str, Any] | None = None, *,
-             launcher: Launcher | None = None, **sections: dict[str, Any]) -> Gateway:
-        """``sections``: other settings sections (admission, routing, scaling) as dicts."""
-        sock = bound_socket()
-        settings = load_settings(
-            home=tmp_path,
-            gateway=GatewaySettings(**{
-                "db_url": database_url, "admin_key": ADMIN_KEY, "audit_key": AUDIT_KEY,
-                "host": "127.0.0.1", "port": sock.getsockname()[1],
-                "auth_cache_seconds": 0, "catalog_cache_seconds": 0,
-                "auth_failure_limit": 10_000,  # every test's client is 127.0.0.1; the tests of the limit set their own
-                **(gateway or {}),
-            }),
-            billing=BillingSettings(**(billing or {})),
-            **sections,
-        )
-        database = Database.open(database_url)
-        server = serve(create_app(settings, database, launcher=launcher), sock)
-        url = server.__enter__()
-        started.append((server, database))
-        harness = Gateway(url, settings, database, upstream[1])
-        harness.call("POST", "/admin/deployments",
-                     json={"name": "fake-1", "model": MODEL, "base_url": upstream[0] + "/v1"})
-        harness.call("PUT", f"/admin/prices/{MODEL}", json={k: str(v) for k, v in PRICES.items()})
-        return harness
+        def make(gateway: dict[str, Any] | None = None, billing: dict[str, Any] | None = None, *,
+                 launcher: Launcher | None = None, **sections: dict[str, Any]) -> Gateway:
+            return started.enter_context(running_gateway(database_url, upstream, tmp_path, gateway, billing,
+                                                         launcher=launcher, **sections))
 
-    yield make
-    for server, database in started:
-        server.__exit__(None, None, None)
-        database.dispose()
+        yield make
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fuzzing import assert_serves
@@ -42,3 +43,36 @@ def engine_gateway(make_gateway: Callable[..., Gateway], engine_worker: RunningW
 def assert_served(gateway: Gateway, key: str, worker: RunningWorker) -> None:
     """A normal request still gets its answer through the gateway, and the worker's engine runs."""
     assert_serves(gateway.url, ENGINE_MODEL, worker.base_url, {"authorization": f"Bearer {key}"})
+
+
+FEATURE_MODEL_LEN = 2048  # a tool-call prompt outgrows the shared worker's 128 tokens
+
+
+def feature_worker(checkpoint: Path) -> Any:
+    """A worker with room for tools and schemas in its prompts (for structured output, tools, reasoning)."""
+    settings = load_settings(
+        engine=EngineSettings(dtype="float32", device="cpu", max_model_len=FEATURE_MODEL_LEN, kv_cache_tokens=16384),
+        serving=ServingSettings(shutdown_grace_seconds=1.0, max_tokens_default=16),
+    )
+    return background_worker(checkpoint, settings, served_model_name=ENGINE_MODEL)
+
+
+@pytest.fixture(scope="session")
+def tools_worker(make_checkpoint: Callable[..., Path]) -> Iterator[RunningWorker]:
+    """The tiny checkpoint with DeepSeek-V3's tool-call template."""
+    with feature_worker(make_checkpoint("v2-lite", chat_template="deepseek-tools")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def r1_worker(make_checkpoint: Callable[..., Path]) -> Iterator[RunningWorker]:
+    """The tiny checkpoint with an R1-style template: it thinks first."""
+    with feature_worker(make_checkpoint("v2-lite", chat_template="r1")) as running:
+        yield running
+
+
+def deploy(gateway: Gateway, model: str, worker: RunningWorker) -> None:
+    """``worker`` as the deployment ``<model>-worker`` of ``model`` (it serves ``tiny``, renamed by the gateway)."""
+    gateway.call("POST", "/admin/deployments", json={"name": f"{model}-worker", "model": model,
+                                                       "base_url": worker.base_url + "/v1",
+                                                       "upstream_model": ENGINE_MODEL})

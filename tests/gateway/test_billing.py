@@ -138,3 +138,33 @@ def _records(gateway: Gateway) -> list:  # type: ignore[type-arg]
 
     with gateway.database.read() as session:
         return list(session.scalars(select(UsageRecord).order_by(UsageRecord.id)))
+
+
+def test_responses_are_billed_their_usage_or_estimated_and_a_dying_stream_ends_with_an_error_event(
+    gateway: Gateway,
+) -> None:
+    """The Responses API: reported usage, whole and streamed; no usage: the output by its size; a stream the
+    upstream drops ends with a typed error event and is billed the deltas relayed."""
+    gateway.tenant("acme", credit="1")
+    key = gateway.key("acme")
+    client = gateway.client(key)
+    answer = client.responses.create(model=MODEL, input="plain response", instructions="be brief",
+                                     max_output_tokens=6)
+    assert answer.usage is not None and answer.usage.output_tokens == 6
+    streamed = list(client.responses.create(model=MODEL, input="stream me", max_output_tokens=4, stream=True))
+    assert [event.type for event in streamed][-1] == "response.completed"
+    client.responses.create(model=MODEL, input="NOUSAGE please", max_output_tokens=8)
+    body = {"model": MODEL, "input": "DIE_AFTER_2 y", "max_output_tokens": 20, "stream": True}
+    with httpx.stream("POST", gateway.url + "/v1/responses", json=body,
+                      headers={"authorization": f"Bearer {key}"}) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-2] == "event: error" and '"upstream_error"' in lines[-1]
+    gateway.wait_for_usage("acme", 4)
+    records = {record.status + str(record.completion_tokens): record for record in _records(gateway)}
+    assert set(records) == {"ok6", "ok4", "ok8", "error2"}
+    assert records["ok6"].prompt_tokens == fake_prompt_tokens("plain response")
+    assert records["ok4"].prompt_tokens == fake_prompt_tokens("stream me")
+    # "tok " x 8: 32 bytes at 4 a token; the prompt by the documented estimate
+    assert records["ok8"].prompt_tokens == estimated_prompt_tokens("NOUSAGE please")
+    assert records["error2"].prompt_tokens == estimated_prompt_tokens("DIE_AFTER_2 y")
+    assert Decimal(gateway.call("GET", "/admin/credits/acme")["held"]) == 0

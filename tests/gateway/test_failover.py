@@ -125,10 +125,12 @@ class FakeLauncher:
         self.apps: dict[str, FastAPI] = {}
         self.dead: set[AbstractContextManager[str]] = set()
         self.start_seconds = start_seconds
+        self.context: int | None = None  # the max_model_len the next replica's /v1/models reports
 
     async def start(self, spec: DeploymentSpec, replica_id: str) -> Replica:
         await asyncio.sleep(self.start_seconds)
         app = create_fake_upstream()
+        app.state.models = {spec.upstream_model: self.context}
         server = serve(app)
         url = await asyncio.to_thread(server.__enter__)
         self.servers[replica_id], self.apps[replica_id] = server, app
@@ -269,3 +271,24 @@ def test_local_replicas_are_health_checked_at_health_not_models(make_gateway: Ca
     wait_for(lambda: set(launcher.servers) == {"local/0", "local/2"})
     listed = {d["name"]: d for d in gateway.call("GET", "/admin/deployments")}["local"]
     assert listed["ready_replicas"] == 2
+
+
+def test_a_model_lists_the_context_length_its_local_replicas_report(make_gateway: Callable[..., Gateway]) -> None:
+    launcher = FakeLauncher()
+    launcher.context = 4096
+    gateway = make_gateway(launcher=launcher, scaling={"tick_seconds": 0.05})
+    gateway.call("POST", "/admin/deployments", json={"name": "local", "model": "other", "kind": "local",
+                                                     "checkpoint": unused(gateway), "replicas": 1, "max_replicas": 2})
+    client = gateway.client(gateway.key(gateway.tenant("t")))
+
+    def length(model: str = "other") -> object:
+        return client.models.retrieve(model).model_dump().get("max_model_len")
+
+    wait_for(lambda: length() == 4096)
+    launcher.context = 8192
+    launcher.dead.add(launcher.servers["local/0"])  # its replacement reports another length
+    wait_for(lambda: length() == 8192)
+    gateway.call("POST", "/admin/deployments/local/scale", json={"replicas": 0})
+    wait_for(lambda: not launcher.servers)
+    assert length() == 8192  # still known with no replica up
+    assert length(MODEL) is None  # the remote fake lists only another model

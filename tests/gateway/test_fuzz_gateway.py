@@ -46,7 +46,8 @@ def test_schemathesis_over_the_tenant_routes(fuzz_gateway: tuple[Gateway, str], 
     headers = {"authorization": f"Bearer {key}"}
     schema = schemathesis.openapi.from_url(gateway.url + "/openapi.json").include(path_regex="^/v1/")
     operations = {op.ok().label for op in schema.get_all_operations()}
-    assert {"POST /v1/chat/completions", "POST /v1/completions", "GET /v1/models", "GET /v1/usage"} <= operations
+    assert {"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/responses", "GET /v1/models",
+            "GET /v1/models/{model}", "GET /v1/usage"} <= operations
     tally = Tally()
 
     @FUZZ

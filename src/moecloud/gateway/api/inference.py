@@ -16,15 +16,21 @@ from moecloud.config import AdmissionSettings
 from moecloud.gateway.admin.schemas import UsageOut
 from moecloud.gateway.admin.service import usage_rows
 from moecloud.gateway.api.deps import CallerDep, GatewayState, State
-from moecloud.gateway.api.validation import CHAT_BODY, COMPLETION_BODY, check_text, parse_body
-from moecloud.gateway.errors import InvalidRequest, PayloadTooLarge, PermissionDenied, UpstreamFailed
+from moecloud.gateway.api.validation import CHAT_BODY, COMPLETION_BODY, RESPONSES_BODY, check_text, parse_body
+from moecloud.gateway.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    UpstreamFailed,
+)
 from moecloud.gateway.fleet.catalog import Route
 from moecloud.gateway.tenancy.auth import Caller
 from moecloud.gateway.tenancy.metering import MeteredRequest
 from moecloud.gateway.traffic.admission import Ticket
-from moecloud.gateway.traffic.relay import StreamRelay
+from moecloud.gateway.traffic.relay import ResponsesRelay, StreamRelay
 from moecloud.gateway.traffic.router import affinity_key
-from moecloud.pricing import TokenUsage, measure_prompt
+from moecloud.pricing import TokenUsage, measure_input, measure_prompt
 from moecloud.web.bounds import MAX_CHOICES
 from moecloud.web.disconnect import unless_disconnected
 from moecloud.web.errors import ClientDisconnected
@@ -43,15 +49,44 @@ async def completions(request: Request, caller: CallerDep, state: State) -> Resp
     return await _forward(request, caller, state, "/completions", prompt_field="prompt")
 
 
+@router.post("/v1/responses", openapi_extra=RESPONSES_BODY)
+async def responses(request: Request, caller: CallerDep, state: State) -> Response:
+    """The Responses API, metered like chat: the prompt is ``instructions`` and ``input``, the budget
+    ``max_output_tokens``, the usage the response's (or its ``response.completed`` event's)."""
+    return await _forward(request, caller, state, "/responses", prompt_field="input")
+
+
 @router.get("/v1/models")
 async def models(caller: CallerDep, state: State) -> dict[str, Any]:
-    """Deployed models, then aliases with the model they route to as ``root`` (vLLM's field)."""
+    """Deployed models, then aliases with the model they route to as ``root`` (vLLM's field); each with its
+    context length (``max_model_len``) where its upstream said it."""
     names = [name for name in await state.catalog.models() if caller.may_use(name)]
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": "moecloud"} for name in names]
     aliases = sorted((await state.catalog.aliases()).items())
-    data += [{"id": alias, "object": "model", "created": 0, "owned_by": "moecloud", "root": target}
-             for alias, target in aliases if caller.may_use(alias) or caller.may_use(target)]
-    return {"object": "list", "data": data}
+    cards = [await _card(state, name) for name in names]
+    cards += [await _card(state, alias, target) for alias, target in aliases
+              if caller.may_use(alias) or caller.may_use(target)]
+    return {"object": "list", "data": cards}
+
+
+@router.get("/v1/models/{model:path}")
+async def retrieve_model(model: str, caller: CallerDep, state: State) -> dict[str, Any]:
+    """One model (or alias) this key may use; any other is ``model_not_found``, as OpenAI answers."""
+    target = (await state.catalog.aliases()).get(model)
+    if target is not None and (caller.may_use(model) or caller.may_use(target)):
+        return await _card(state, model, target)
+    if target is None and model in await state.catalog.models() and caller.may_use(model):
+        return await _card(state, model)
+    raise ModelNotFound(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+
+
+async def _card(state: GatewayState, name: str, root: str | None = None) -> dict[str, Any]:
+    card: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "moecloud"}
+    if root is not None:
+        card["root"] = root
+    length = await state.catalog.context_length(root or name)
+    if length is not None:
+        card["max_model_len"] = length
+    return card
 
 
 @router.get("/v1/usage")
@@ -78,26 +113,30 @@ async def _forward(request: Request, caller: Caller, state: GatewayState, path: 
     deadline = _deadline(request, state.settings.admission)
     billing = state.settings.billing
     stream = _flag(body, "stream")
-    max_tokens = _max_tokens(body, billing.default_max_tokens)
+    responses = prompt_field == "input"
+    limit_field = "max_output_tokens" if responses else "max_tokens"
+    max_tokens = ((_positive_int(body, limit_field) or billing.default_max_tokens) if responses
+                  else _max_tokens(body, billing.default_max_tokens))
     if max_tokens > billing.max_tokens_limit:
-        raise InvalidRequest(f"'max_tokens' may be at most {billing.max_tokens_limit}", param="max_tokens")
-    choices = _positive_int(body, "n") or 1
+        raise InvalidRequest(f"'{limit_field}' may be at most {billing.max_tokens_limit}", param=limit_field)
+    choices = 1 if responses else _positive_int(body, "n") or 1
     if choices > MAX_CHOICES:
         raise InvalidRequest(f"'n' may be at most {MAX_CHOICES}", param="n")
-    prompt = measure_prompt(body)
+    prompt = measure_input(body) if responses else measure_prompt(body)
     # the worst case: every prompt gets ``n`` choices of ``max_tokens`` each
     meter = MeteredRequest(state.metering, caller, model, price, prompt,
                            completion_budget=max_tokens * choices * prompt.prompts)
     request.state.meter = meter
-    upstream_body = {**body, "max_tokens": max_tokens}
+    upstream_body = {**body, limit_field: max_tokens}
     upstream_body.pop("max_completion_tokens", None)
     client_options = body.get("stream_options")
-    if stream:
+    if stream and not responses:  # a typed stream always ends with its usage
         upstream_body["stream_options"] = {**(client_options if isinstance(client_options, dict) else {}),
                                            "include_usage": True}
+    prefix = {"prompt": [body.get("instructions"), body.get("input")]} if responses else body
     ticket = Ticket(model, caller.tenant_id, caller.tenant_weight, caller.priority,
                     deadline=state.dispatcher.clock() + deadline,
-                    affinity=affinity_key(body, state.settings.routing.affinity_prefix_bytes))
+                    affinity=affinity_key(prefix, state.settings.routing.affinity_prefix_bytes))
 
     def send(route: Route) -> Awaitable[Any]:
         meter.attempt(route)
@@ -107,7 +146,8 @@ async def _forward(request: Request, caller: Caller, state: GatewayState, path: 
         return state.upstream.post(route, path, routed, meter.request_id)
 
     wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
-    return _Forwarded(state, meter, ticket, send, stream=stream, client_wants_usage=wants_usage)
+    return _Forwarded(state, meter, ticket, send, stream=stream, client_wants_usage=wants_usage,
+                      responses=responses)
 
 
 class _Forwarded(Response):
@@ -115,10 +155,11 @@ class _Forwarded(Response):
     a stream included; errors raised before the answer starts still reach the error handlers."""
 
     def __init__(self, state: GatewayState, meter: MeteredRequest, ticket: Ticket,
-                 send: Callable[[Route], Awaitable[Any]], *, stream: bool, client_wants_usage: bool) -> None:
+                 send: Callable[[Route], Awaitable[Any]], *, stream: bool, client_wants_usage: bool,
+                 responses: bool) -> None:
         super().__init__()
         self._state, self._meter, self._ticket, self._send = state, meter, ticket, send
-        self._stream, self._client_wants_usage = stream, client_wants_usage
+        self._stream, self._client_wants_usage, self._responses = stream, client_wants_usage, responses
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, meter = self._state, self._meter
@@ -129,12 +170,11 @@ class _Forwarded(Response):
                 meter.serve(lease)
                 state.metrics.queue_wait.labels(meter.model).observe(lease.waited)
                 if self._stream:
-                    relay = StreamRelay(answer, meter, lease.route, client_wants_usage=self._client_wants_usage)
+                    kind = ResponsesRelay if self._responses else StreamRelay
+                    relay = kind(answer, meter, lease.route, client_wants_usage=self._client_wants_usage)
                     await relay.respond(meter.headers, scope, receive, send)
                     return
-                _check_answer(answer, lease.route)
-                usage = TokenUsage.from_openai(answer.get("usage")) or meter.estimated_usage(
-                    _output_estimate(answer, state.settings.billing.estimate_bytes_per_token))
+                usage = self._usage(answer, lease.route)
                 meter.answered(usage, "ok")
                 answer["model"] = meter.model
             await JSONResponse(answer, headers=meter.headers)(scope, receive, send)  # sent once settled
@@ -142,11 +182,18 @@ class _Forwarded(Response):
             return  # nobody is left to answer
 
 
-def _check_answer(answer: dict[str, Any], route: Route) -> None:
-    """A non-streamed answer must at least carry its choices; anything else is the upstream's failure."""
-    choices = answer.get("choices")
-    if not isinstance(choices, list) or not all(isinstance(choice, dict) for choice in choices):
-        raise UpstreamFailed(f"deployment {route.deployment!r} answered without a list of choices")
+    def _usage(self, answer: dict[str, Any], route: Route) -> TokenUsage:
+        """What a non-streamed answer reports it used, else its output estimated by size."""
+        field = "output" if self._responses else "choices"
+        items = answer.get(field)
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            # an answer without them is the upstream's failure
+            raise UpstreamFailed(f"deployment {route.deployment!r} answered without a list of {field}")
+        read = TokenUsage.from_responses if self._responses else TokenUsage.from_openai
+        texts = _output_texts(items) if self._responses else _choice_texts(items)
+        bytes_per_token = self._state.settings.billing.estimate_bytes_per_token
+        return read(answer.get("usage")) or self._meter.estimated_usage(
+            math.ceil(sum(len(text.encode()) for text in texts) / bytes_per_token))
 
 
 def _max_tokens(body: dict[str, Any], default: int) -> int:
@@ -192,7 +239,13 @@ async def _read_json(request: Request, limit: int) -> dict[str, Any]:
 
 def _check_prompt(body: dict[str, Any], field: str) -> None:
     value = body.get(field)
-    if field == "messages":
+    if field == "input":
+        if not isinstance(value, str | list) or (isinstance(value, list) and not value):
+            raise InvalidRequest("'input' must be a string or a non-empty list of input items", param=field)
+        instructions = body.get("instructions")
+        if instructions is not None and not isinstance(instructions, str):
+            raise InvalidRequest("'instructions' must be a string", param="instructions")
+    elif field == "messages":
         if not isinstance(value, list) or not value or not all(isinstance(m, dict) for m in value):
             raise InvalidRequest("'messages' must be a non-empty list of message objects", param=field)
     elif not isinstance(value, str | list) or (isinstance(value, list) and not value):
@@ -215,12 +268,27 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
     return value
 
 
-def _output_estimate(payload: dict[str, Any], bytes_per_token: float) -> int:
-    """Without reported usage, output is billed by its size, like the prompt."""
-    text = 0
-    for choice in payload.get("choices") or []:
-        if isinstance(choice, dict):
-            message = choice.get("message")
-            content = message.get("content") if isinstance(message, dict) else choice.get("text")
-            text += len(content.encode()) if isinstance(content, str) else 0
-    return math.ceil(text / bytes_per_token)
+def _choice_texts(choices: list[dict[str, Any]]) -> list[str]:
+    """The generated text of chat or completion choices (without reported usage, output is billed by its
+    size, like the prompt): content, reasoning and tool-call arguments."""
+    texts = []
+    for choice in choices:
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            texts.append(choice.get("text"))
+            continue
+        texts += [message.get("content"), message.get("reasoning_content")]
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else []:
+            function = call.get("function") if isinstance(call, dict) else None
+            texts.append(function.get("arguments") if isinstance(function, dict) else None)
+    return [text for text in texts if isinstance(text, str)]
+
+
+def _output_texts(output: list[dict[str, Any]]) -> list[str]:
+    """The generated text of a response's output items: message and reasoning parts, call arguments."""
+    texts = [item.get("arguments") for item in output]
+    for item in output:
+        parts = item.get("content")
+        texts += [part.get("text") for part in parts if isinstance(part, dict)] if isinstance(parts, list) else []
+    return [text for text in texts if isinstance(text, str)]

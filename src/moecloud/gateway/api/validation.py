@@ -48,20 +48,29 @@ def _encodable(text: str) -> bool:
 def _body(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
     """An OpenAPI request body: the fields the gateway reads itself; the rest pass through to the worker, whose
     own document (``GET /openapi.json`` on a worker) has the full schema."""
-    shared = {"model": {"type": "string", "minLength": 1}, "stream": {"type": "boolean"},
-              "max_tokens": {"type": "integer", "minimum": 1}, "n": {"type": "integer", "minimum": 1},
-              "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}}}
+    shared = {"model": {"type": "string", "minLength": 1}, "stream": {"type": "boolean"}}
     schema = {"type": "object", "required": required, "properties": {**shared, **properties},
               "additionalProperties": True}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+_COMPLETION_FIELDS = {"max_tokens": {"type": "integer", "minimum": 1}, "n": {"type": "integer", "minimum": 1},
+                      "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}}}
 CHAT_BODY = _body(["model", "messages"], {
+    **_COMPLETION_FIELDS,
     "messages": {"type": "array", "minItems": 1, "items": {
         "type": "object", "required": ["role"],
         "properties": {"role": {"type": "string"}, "content": {"type": ["string", "array", "null"]}}}},
     "max_completion_tokens": {"type": "integer", "minimum": 1},
 })
 COMPLETION_BODY = _body(["model", "prompt"], {
+    **_COMPLETION_FIELDS,
     "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1}]},
+})
+RESPONSES_BODY = _body(["model", "input"], {
+    "input": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "object"}}]},
+    "instructions": {"type": "string"},
+    "max_output_tokens": {"type": "integer", "minimum": 1},
+    "tools": {"type": "array", "items": {"type": "object"}},
+    "text": {"type": "object", "properties": {"format": {"type": "object"}}},
 })

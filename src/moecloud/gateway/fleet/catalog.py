@@ -91,6 +91,7 @@ class Catalog:
         self._local = local
         self._snapshot: _Snapshot | None = None
         self._warned: set[str] = set()  # deployments whose missing provider key was logged
+        self._context: dict[str, int] = {}  # deployment -> the max_model_len its upstream last reported
 
     async def resolve(self, model: str) -> str:
         """The model an alias routes to; any other name unchanged."""
@@ -129,6 +130,20 @@ class Catalog:
 
     async def models(self) -> list[str]:
         return sorted((await self._current()).deployments)
+
+    def learn_context(self, deployment: str, max_model_len: int | None) -> None:
+        """What a deployment's upstream says its context length is (None: it does not say)."""
+        if max_model_len is None:
+            self._context.pop(deployment, None)
+        else:
+            self._context[deployment] = max_model_len
+
+    async def context_length(self, model: str) -> int | None:
+        """The context length a request to ``model`` can count on: the shortest its deployments reported
+        (kept while a deployment has no replica ready, so a model scaled to zero still says it)."""
+        specs = (await self._current()).deployments.get(model, [])
+        known = [self._context[spec.name] for spec in specs if spec.name in self._context]
+        return min(known) if known else None
 
     def forget(self) -> None:
         self._snapshot = None

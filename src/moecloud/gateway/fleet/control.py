@@ -2,7 +2,10 @@
 counts, lets the autoscaler move those counts, hands freed capacity to queued requests, and every
 ``routing.health_interval_seconds`` health-checks each replica: a local replica's ``/health`` (its engine
 runs), a remote deployment's ``/models``. A failed check opens the circuit; a local replica that fails
-``routing.health_failures_to_replace`` checks in a row is replaced."""
+``routing.health_failures_to_replace`` checks in a row is replaced.
+
+Each deployment's context length is learnt from its upstream's ``/models`` (vLLM's ``max_model_len``): a
+remote deployment's at every health check, a local replica's once, at the first tick after it is ready."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 
@@ -42,6 +45,7 @@ class Traffic(Protocol):
 
 class HealthProbe(Protocol):
     async def healthy(self, url: str, timeout: float, api_key: str | None = None) -> bool: ...
+    async def models(self, url: str, timeout: float, api_key: str | None = None) -> list[dict[str, Any]] | None: ...
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class ControlLoop:
     wake: asyncio.Event = field(default_factory=asyncio.Event)  # set: tick now rather than at the next beat
     events: dict[str, deque[ScaleEvent]] = field(default_factory=dict)
     _last_health: float = float("-inf")
+    _measured: set[str] = field(default_factory=set)  # local replicas whose context length was asked
 
     async def run_forever(self) -> None:
         while True:
@@ -87,6 +92,7 @@ class ControlLoop:
                     decision = self.autoscaler.decide(spec, self._load(spec), now)
                     if decision is not None and decision.replicas != spec.replicas:
                         await self._scale(spec, decision)
+            await self._learn_local_context(specs)
         if now - self._last_health >= self.settings.routing.health_interval_seconds:
             self._last_health = now
             await self.check_health()
@@ -100,10 +106,13 @@ class ControlLoop:
         timeout = self.settings.routing.health_timeout_seconds
         remote = [spec for spec in await self.catalog.deployments() if spec.kind != "local" and spec.base_url]
         local = self.replicas.all_ready() if self.replicas is not None else []
-        results = await asyncio.gather(
-            *(self.health.healthy(f"{spec.base_url}/models", timeout, spec.api_key) for spec in remote),
-            *(self.health.healthy(replica.health_url, timeout) for replica in local),
-        )
+        models = await asyncio.gather(
+            *(self.health.models(f"{spec.base_url}/models", timeout, spec.api_key) for spec in remote))
+        for spec, entries in zip(remote, models, strict=True):
+            if entries is not None:
+                self.catalog.learn_context(spec.name, _context_length(entries, spec.upstream_model))
+        results = [entries is not None for entries in models] + list(await asyncio.gather(
+            *(self.health.healthy(replica.health_url, timeout) for replica in local)))
         checked = [spec.name for spec in remote] + [replica.id for replica in local]
         for replica_id, healthy in zip(checked, results, strict=True):
             if not healthy:
@@ -112,6 +121,20 @@ class ControlLoop:
         if self.replicas is not None:
             for replica, healthy in zip(local, results[len(remote):], strict=True):
                 self.replicas.record_health(replica.id, healthy)
+
+    async def _learn_local_context(self, specs: list[DeploymentSpec]) -> None:
+        """Ask each newly ready local replica for its context length (a replica's never changes)."""
+        assert self.replicas is not None
+        timeout = self.settings.routing.health_timeout_seconds
+        self._measured &= {replica.id for replica in self.replicas.all_ready()}
+        new = [(spec, replica) for spec in specs if spec.kind == "local"
+               for replica in self.replicas.replicas(spec.name) if replica.id not in self._measured]
+        answers = await asyncio.gather(*(self.health.models(replica.base_url + "/models", timeout)
+                                         for _spec, replica in new))
+        for (spec, replica), entries in zip(new, answers, strict=True):
+            if entries is not None:  # else asked again at the next tick
+                self._measured.add(replica.id)
+                self.catalog.learn_context(spec.name, _context_length(entries, spec.upstream_model))
 
     def _load(self, spec: DeploymentSpec) -> Load:
         queued, oldest = self.traffic.queued(spec.model)
@@ -131,3 +154,12 @@ class ControlLoop:
         self.catalog.forget()
         if self.replicas is not None:
             self.replicas.reconcile(await self.catalog.deployments())
+
+
+def _context_length(entries: list[dict[str, Any]], model: str) -> int | None:
+    """The ``max_model_len`` an upstream's /models gives ``model`` (None where it does not say)."""
+    for entry in entries:
+        length = entry.get("max_model_len")
+        if entry.get("id") == model and isinstance(length, int) and not isinstance(length, bool) and length > 0:
+            return length
+    return None

@@ -97,6 +97,71 @@ class StreamRelay:
                 await self._upstream.aclose()
 
 
+class ResponsesRelay(StreamRelay):
+    """The Responses API's typed stream (``event: <type>`` then its ``data:``, no ``[DONE]``), passed on
+    unchanged but for the model's name. The usage is in the final event (``response.completed`` or
+    ``response.incomplete``), which is billed before the client sees it; each text, reasoning or tool-call
+    argument delta counts as one token of the output estimate."""
+
+    _DELTAS = ("response.output_text.delta", "response.reasoning_text.delta",
+               "response.function_call_arguments.delta")
+    _FINAL = ("response.completed", "response.incomplete")
+
+    async def events(self) -> AsyncIterator[bytes]:
+        sequence = 0
+        try:
+            async for line in self._upstream.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # the event: lines are written again from each event's type
+                data = line[5:].strip()
+                event = self._typed(data)
+                if event is None:
+                    yield b"data: " + data.encode() + b"\n\n"
+                    continue
+                sequence = max(sequence, _int(event.get("sequence_number")) + 1)
+                if event.get("type") in self._FINAL and self._meter.status != "error":
+                    await self._meter.end("ok")
+                yield _typed_event(event, None if self._rename else data)
+            if self._meter.status == "cancelled":
+                self._meter.status = "ok"
+        except httpx.HTTPError:
+            self._meter.status = "error"
+            message = f"deployment {self._route.deployment!r} dropped the stream"
+            yield _typed_event({"type": "error", "sequence_number": sequence, "code": "upstream_error",
+                                "message": message, "param": None})
+
+    def _typed(self, data: str) -> dict[str, Any] | None:
+        try:
+            event: Any = json.loads(data)
+        except ValueError:
+            return None
+        if not isinstance(event, dict):
+            return None
+        kind, response = event.get("type"), event.get("response")
+        if kind in ("error", "response.failed"):
+            self._meter.status = "error"
+        elif kind in self._DELTAS:
+            self._meter.counted_tokens += 1
+        if isinstance(response, dict):
+            usage = TokenUsage.from_responses(response.get("usage"))
+            if usage is not None:
+                self._meter.usage = usage
+            if self._rename:
+                response["model"] = self._route.model
+        return event
+
+
+def _typed_event(event: dict[str, Any], data: str | None = None) -> bytes:
+    """An event as OpenAI frames it; ``data``: its JSON as received, when nothing in it changed."""
+    kind = event.get("type")
+    head = f"event: {kind}\n".encode() if isinstance(kind, str) and kind.isprintable() else b""
+    return head + b"data: " + (data or json.dumps(event)).encode() + b"\n\n"
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def _has_content(choice: Any) -> bool:
     if not isinstance(choice, dict):
         return False

@@ -88,6 +88,22 @@ class Upstream:
             return False
         return response.is_success
 
+    async def models(self, url: str, timeout: float, api_key: str | None = None) -> list[dict[str, Any]] | None:
+        """``GET url`` (an OpenAI ``/models``): its model entries, None unless it answers 2xx in time (an
+        answer that is not a list of models is an empty list: the upstream is up, but says nothing)."""
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        try:
+            response = await self._client.get(url, headers=headers, timeout=timeout)
+        except httpx.HTTPError:
+            return None
+        if not response.is_success:
+            return None
+        try:
+            data = response.json().get("data")
+        except (ValueError, AttributeError):
+            return []
+        return [entry for entry in data if isinstance(entry, dict)] if isinstance(data, list) else []
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -108,8 +124,14 @@ def _refusal(route: Route, response: httpx.Response, request_id: str) -> APIErro
             headers={"retry-after": response.headers.get("retry-after", "1")},
         )
     if response.status_code in (400, 413, 422):
-        param = _upstream_error(response).get("param")  # the worker names the field; so does our answer
-        return InvalidRequest(message, param=param if isinstance(param, str) else None)
+        # the worker names the field and the kind (context_length_exceeded, unsupported_parameter): so do we,
+        # since clients act on them (LangChain's context-overflow handling reads the code)
+        error = _upstream_error(response)
+        param, code = error.get("param"), error.get("code")
+        refusal = InvalidRequest(message, param=param if isinstance(param, str) else None)
+        if isinstance(code, str) and code:
+            refusal.code = code
+        return refusal
     return _failed(UpstreamFailed, route, request_id, f"failed ({response.status_code}): {message}")
 
 
