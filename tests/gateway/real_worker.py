@@ -13,20 +13,17 @@ from typing import Any
 import pytest
 from fuzzing import assert_serves
 from harness import Gateway
+from workers import worker_on
 
-from moecloud.config import EngineSettings, ServingSettings, load_settings
-from moecloud.serving.worker import RunningWorker, background_worker
+from moecloud.serving.worker import RunningWorker
 
 ENGINE_MODEL = "tiny"
 
 
 @pytest.fixture(scope="session")
 def engine_worker(tiny_checkpoint: Path) -> Iterator[RunningWorker]:
-    settings = load_settings(
-        engine=EngineSettings(dtype="float32", device="cpu", max_model_len=128, kv_cache_tokens=16384),
-        serving=ServingSettings(shutdown_grace_seconds=1.0, max_tokens_default=16),
-    )
-    with background_worker(tiny_checkpoint, settings, served_model_name=ENGINE_MODEL) as running:
+    with worker_on(tiny_checkpoint, ENGINE_MODEL, engine={"max_model_len": 128},
+                   serving={"shutdown_grace_seconds": 1.0}) as running:
         yield running
 
 
@@ -50,11 +47,8 @@ FEATURE_MODEL_LEN = 2048  # a tool-call prompt outgrows the shared worker's 128 
 
 def feature_worker(checkpoint: Path) -> Any:
     """A worker with room for tools and schemas in its prompts (for structured output, tools, reasoning)."""
-    settings = load_settings(
-        engine=EngineSettings(dtype="float32", device="cpu", max_model_len=FEATURE_MODEL_LEN, kv_cache_tokens=16384),
-        serving=ServingSettings(shutdown_grace_seconds=1.0, max_tokens_default=16),
-    )
-    return background_worker(checkpoint, settings, served_model_name=ENGINE_MODEL)
+    return worker_on(checkpoint, ENGINE_MODEL, engine={"max_model_len": FEATURE_MODEL_LEN},
+                     serving={"shutdown_grace_seconds": 1.0})
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from workers import worker_on
 
-from moecloud.config import EngineSettings, ServingSettings, load_settings
-from moecloud.serving.worker import RunningWorker, background_worker
+from moecloud.serving.worker import RunningWorker
 
 StartWorker = Callable[..., AbstractContextManager[RunningWorker]]
 
@@ -28,13 +28,7 @@ def start_worker(tiny_checkpoint: Path, model_name: str) -> StartWorker:
 
     def start(engine: dict[str, Any] | None = None, serving: dict[str, Any] | None = None
               ) -> AbstractContextManager[RunningWorker]:
-        settings = load_settings(
-            engine=EngineSettings(**{"dtype": "float32", "device": "cpu", "max_model_len": 512,
-                                     "kv_cache_tokens": 16384, **(engine or {})}),
-            serving=ServingSettings(**{"shutdown_grace_seconds": 5.0, "max_tokens_default": 16,
-                                       **(serving or {})}),
-        )
-        return background_worker(tiny_checkpoint, settings, served_model_name=model_name)
+        return worker_on(tiny_checkpoint, model_name, engine=engine, serving=serving)
 
     return start
 

@@ -15,11 +15,12 @@ import openai
 import pytest
 from agents import Agent, ModelSettings, OpenAIResponsesModel, RunConfig, Runner, function_tool
 from pydantic import BaseModel, Field
+from workers import worker_on
 
-from moecloud.config import EngineSettings, ServingSettings, load_settings
-from moecloud.serving.worker import RunningWorker, background_worker
+from moecloud.serving.worker import RunningWorker
 
 MODEL = "tiny"
+LONGER = {"max_model_len": 1024}  # room for tools and schemas in the prompt
 SEEDS = [1, 2, 3]
 BUDGET = 300  # max_output_tokens: room for a bounded object; one cut short fails the test instead of hanging it
 
@@ -42,16 +43,9 @@ def sdk(worker: RunningWorker) -> openai.OpenAI:
     return openai.OpenAI(base_url=worker.base_url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
-def worker_on(checkpoint: Path) -> Any:
-    settings = load_settings(engine=EngineSettings(dtype="float32", device="cpu", max_model_len=1024,
-                                                   kv_cache_tokens=16384),
-                             serving=ServingSettings(shutdown_grace_seconds=5.0, max_tokens_default=16))
-    return background_worker(checkpoint, settings, served_model_name=MODEL)
-
-
 @pytest.fixture(scope="module")
 def tools_worker(make_checkpoint: Callable[..., Path]) -> Iterator[RunningWorker]:
-    with worker_on(make_checkpoint("v2-lite", chat_template="deepseek-tools")) as running:
+    with worker_on(make_checkpoint("v2-lite", chat_template="deepseek-tools"), MODEL, engine=LONGER) as running:
         yield running
 
 
@@ -62,7 +56,7 @@ def tools_client(tools_worker: RunningWorker) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def r1_client(make_checkpoint: Callable[..., Path]) -> Iterator[openai.OpenAI]:
-    with worker_on(make_checkpoint("v2-lite", chat_template="r1")) as running:
+    with worker_on(make_checkpoint("v2-lite", chat_template="r1"), MODEL, engine=LONGER) as running:
         yield sdk(running)
 
 

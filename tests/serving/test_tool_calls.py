@@ -13,12 +13,12 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from workers import worker_on
 
-from moecloud.config import EngineSettings, ServingSettings, load_settings
 from moecloud.engine.chat_prompt import ChatFormat
 from moecloud.engine.tokenizer import Tokenizer
 from moecloud.serving.tool_use import AssistantOutput, ToolPlan
-from moecloud.serving.worker import RunningWorker, background_worker
+from moecloud.serving.worker import RunningWorker
 
 MODEL = "tiny"
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -34,11 +34,7 @@ NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def worker_for(checkpoint: Path) -> Any:
-    settings = load_settings(
-        engine=EngineSettings(dtype="float32", device="cpu", max_model_len=2048, kv_cache_tokens=16384),
-        serving=ServingSettings(shutdown_grace_seconds=5.0, max_tokens_default=16),
-    )
-    return background_worker(checkpoint, settings, served_model_name=MODEL)
+    return worker_on(checkpoint, MODEL, engine={"max_model_len": 2048})
 
 
 def sdk(worker: RunningWorker) -> openai.OpenAI:
