@@ -49,31 +49,38 @@ class StreamRelay:
             async for line in self._upstream.aiter_lines():
                 if not line.startswith("data:"):
                     continue
-                out = self._relay(line[5:].strip())
-                if out == b"[DONE]" and self._meter.status != "error":
+                out, final = self._relay(line[5:].strip())
+                if final and self._meter.status != "error":
                     await self._meter.end("ok")  # billed before the client can see it complete
                 if out is not None:
-                    yield b"data: " + out + b"\n\n"
+                    yield out
             if self._meter.status == "cancelled":
                 self._meter.status = "ok"
         except httpx.HTTPError:
             self._meter.status = "error"
-            message = f"deployment {self._route.deployment!r} dropped the stream"
-            yield b"data: " + json.dumps(error_body(message, "api_error", code="upstream_error")).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
+            yield self._dropped(f"deployment {self._route.deployment!r} dropped the stream")
 
-    def _relay(self, data: str) -> bytes | None:
+    def _dropped(self, message: str) -> bytes:
+        """What the client is sent when the upstream's stream breaks."""
+        error = json.dumps(error_body(message, "api_error", code="upstream_error")).encode()
+        return b"data: " + error + b"\n\ndata: [DONE]\n\n"
+
+    def _relay(self, data: str) -> tuple[bytes | None, bool]:
+        """One ``data:`` payload -> (what the client is sent, or None; whether it is the stream's last)."""
         if data == "[DONE]":
-            return b"[DONE]"
+            return b"data: [DONE]\n\n", True
+        return _framed(self._chunk(data)), False
+
+    def _chunk(self, data: str) -> str | None:
         try:
             chunk: Any = json.loads(data)
         except ValueError:
-            return data.encode()
+            return data
         if not isinstance(chunk, dict):
-            return data.encode()
+            return data
         if "error" in chunk:
             self._meter.status = "error"
-            return data.encode()
+            return data
         usage = TokenUsage.from_openai(chunk.get("usage"))
         if usage is not None:
             self._meter.usage = usage
@@ -84,8 +91,8 @@ class StreamRelay:
             return None
         if self._rename:
             chunk["model"] = self._route.model
-            return json.dumps(chunk).encode()
-        return data.encode()
+            return json.dumps(chunk)
+        return data
 
     async def respond(self, headers: dict[str, str], scope: Scope, receive: Receive, send: Send) -> None:
         """Stream to the client until the upstream ends or the client disconnects (even while the upstream is
@@ -107,28 +114,18 @@ class ResponsesRelay(StreamRelay):
                "response.function_call_arguments.delta")
     _FINAL = ("response.completed", "response.incomplete")
 
-    async def events(self) -> AsyncIterator[bytes]:
-        sequence = 0
-        try:
-            async for line in self._upstream.aiter_lines():
-                if not line.startswith("data:"):
-                    continue  # the event: lines are written again from each event's type
-                data = line[5:].strip()
-                event = self._typed(data)
-                if event is None:
-                    yield b"data: " + data.encode() + b"\n\n"
-                    continue
-                sequence = max(sequence, _int(event.get("sequence_number")) + 1)
-                if event.get("type") in self._FINAL and self._meter.status != "error":
-                    await self._meter.end("ok")
-                yield _typed_event(event, None if self._rename else data)
-            if self._meter.status == "cancelled":
-                self._meter.status = "ok"
-        except httpx.HTTPError:
-            self._meter.status = "error"
-            message = f"deployment {self._route.deployment!r} dropped the stream"
-            yield _typed_event({"type": "error", "sequence_number": sequence, "code": "upstream_error",
-                                "message": message, "param": None})
+    _sequence = 0  # one past the last event's sequence_number: where an error event of the gateway's goes
+
+    def _relay(self, data: str) -> tuple[bytes | None, bool]:
+        event = self._typed(data)
+        if event is None:
+            return _framed(data), False
+        self._sequence = max(self._sequence, _int(event.get("sequence_number")) + 1)
+        return _typed_event(event, None if self._rename else data), event.get("type") in self._FINAL
+
+    def _dropped(self, message: str) -> bytes:
+        return _typed_event({"type": "error", "sequence_number": self._sequence, "code": "upstream_error",
+                             "message": message, "param": None})
 
     def _typed(self, data: str) -> dict[str, Any] | None:
         try:
@@ -156,6 +153,10 @@ def _typed_event(event: dict[str, Any], data: str | None = None) -> bytes:
     kind = event.get("type")
     head = f"event: {kind}\n".encode() if isinstance(kind, str) and kind.isprintable() else b""
     return head + b"data: " + (data or json.dumps(event)).encode() + b"\n\n"
+
+
+def _framed(data: str | None) -> bytes | None:
+    return None if data is None else b"data: " + data.encode() + b"\n\n"
 
 
 def _int(value: Any) -> int:
