@@ -23,7 +23,15 @@ class EngineSettings(BaseModel):
     device: str = Field("auto", description="cpu | cuda | auto")
     quantization: str | None = Field(None, description="None or 'int8' (weight-only)")
     block_size: int = Field(16, ge=1, description="tokens per paged KV block")
-    kv_cache_tokens: int = Field(65536, ge=16, description="latent KV cache capacity, in tokens")
+    kv_cache_tokens: int | None = Field(
+        None, ge=16, description="latent KV cache capacity, in tokens; default: sized from memory after the weights "
+        "(on CUDA the free device memory times memory_utilization, less one full step's activations; on CPU the "
+        "available host memory times memory_utilization, capped at 65536 tokens)"
+    )
+    memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="fraction of the device's memory the engine may use (weights, activations and "
+                                     "the KV cache), as vLLM's gpu_memory_utilization; only read to size the KV cache"
+    )
     max_num_seqs: int = Field(64, ge=1, description="most sequences in one engine step")
     max_num_batched_tokens: int = Field(2048, ge=16, description="token budget of one engine step")
     max_model_len: int | None = Field(None, description="context cap; default: the model's own")
@@ -35,6 +43,17 @@ class EngineSettings(BaseModel):
     )
     compile_max_batch: int = Field(
         32, ge=1, description="decode steps with more sequences stay eager (per-expert GEMMs win there)"
+    )
+    cuda_graphs: bool = Field(
+        True, description="on CUDA, replay decode-only steps from CUDA graphs captured at warm-up (no effect on CPU)"
+    )
+    cuda_graph_max_batch: int = Field(
+        64, ge=1, description="graphs are captured for batches of 1, 2, 4, ... up to this (and max_num_seqs); a "
+                              "decode step is padded to the next captured size, larger ones run eagerly"
+    )
+    cuda_graph_max_context: int = Field(
+        8192, ge=16, description="graphs attend over block tables of power-of-two widths up to this many tokens; a "
+                                 "decode step with a longer context runs eagerly"
     )
     server_threads: int | None = Field(
         None, ge=1, description="CPU threads for a worker's math; default: all cores but one, left to the event loop"

@@ -14,7 +14,13 @@ from moecloud.engine.failures import FORWARD, EngineFailed, FaultInjector, is_fa
 from moecloud.engine.kv_cache import BlockManager
 from moecloud.engine.loader import load_model
 from moecloud.engine.model_config import INT8_METHOD, load_model_config
-from moecloud.engine.model_runner import ModelRunner, RunOutput, ScheduledSeq
+from moecloud.engine.model_runner import (
+    ModelRunner,
+    RunOutput,
+    ScheduledSeq,
+    kv_bytes_per_token,
+    kv_cache_tokens_from_memory,
+)
 from moecloud.engine.outputs import EngineStats, Logprob, RequestMetrics, RequestOutput
 from moecloud.engine.requests import RequestState, SampleState
 from moecloud.engine.sampler import Sampler, SamplingRow, TokenChoice, finite_log_softmax, top_logprobs
@@ -50,7 +56,13 @@ class LLMEngine:
                 self.model.quantize_int8()
         elif config.quantization is not None:
             raise ValueError(f"quantization {config.quantization!r} is not supported (supported: int8)")
-        num_blocks = max(config.kv_cache_tokens // config.block_size, 1)
+        kv_tokens = config.kv_cache_tokens
+        if kv_tokens is None:
+            kv_tokens = kv_cache_tokens_from_memory(self.model, self.device, config.block_size,
+                                                    config.max_num_batched_tokens, config.memory_utilization)
+        num_blocks = max(kv_tokens // config.block_size, 1)
+        log.info("KV cache: %d tokens (%.2f GiB)", num_blocks * config.block_size,
+                 num_blocks * config.block_size * kv_bytes_per_token(self.model) / 2**30)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(
@@ -60,9 +72,12 @@ class LLMEngine:
             self.device,
             compile_decode=config.compile,
             compile_max_batch=config.compile_max_batch,
+            graph_max_batch=min(config.cuda_graph_max_batch, config.max_num_seqs) if config.cuda_graphs else 0,
+            graph_max_context=config.cuda_graph_max_context,
+            max_model_len=self.max_model_len,
         )
         self.faults = faults
-        self.sampler = Sampler(config.seed, faults, config.structured_mask_threads)
+        self.sampler = Sampler(config.seed, faults, config.structured_mask_threads, self.device)
         self.requests: dict[str, RequestState] = {}
         self._sample_of: dict[str, tuple[RequestState, SampleState]] = {}
         self.eos_ids = set(self.tokenizer.eos_token_ids) | set(self.model_config.eos_token_ids)
@@ -102,7 +117,8 @@ class LLMEngine:
             )
             generator = None
             if params.seed is not None:
-                generator = torch.Generator().manual_seed(params.seed + index)
+                # on the logits' device: a seed gives the same tokens on the same device (not across devices)
+                generator = torch.Generator(device=self.device).manual_seed(params.seed + index)
             sample = SampleState(
                 index,
                 seq,
@@ -121,7 +137,9 @@ class LLMEngine:
 
     def warm_up(self) -> None:
         """Run the step shapes a server meets (decodes of one and of several sequences) once, so their compile
-        happens now rather than in a user's first request; leaves no trace in counters or expert load."""
+        happens now rather than in a user's first request, and capture the decode CUDA graphs (on CUDA); leaves no
+        trace in counters or expert load."""
+        self.runner.capture_graphs()
         if not self.config.compile:
             return
         counters = self.prompt_tokens, self.generation_tokens
@@ -300,7 +318,7 @@ class LLMEngine:
 
     def _score_prompt(self, request: RequestState, out: RunOutput, rows: list[tuple[int, int]]) -> None:
         logits = out.logits_at(self.model, [row for row, _ in rows])
-        targets = torch.tensor([request.prompt_ids[pos] for _, pos in rows], dtype=torch.long)
+        targets = torch.tensor([request.prompt_ids[pos] for _, pos in rows], dtype=torch.long, device=logits.device)
         k = request.params.prompt_logprobs or 0
         entries = [self._logprob_dict(choice) for choice in top_logprobs(finite_log_softmax(logits), targets, k)]
         assert request.prompt_logprobs is not None
@@ -379,6 +397,7 @@ class LLMEngine:
             num_running=len(self.scheduler.running),
             num_waiting=len(self.scheduler.waiting),
             kv_cache_usage=self.blocks.usage,
+            kv_cache_tokens=self.blocks.num_blocks * self.blocks.block_size,
             num_preemptions=self.scheduler.num_preemptions,
             prefix_cache_hit_tokens=self.blocks.hit_tokens,
             prompt_tokens=self.prompt_tokens,

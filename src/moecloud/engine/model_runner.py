@@ -1,14 +1,26 @@
-"""Turns a scheduled batch into tensors, runs the model and hands back the hidden rows that need logits."""
+"""Turns a scheduled batch into tensors, runs the model and hands back the hidden rows that need logits; sizes the
+latent KV cache from memory; replays decode steps from CUDA graphs on CUDA."""
 
 from __future__ import annotations
 
+import bisect
+import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from moecloud.engine.model.attention import AttentionGroup, ForwardBatch
+from moecloud.engine.model.attention import AttentionGroup, ForwardBatch, attention_mask
 from moecloud.engine.model.deepseek import DeepseekForCausalLM
 from moecloud.engine.sequence import Sequence
+
+log = logging.getLogger(__name__)
+
+CPU_KV_CACHE_TOKENS = 65536  # the most a memory-sized cache holds on CPU (the host is shared with everything else)
+GRAPH_MIN_CONTEXT = 256  # the narrowest block table a CUDA graph attends over, in tokens
+DecodeFn = Callable[[torch.Tensor, ForwardBatch, list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -30,6 +42,97 @@ class RunOutput:
         return model.compute_logits(self.hidden if rows is None else self.hidden[rows])
 
 
+def padded_tables(seqs: list[Sequence], width: int, pad: int) -> list[list[int]]:
+    """Each sequence's block table cut or padded (with block ``pad``) to ``width`` columns."""
+    return [s.block_table[:width] + [pad] * (width - min(width, len(s.block_table))) for s in seqs]
+
+
+def graph_batch_sizes(max_batch: int) -> list[int]:
+    """The decode batch sizes captured: 1, 2, 4, ... below ``max_batch``, and ``max_batch`` itself."""
+    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
+    return [*sizes, max_batch]
+
+
+def graph_widths(block_size: int, max_blocks: int) -> list[int]:
+    """The block-table widths (in blocks) captured: powers of two from ``GRAPH_MIN_CONTEXT`` tokens, the last one
+    ``max_blocks`` (a width past it is never needed)."""
+    width = min(max(1, -(-GRAPH_MIN_CONTEXT // block_size)), max_blocks)
+    widths = []
+    while width < max_blocks:
+        widths.append(width)
+        width *= 2
+    return [*widths, max_blocks]
+
+
+def bucket(sizes: list[int], n: int) -> int | None:
+    """The smallest of the sorted ``sizes`` that holds ``n``; None if none does."""
+    i = bisect.bisect_left(sizes, n)
+    return sizes[i] if i < len(sizes) else None
+
+
+def kv_bytes_per_token(model: DeepseekForCausalLM) -> int:
+    """What one token's latent costs across all layers: ``num_layers * latent_dim * dtype size``."""
+    c = model.config
+    return c.num_hidden_layers * c.latent_dim * model.model.embed_tokens.weight.element_size()
+
+
+def host_available_bytes() -> int:
+    """The host's available memory (``MemAvailable`` of /proc/meminfo, else the free pages)."""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def kv_cache_tokens_from_memory(
+    model: DeepseekForCausalLM, device: torch.device, block_size: int, max_num_batched_tokens: int,
+    memory_utilization: float,
+) -> int:
+    """The latent cache's capacity in tokens (whole blocks) once the weights are in place.
+
+    CUDA: ``total * memory_utilization`` less what is in use now (weights, other processes) less the activation
+    peak of a full step, measured by running one (``max_num_batched_tokens`` tokens, logits of every row). CPU:
+    the available host memory times ``memory_utilization``, capped at ``CPU_KV_CACHE_TOKENS`` (the host's
+    memory is shared with every other process and "free" moves with the page cache).
+    """
+    per_token = kv_bytes_per_token(model)
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        budget = free - total * (1 - memory_utilization) - _activation_peak(model, device, block_size,
+                                                                           max_num_batched_tokens)
+        tokens = int(budget // per_token)
+    else:
+        tokens = min(CPU_KV_CACHE_TOKENS, int(host_available_bytes() * memory_utilization // per_token))
+    tokens = tokens // block_size * block_size
+    if tokens < block_size:
+        raise ValueError(
+            f"no memory left for the KV cache after the weights ({per_token} bytes a token): lower "
+            "max_num_batched_tokens, raise memory_utilization or set kv_cache_tokens"
+        )
+    return tokens
+
+
+def _activation_peak(model: DeepseekForCausalLM, device: torch.device, block_size: int, tokens: int) -> int:
+    """Bytes a step of ``tokens`` prompt tokens allocates beyond what is already allocated (peak, CUDA)."""
+    seq = Sequence("profile", [0] * tokens, tokens, use_prefix_cache=False)
+    num_blocks = -(-tokens // block_size)
+    seq.block_table = list(range(num_blocks))
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    runner = ModelRunner(model, num_blocks, block_size, device)
+    runner.run([ScheduledSeq(seq, tokens)]).logits_at(model)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    del runner
+    for moe in model.moe_layers().values():  # the profile is no traffic
+        moe.expert_load.zero_()
+    torch.cuda.empty_cache()
+    return peak
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -39,7 +142,12 @@ class ModelRunner:
         device: torch.device,
         compile_decode: bool = False,
         compile_max_batch: int = 32,
+        graph_max_batch: int = 0,
+        graph_max_context: int = 0,
+        max_model_len: int = 0,
     ) -> None:
+        """``graph_max_batch`` > 0 on a CUDA device: decode steps of up to that many sequences whose contexts fit
+        ``min(graph_max_context, max_model_len)`` tokens replay CUDA graphs (:class:`DecodeGraphs`)."""
         self.model, self.block_size, self.device = model, block_size, device
         self.compile_max_batch = compile_max_batch
         # Steps of decodes only (the steady state) run one graph compiled by inductor: one guard check and a few
@@ -51,15 +159,34 @@ class ModelRunner:
             if compile_decode
             else None
         )
+        use_graphs = device.type == "cuda" and graph_max_batch > 0
         c = model.config
         dtype = model.model.embed_tokens.weight.dtype
-        # [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim] per layer: the latent, never full K/V
+        # [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim] per layer: the latent, never full K/V. With
+        # CUDA graphs one more block, never handed out, takes the writes of the graphs' padding rows.
         self.caches = [
-            torch.zeros(num_blocks, block_size, c.latent_dim, dtype=dtype, device=device)
+            torch.zeros(num_blocks + use_graphs, block_size, c.latent_dim, dtype=dtype, device=device)
             for _ in range(c.num_hidden_layers)
         ]
+        self.graphs: DecodeGraphs | None = None
+        if use_graphs:
+            max_blocks = -(-min(graph_max_context, max_model_len or graph_max_context) // block_size)
+            # a compiled decode step is captured too (inductor's kernels replayed without its guards)
+            self.graphs = DecodeGraphs(
+                self._decode or model.decode_step, self.caches, block_size, num_blocks,
+                graph_batch_sizes(graph_max_batch), graph_widths(block_size, max_blocks), device,
+            )
+
+    def capture_graphs(self) -> None:
+        """Capture the decode graphs now (the engine's warm-up); else the first decode step that fits does."""
+        if self.graphs is not None:
+            self.graphs.capture()
 
     def run(self, batch: list[ScheduledSeq]) -> RunOutput:
+        if self.graphs is not None and all(item.num_tokens == 1 for item in batch):
+            out = self.graphs.run([item.seq for item in batch])
+            if out is not None:
+                return out
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -110,14 +237,116 @@ class ModelRunner:
         self, starts: list[int], q_len: int, seqs: list[Sequence], context_lens: list[int], min_width: int = 1
     ) -> AttentionGroup:
         width = max(min_width, *(-(-n // self.block_size) for n in context_lens))
-        tables = [s.block_table[:width] + [0] * (width - min(width, len(s.block_table))) for s in seqs]
         token_index = torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(q_len)[None, :]
         lens = torch.tensor(context_lens, dtype=torch.long)
-        # query i of a sequence sits at context position ctx_len - Q + i and sees keys up to it
-        last_visible = lens[:, None] - q_len + torch.arange(q_len)[None, :]
-        masked = torch.arange(width * self.block_size)[None, None, :] > last_visible[:, :, None]
         return AttentionGroup(
             token_index=token_index.to(self.device),
-            block_tables=torch.tensor(tables, dtype=torch.long, device=self.device),
-            masked=masked[:, :, None].to(self.device),
+            block_tables=torch.tensor(padded_tables(seqs, width, 0), dtype=torch.long, device=self.device),
+            masked=attention_mask(lens, q_len, width * self.block_size).to(self.device),
         )
+
+
+class DecodeGraphs:
+    """Decode-only steps replayed from CUDA graphs, one per (batch size, block-table width) bucket.
+
+    Every graph reads the same static buffers: token ids, positions, cache slots, block tables and context
+    lengths (the mask is built inside the graph from the lengths: :func:`attention_mask`). A step is padded to
+    the next captured batch size and width; a padding row decodes token 0 at position 0 into the scratch block
+    (the caches' last, never handed out) with a context of one, so it never touches a real cache entry, and it
+    is not counted in the expert load. The graphs share one memory pool, captured largest first.
+    """
+
+    def __init__(
+        self, decode: DecodeFn, caches: list[torch.Tensor], block_size: int, scratch_block: int,
+        batch_sizes: list[int], widths: list[int], device: torch.device,
+    ) -> None:
+        self.decode, self.caches, self.block_size = decode, caches, block_size
+        self.scratch_block, self.batch_sizes, self.widths, self.device = scratch_block, batch_sizes, widths, device
+        rows, cols = batch_sizes[-1], widths[-1]
+        self.input_ids = torch.zeros(rows, dtype=torch.long, device=device)
+        self.positions = torch.zeros(rows, dtype=torch.long, device=device)
+        self.slots = torch.zeros(rows, dtype=torch.long, device=device)
+        self.tables = torch.zeros(rows, cols, dtype=torch.long, device=device)
+        self.context_lens = torch.ones(rows, dtype=torch.long, device=device)
+        self.counted = torch.zeros(rows, dtype=torch.long, device=device)
+        self.token_index = torch.arange(rows, device=device)[:, None]
+        self.captured: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    def fits(self, seqs: list[Sequence]) -> tuple[int, int] | None:
+        """The (batch size, width) bucket that holds this decode step; None if none does."""
+        size = bucket(self.batch_sizes, len(seqs))
+        width = bucket(self.widths, max(-(-(s.num_computed_tokens + 1) // self.block_size) for s in seqs))
+        return None if size is None or width is None else (size, width)
+
+    def inputs(self, seqs: list[Sequence], size: int, width: int) -> dict[str, torch.Tensor]:
+        """The step's host-side buffer contents, padded to ``size`` rows and ``width`` columns."""
+        pad = size - len(seqs)
+        positions = [s.num_computed_tokens for s in seqs]
+        return {
+            "input_ids": torch.tensor([s.token_ids[p] for s, p in zip(seqs, positions, strict=True)] + [0] * pad),
+            "positions": torch.tensor(positions + [0] * pad),
+            "slots": torch.tensor(
+                [s.block_table[p // self.block_size] * self.block_size + p % self.block_size
+                 for s, p in zip(seqs, positions, strict=True)]
+                + [self.scratch_block * self.block_size] * pad
+            ),
+            "tables": torch.tensor(padded_tables(seqs, width, pad=self.scratch_block)
+                                   + [[self.scratch_block] * width] * pad),
+            "context_lens": torch.tensor([p + 1 for p in positions] + [1] * pad),
+            "counted": torch.tensor([1] * len(seqs) + [0] * pad),
+        }
+
+    def forward_batch(self, size: int, width: int) -> ForwardBatch:
+        """The batch the graph of this bucket runs: views of the static buffers, the mask computed from them."""
+        return ForwardBatch(
+            positions=self.positions[:size],
+            slot_mapping=self.slots[:size],
+            groups=[AttentionGroup(
+                token_index=self.token_index[:size],
+                block_tables=self.tables[:size, :width],
+                masked=attention_mask(self.context_lens[:size], 1, width * self.block_size),
+                in_order=True,
+            )],
+            counted=self.counted[:size],
+        )
+
+    def _load(self, values: dict[str, torch.Tensor], size: int, width: int) -> None:
+        for name, value in values.items():
+            target = getattr(self, name)
+            (target[:size, :width] if name == "tables" else target[:size]).copy_(value)
+
+    def capture(self) -> None:
+        if self.captured:
+            return
+        pool = None
+        with torch.inference_mode():
+            for size in reversed(self.batch_sizes):
+                for width in reversed(self.widths):
+                    self._load(self.inputs([], size, width), size, width)
+                    stream = torch.cuda.Stream(self.device)  # warm up off the capture stream, as torch asks
+                    stream.wait_stream(torch.cuda.current_stream(self.device))
+                    with torch.cuda.stream(stream):
+                        self.decode(self.input_ids[:size], self.forward_batch(size, width), self.caches)
+                    torch.cuda.current_stream(self.device).wait_stream(stream)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        hidden, logits = self.decode(self.input_ids[:size], self.forward_batch(size, width),
+                                                     self.caches)
+                    pool = graph.pool()
+                    self.captured[(size, width)] = (graph, hidden, logits)
+        torch.cuda.synchronize(self.device)
+        log.info("captured %d decode CUDA graphs (batch sizes %s, widths %s blocks)", len(self.captured),
+                 self.batch_sizes, self.widths)
+
+    def run(self, seqs: list[Sequence]) -> RunOutput | None:
+        """The decode step of ``seqs`` (row i: ``seqs[i]``) replayed; None if no bucket holds it."""
+        shape = self.fits(seqs)
+        if shape is None:
+            return None
+        self.capture()
+        size, width = shape
+        self._load(self.inputs(seqs, size, width), size, width)
+        graph, hidden, logits = self.captured[shape]
+        graph.replay()
+        n = len(seqs)  # copies: the next replay (of any graph: one pool) overwrites the outputs
+        return RunOutput(hidden[:n].clone(), list(range(n)), logits[:n].clone())

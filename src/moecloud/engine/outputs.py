@@ -64,3 +64,4 @@ class EngineStats:
     prompt_tokens: int
     generation_tokens: int
     expert_load: dict[int, list[int]] = field(default_factory=dict)  # layer -> tokens routed per expert
+    kv_cache_tokens: int = 0  # the KV cache's capacity, in tokens

@@ -42,16 +42,16 @@ def finite_log_softmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def top_logprobs(logprobs: torch.Tensor, token_ids: torch.Tensor, k: int) -> list[TokenChoice]:
-    """Per row: the logprob and rank of ``token_ids[row]`` plus the ``k`` most likely tokens."""
+    """Per row: the logprob and rank of ``token_ids[row]`` plus the ``k`` most likely tokens (read back to the
+    host in one transfer per quantity, not one per row)."""
     k = min(k, logprobs.shape[1])
     chosen = logprobs.gather(1, token_ids[:, None]).squeeze(1)
     ranks = (logprobs > chosen[:, None]).sum(dim=1) + 1
     top_vals, top_ids = logprobs.topk(k, dim=1) if k else (None, None)
-    out = []
-    for row in range(logprobs.shape[0]):
-        top = list(zip(top_ids[row].tolist(), top_vals[row].tolist(), strict=True)) if k else []
-        out.append(TokenChoice(int(token_ids[row]), float(chosen[row]), int(ranks[row]), top))
-    return out
+    tops = [list(zip(ids, vals, strict=True)) for ids, vals in zip(top_ids.tolist(), top_vals.tolist(), strict=True)
+            ] if k else [[] for _ in range(logprobs.shape[0])]
+    columns = zip(token_ids.tolist(), chosen.tolist(), ranks.tolist(), tops, strict=True)
+    return [TokenChoice(token, logprob, rank, top) for token, logprob, rank, top in columns]
 
 
 def _finite(logits: torch.Tensor) -> torch.Tensor:
@@ -63,32 +63,64 @@ class Sampler:
     """Rows are sampled one by one, and a row that raises gets its exception in place of a choice, so one
     request's failure never becomes its batch's. Whatever the logits and parameters, a row that does not raise
     gets a token of the vocabulary: non-finite logits are never chosen (all non-finite: token 0), and a
-    distribution that filters to nothing falls back to the most likely token."""
+    distribution that filters to nothing falls back to the most likely token.
 
-    def __init__(self, seed: int = 0, faults: FaultInjector | None = None, mask_threads: int = 0) -> None:
-        self._default = torch.Generator().manual_seed(seed)
+    Every tensor a row touches lives on the logits' device (its generator too: the engine makes them there), and
+    the step's tokens come back to the host in one transfer: greedy rows with nothing to adjust share one argmax.
+    """
+
+    def __init__(self, seed: int = 0, faults: FaultInjector | None = None, mask_threads: int = 0,
+                 device: torch.device | str = "cpu") -> None:
+        self._seed = seed
+        self._defaults: dict[torch.device, torch.Generator] = {}  # per device, for rows without their own
+        self._default_for(torch.device(device))
         self._faults = faults
         self._mask_threads = mask_threads
         self._masker: Masker | None = None  # made for the first constrained row
 
+    def _default_for(self, device: torch.device) -> torch.Generator:
+        if device not in self._defaults:
+            self._defaults[device] = torch.Generator(device=device).manual_seed(self._seed)
+        return self._defaults[device]
+
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> list[TokenChoice | Exception]:
         """``logits`` [B, vocab] float32, one row per sequence that samples this step."""
-        results: list[TokenChoice | Exception] = []
         logits, failures = self._mask(logits, rows)
+        tokens: list[torch.Tensor | Exception | None] = []
+        plain: list[int] = []  # greedy rows with nothing to adjust: one argmax for all of them
         for i, row in enumerate(rows):
             failed = failures[i]
             if failed is not None:
-                results.append(failed)
+                tokens.append(failed)
                 continue
             try:
                 if self._faults is not None:
                     self._faults.check(SAMPLE, [row.seq_id])
-                results.append(TokenChoice(self._choose(self._adjusted(logits[i], row), row)))
+                if row.params.greedy and not self._adjusts(row, logits.shape[1]):
+                    plain.append(i)
+                    tokens.append(None)
+                else:
+                    tokens.append(self._choose(self._adjusted(logits[i], row), row))
             except Exception as exc:  # noqa: BLE001 - the engine decides what the row's failure means
-                results.append(exc)
+                tokens.append(exc)
+        if plain:
+            picked = torch.tensor(plain, device=logits.device)
+            for i, token in zip(plain, _finite(logits.index_select(0, picked)).argmax(dim=-1), strict=True):
+                tokens[i] = token
+        results = self._read_back(tokens)
         wanted = [i for i, (r, c) in enumerate(zip(rows, results, strict=True))
                   if r.params.logprobs is not None and isinstance(c, TokenChoice)]
         self._add_logprobs(logits, rows, results, wanted)
+        return results
+
+    @staticmethod
+    def _read_back(tokens: list[torch.Tensor | Exception | None]) -> list[TokenChoice | Exception]:
+        """The rows' chosen token tensors (0-d, on the logits' device) as choices, in one transfer."""
+        chosen = [i for i, t in enumerate(tokens) if isinstance(t, torch.Tensor)]
+        ids = torch.stack([tokens[i] for i in chosen]).tolist() if chosen else []  # type: ignore[misc]
+        results: list[TokenChoice | Exception] = [t for t in tokens]  # type: ignore[misc]
+        for i, token in zip(chosen, ids, strict=True):
+            results[i] = TokenChoice(int(token))
         return results
 
     def _mask(self, logits: torch.Tensor, rows: list[SamplingRow]) -> tuple[torch.Tensor, list[Exception | None]]:
@@ -112,7 +144,8 @@ class Sampler:
         if not wanted:
             return
         try:
-            tokens = torch.tensor([results[i].token_id for i in wanted], dtype=torch.long)  # type: ignore[union-attr]
+            tokens = torch.tensor([results[i].token_id for i in wanted],  # type: ignore[union-attr]
+                                  dtype=torch.long, device=logits.device)
             k = max(rows[i].params.logprobs or 0 for i in wanted)
             choices = top_logprobs(finite_log_softmax(logits[wanted]), tokens, k)
         except Exception as exc:  # noqa: BLE001 - charged to the row that raises alone
@@ -127,6 +160,13 @@ class Sampler:
             results[i] = choice
 
     @staticmethod
+    def _adjusts(row: SamplingRow, vocab: int) -> bool:
+        """Whether :meth:`_adjusted` would change the row's logits."""
+        p = row.params
+        return (p.repetition_penalty != 1.0 or bool((p.presence_penalty or p.frequency_penalty) and row.output_ids)
+                or any(0 <= t < vocab for t in row.block_eos))
+
+    @staticmethod
     def _adjusted(logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
         """The row's logits after penalties and min_tokens' blocked ids (a copy)."""
         logits = logits.clone()
@@ -134,25 +174,27 @@ class Sampler:
         vocab = logits.shape[0]
         blocked = [t for t in row.block_eos if 0 <= t < vocab]  # an id outside the vocabulary blocks nothing
         if blocked:
-            logits[blocked] = float("-inf")
+            logits[torch.tensor(blocked, dtype=torch.long, device=logits.device)] = float("-inf")
         return logits
 
     @staticmethod
     def _penalize(logits: torch.Tensor, row: SamplingRow) -> None:
-        p = row.params
+        p, device = row.params, logits.device
         if p.repetition_penalty != 1.0:
-            seen = torch.tensor(sorted(set(row.prompt_ids) | set(row.output_ids)), dtype=torch.long)
+            seen = torch.tensor(sorted(set(row.prompt_ids) | set(row.output_ids)), dtype=torch.long, device=device)
             values = logits[seen]
             logits[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
         if (p.presence_penalty or p.frequency_penalty) and row.output_ids:
-            ids = torch.tensor(row.output_ids, dtype=torch.long)
-            counts = torch.bincount(ids, minlength=logits.shape[0]).to(logits.dtype)
+            ids = torch.tensor(row.output_ids, dtype=torch.long, device=device)
+            # counts by scatter: bincount reads the largest id back to the host on CUDA
+            counts = torch.zeros_like(logits).index_add_(0, ids, torch.ones_like(ids, dtype=logits.dtype))
             logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
 
-    def _choose(self, logits: torch.Tensor, row: SamplingRow) -> int:
+    def _choose(self, logits: torch.Tensor, row: SamplingRow) -> torch.Tensor:
+        """The row's token as a 0-d tensor on the logits' device (read back with the step's others)."""
         p = row.params
         if p.greedy:
-            return int(_finite(logits).argmax())
+            return _finite(logits).argmax()
         logits = _finite(logits / p.temperature)
         if p.top_k and p.top_k < logits.shape[0]:
             kth = logits.topk(p.top_k).values[-1]
@@ -166,7 +208,10 @@ class Sampler:
             cut = before >= p.top_p * sorted_probs.sum()
             cut[0] = False  # the most likely token always stays: a tiny top_p underflows the threshold to 0
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs.masked_fill(cut, 0.0))
-        if not (torch.isfinite(probs).all() and probs.sum() > 0):  # every logit was -inf (all blocked)
-            return int(logits.argmax())
-        generator = row.generator or self._default
-        return int(torch.multinomial(probs, 1, generator=generator))
+        # every logit -inf (all blocked): the most likely token, chosen on the device (no host check; an invalid
+        # distribution given to multinomial would be a device-side assert on CUDA)
+        valid = torch.isfinite(probs).all() & (probs.sum() > 0)
+        fallback = torch.zeros_like(probs).index_fill_(0, logits.argmax()[None], 1.0)
+        probs = torch.where(valid, probs, fallback)
+        generator = row.generator or self._default_for(logits.device)
+        return torch.multinomial(probs, 1, generator=generator)[0]

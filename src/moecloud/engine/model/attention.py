@@ -33,6 +33,16 @@ class ForwardBatch:
     slot_mapping: torch.Tensor  # [T] flat cache slot each new token's latent is written to
     groups: list[AttentionGroup]
     rope: torch.Tensor | None = None  # per-token rotation, set once per forward (RotaryEmbedding.table)
+    counted: torch.Tensor | None = None  # [T] 1 for a real token, 0 for a CUDA graph's padding (expert load)
+
+
+def attention_mask(context_lens: torch.Tensor, q_len: int, num_keys: int) -> torch.Tensor:
+    """[B, Q, 1, num_keys] True where a query may not see a key: the ``q_len`` queries of a sequence are its last
+    tokens (query i sits at position ``context_len - q_len + i``) and see the keys up to their own position.
+    Built on ``context_lens``' device from the lengths alone, so a CUDA graph builds it inside itself."""
+    device = context_lens.device
+    last_visible = context_lens[:, None] - q_len + torch.arange(q_len, device=device)[None, :]
+    return (torch.arange(num_keys, device=device)[None, None, :] > last_visible[:, :, None])[:, :, None]
 
 
 class MLA(nn.Module):

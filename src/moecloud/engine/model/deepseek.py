@@ -26,6 +26,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cache: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), batch, cache)
+        if isinstance(self.mlp, MoE):
+            return x + self.mlp(self.post_attention_layernorm(x), batch.counted)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 

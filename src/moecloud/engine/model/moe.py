@@ -85,8 +85,23 @@ class Experts(nn.Module):
         self.w2_scale: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Dispatch by where it runs: compiled, the gathered form; on CPU, one GEMM per routed expert (its
+        ``.tolist()`` of the counts is no device sync there, and it is the fastest eager form); on an accelerator a
+        form with no host sync (a decode step is one graph of kernels, CUDA graphs included): torch's grouped GEMM
+        where its kernel runs, else per-token gathered weights (few routed pairs) or every expert on every token
+        (many), whichever reads fewer weight bytes."""
         if torch.compiler.is_compiling():
             return self._forward_gathered(x, indices, weights)
+        if x.device.type == "cpu":
+            return self._forward_looped(x, indices, weights)
+        if self._grouped_mm_runs(x):
+            return self._forward_grouped(x, indices, weights)
+        if indices.numel() < self.w13.shape[0]:
+            return self._forward_gathered(x, indices, weights)
+        return self._forward_dense(x, indices, weights)
+
+    def _forward_looped(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """One GEMM per expert over its tokens (the counts read on the host)."""
         top_k = indices.shape[1]
         flat = indices.flatten()
         order = flat.argsort(stable=True)
@@ -105,10 +120,52 @@ class Experts(nn.Module):
         weighted = torch.cat(outputs) * weights.flatten()[order].to(x.dtype)[:, None]
         return torch.zeros_like(x).index_add_(0, token_of, weighted)
 
+    def _grouped_mm_runs(self, x: torch.Tensor) -> bool:
+        """Whether torch's grouped GEMM has a kernel for this call: bf16 on an sm90/sm100 CUDA GPU, plain
+        weights, 16-byte aligned rows. (Elsewhere torch falls back to a loop that reads the offsets on the host.)"""
+        if x.device.type != "cuda" or x.dtype != torch.bfloat16 or self.w13_scale is not None:
+            return False
+        if torch.cuda.get_device_capability(x.device)[0] not in (9, 10):
+            return False
+        return x.shape[-1] % 8 == 0 and self.intermediate % 8 == 0
+
+    def _forward_grouped(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The looped form as two grouped GEMMs over the pairs sorted by expert, the group ends on the device."""
+        top_k = indices.shape[1]
+        flat = indices.flatten()
+        order = flat.argsort(stable=True)
+        token_of = order // top_k
+        counts = torch.zeros(self.w13.shape[0], dtype=torch.int32, device=x.device)
+        counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))  # bincount reads its max on the host
+        ends = counts.cumsum(0, dtype=torch.int32)
+        h = F.grouped_mm(x[token_of], self.w13.transpose(1, 2), offs=ends)
+        gate, up = h.split(self.intermediate, dim=-1)
+        out = F.grouped_mm(F.silu(gate) * up, self.w2.transpose(1, 2), offs=ends)
+        weighted = out * weights.flatten()[order].to(x.dtype)[:, None]
+        return torch.zeros_like(x).index_add_(0, token_of, weighted)
+
+    def _forward_dense(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Every expert on every token, weighted by the routing (0 for the experts a token did not choose): each
+        expert's weights are read once, at E/top_k times the FLOPs of the routed form. For a decode batch whose
+        pairs cover most experts anyway, on a device where the grouped GEMM has no kernel."""
+        n_experts = self.w13.shape[0]
+        routing = torch.zeros(x.shape[0], n_experts, dtype=x.dtype, device=x.device)
+        routing.scatter_add_(1, indices, weights.to(x.dtype))  # [T, E]
+        xs = x[None].expand(n_experts, -1, -1)
+        h = torch.bmm(xs, self._dense(self.w13, self.w13_scale, x.dtype).transpose(1, 2))  # [E, T, 2I]
+        gate, up = h.split(self.intermediate, dim=-1)
+        out = torch.bmm(F.silu(gate) * up, self._dense(self.w2, self.w2_scale, x.dtype).transpose(1, 2))  # [E, T, H]
+        return (out * routing.t()[..., None]).sum(0)
+
+    @staticmethod
+    def _dense(w: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        return w if scale is None else w.to(dtype) * scale.to(dtype)[..., None]
+
     def _forward_gathered(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The compiled decode step's form: each (token, slot) pair reads its expert's rows straight out of the
         stacked weights. Compiled, gather, products and sums fuse into one pass over exactly the chosen experts'
-        weights (nothing copied) with no data-dependent shapes; eagerly it would copy them, hence the loop above."""
+        weights (nothing copied) with no data-dependent shapes. Eagerly it copies the chosen experts' rows: used so
+        only where the (token, slot) pairs are fewer than the experts."""
         h = (x[:, None, None, :] * self._rows(self.w13, self.w13_scale, indices, x.dtype)).sum(-1)  # [T, k, 2I]
         gate, up = h.split(self.intermediate, dim=-1)
         act = (F.silu(gate) * up)[:, :, None, :]
@@ -146,10 +203,13 @@ class MoE(nn.Module):
         )
         self.register_buffer("expert_load", torch.zeros(c.n_routed_experts, dtype=torch.long), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
+        """``counted`` [T] (1 or 0 per token, default all 1): which tokens count in ``expert_load`` (a CUDA graph's
+        padding rows do not)."""
         indices, weights = self.gate(x)
         flat = indices.flatten()
-        self.expert_load.index_add_(0, flat, torch.ones_like(flat))
+        ones = torch.ones_like(flat) if counted is None else counted[:, None].expand_as(indices).flatten()
+        self.expert_load.index_add_(0, flat, ones)
         out = self.experts(x, indices, weights)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
