@@ -310,6 +310,10 @@ class DecodeGraphs:
             counted=self.counted[:size],
         )
 
+    def step(self, size: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bucket's decode step over the static buffers: what its graph records (run eagerly, the same)."""
+        return self.decode(self.input_ids[:size], self.forward_batch(size, width), self.caches)
+
     def _load(self, values: dict[str, torch.Tensor], size: int, width: int) -> None:
         for name, value in values.items():
             target = getattr(self, name)
@@ -326,12 +330,11 @@ class DecodeGraphs:
                     stream = torch.cuda.Stream(self.device)  # warm up off the capture stream, as torch asks
                     stream.wait_stream(torch.cuda.current_stream(self.device))
                     with torch.cuda.stream(stream):
-                        self.decode(self.input_ids[:size], self.forward_batch(size, width), self.caches)
+                        self.step(size, width)
                     torch.cuda.current_stream(self.device).wait_stream(stream)
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=pool):
-                        hidden, logits = self.decode(self.input_ids[:size], self.forward_batch(size, width),
-                                                     self.caches)
+                        hidden, logits = self.step(size, width)
                     pool = graph.pool()
                     self.captured[(size, width)] = (graph, hidden, logits)
         torch.cuda.synchronize(self.device)

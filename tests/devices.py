@@ -1,0 +1,23 @@
+"""The devices a device-aware test runs on: always the CPU, and CUDA where there is a GPU.
+
+A test parametrized over ``DEVICES`` runs once per device; its CUDA case carries the ``cuda`` marker (``pytest -m
+cuda`` selects those) and is skipped, with the reason, on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+NO_CUDA = "needs a CUDA GPU (none here)"
+CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA)]
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=CUDA)]
+
+
+def cuda_only(test: Callable[..., None]) -> Callable[..., None]:
+    """Marks a test that runs on CUDA only (the ``cuda`` marker, skipped without a GPU)."""
+    for mark in reversed(CUDA):
+        test = mark(test)
+    return test
