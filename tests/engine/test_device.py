@@ -56,7 +56,8 @@ def test_sync_free_expert_forms_equal_the_loop(tokens, int8):
     x, indices, weights = _routing(tokens)
     looped = experts._forward_looped(x, indices, weights)
     assert looped.abs().sum() > 0
-    forms = {"gathered": experts._forward_gathered, "dense": experts._forward_dense}
+    forms = {"gathered": experts._forward_gathered, "gathered_bmm": experts._forward_gathered_bmm,
+             "dense": experts._forward_dense}
     if not int8:  # the grouped GEMM takes plain weights (torch runs it on the CPU too, as a loop)
         forms["grouped"] = experts._forward_grouped
     for name, form in forms.items():
@@ -65,10 +66,11 @@ def test_sync_free_expert_forms_equal_the_loop(tokens, int8):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_expert_dispatch_on_device_equals_the_cpu_loop(device):
+@pytest.mark.parametrize("tokens", [1, 6, 300])  # off the CPU: gathered, every expert, the loop (or grouped)
+def test_expert_dispatch_on_device_equals_the_cpu_loop(device, tokens):
     experts = _experts(hidden=64, intermediate=32)
-    x, indices, weights = _routing(6)
-    x = torch.randn(6, 64, generator=torch.Generator().manual_seed(0))
+    _, indices, weights = _routing(tokens)
+    x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(0))
     expected = experts._forward_looped(x, indices, weights)
     on_device = _experts(hidden=64, intermediate=32).to(device)
     for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
@@ -140,7 +142,7 @@ def test_the_graphs_padded_step_equals_the_eager_decode(model):
     eager = runner.run([ScheduledSeq(s, 1) for s in seqs])
     expected = eager.logits_at(model)
     real = [c.clone() for c in runner.caches]
-    graphs = DecodeGraphs(model.decode_step, runner.caches, block_size, num_blocks, [1, 2, 4, 8],
+    graphs = DecodeGraphs(lambda size: model.decode_step, runner.caches, block_size, num_blocks, [1, 2, 4, 8],
                           [2, 4, 8], torch.device("cpu"))
     assert graphs.fits(seqs) == (4, 4)  # 3 rows padded to 4; 10 tokens of context in a 4-block (16-token) table
     loads = {i: m.expert_load.clone() for i, m in model.moe_layers().items()}
@@ -160,6 +162,51 @@ def test_the_graphs_padded_step_equals_the_eager_decode(model):
         assert int((m.expert_load - loads[i]).sum()) == 2 * len(seqs) * model.config.num_experts_per_tok
 
 
+class EagerGraph:
+    """Stands in for a captured CUDA graph on the CPU: a replay runs the bucket's step into the same outputs."""
+
+    def __init__(self, graphs: DecodeGraphs, size: int, width: int) -> None:
+        self.graphs, self.size, self.width = graphs, size, width
+        self.replays = 0
+
+    def replay(self) -> None:
+        with torch.inference_mode():
+            hidden, logits = self.graphs.step(self.size, self.width)
+            self.hidden.copy_(hidden)
+            self.logits.copy_(logits)
+        self.replays += 1
+
+
+def _record_eagerly(graphs: DecodeGraphs, size: int, width: int) -> tuple[EagerGraph, torch.Tensor, torch.Tensor]:
+    graph = EagerGraph(graphs, size, width)
+    graph.hidden, graph.logits = graphs.step(size, width)
+    return graph, graph.hidden, graph.logits
+
+
+def test_an_engine_decoding_through_the_graph_runner_matches_one_without(tiny_checkpoint, monkeypatch):
+    """The engine's steps through ``DecodeGraphs.run`` (buffers, buckets, padding, output copies), with a replay
+    that runs the recorded step eagerly: what a CUDA graph does, checked on the CPU."""
+    options = {"dtype": "float32", "kv_cache_tokens": 512, "block_size": 4}
+    plain, graphed = LLM(str(tiny_checkpoint), **options), LLM(str(tiny_checkpoint), **options)
+    model, num_blocks = graphed.engine.model, graphed.engine.blocks.num_blocks
+    runner = ModelRunner(model, num_blocks + 1, 4, torch.device("cpu"))
+    runner.graphs = DecodeGraphs(lambda size: model.decode_step, runner.caches, 4, num_blocks, [1, 2, 4, 8],
+                                 [2, 4, 8], torch.device("cpu"))
+    monkeypatch.setattr(DecodeGraphs, "_record", _record_eagerly)
+    graphed.engine.runner = runner
+    prompts = [[1 + i, 2, 3 + i, 4] * (1 + i % 3) for i in range(5)]  # 5 rows: padded to 8
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=1)
+    got, want = graphed.generate(prompts, params), plain.generate(prompts, params)
+    replays = sum(graph.replays for graph, _, _ in runner.graphs.captured.values())
+    assert replays >= 12 - 1  # the decode steps replayed (the longest prompts' contexts outgrow 8 blocks later)
+    for g, w in zip(got, want, strict=True):
+        assert g.outputs[0].token_ids == w.outputs[0].token_ids
+        for entry_g, entry_w in zip(g.outputs[0].logprobs, w.outputs[0].logprobs, strict=True):
+            token = next(iter(entry_w))
+            assert entry_g[token].logprob == pytest.approx(entry_w[token].logprob, abs=1e-4)
+    assert graphed.engine.expert_load() == plain.engine.expert_load()  # padding rows are not counted
+
+
 def test_a_step_past_the_buckets_is_not_graphed():
     graphs = DecodeGraphs(lambda *a: a, [], 4, 0, [1, 2], [2, 4], torch.device("cpu"))
     seq = Sequence("s", [1] * 20, 20)
@@ -176,12 +223,12 @@ def test_kv_cache_sized_from_host_memory_on_cpu(model, monkeypatch):
     c = model.config
     assert per_token == c.num_hidden_layers * c.latent_dim * 4
     cpu = torch.device("cpu")
-    assert kv_cache_tokens_from_memory(model, cpu, 16, 2048, 0.9) <= CPU_KV_CACHE_TOKENS
+    assert kv_cache_tokens_from_memory(model, cpu, 16, 2048, 0.9, 512) <= CPU_KV_CACHE_TOKENS
     monkeypatch.setattr("moecloud.engine.model_runner.host_available_bytes", lambda: 1000 * per_token)
-    assert kv_cache_tokens_from_memory(model, cpu, 16, 2048, 0.5) == 500 // 16 * 16
+    assert kv_cache_tokens_from_memory(model, cpu, 16, 2048, 0.5, 512) == 500 // 16 * 16
     monkeypatch.setattr("moecloud.engine.model_runner.host_available_bytes", lambda: 3 * per_token)
     with pytest.raises(ValueError, match="no memory left for the KV cache"):
-        kv_cache_tokens_from_memory(model, cpu, 16, 2048, 0.9)
+        kv_cache_tokens_from_memory(model, cpu, 16, 2048, 0.9, 512)
 
 
 def test_the_engine_reports_its_kv_capacity(tiny_checkpoint, caplog):

@@ -59,7 +59,8 @@ class LLMEngine:
         kv_tokens = config.kv_cache_tokens
         if kv_tokens is None:
             kv_tokens = kv_cache_tokens_from_memory(self.model, self.device, config.block_size,
-                                                    config.max_num_batched_tokens, config.memory_utilization)
+                                                    config.max_num_batched_tokens, config.memory_utilization,
+                                                    self.max_model_len)
         num_blocks = max(kv_tokens // config.block_size, 1)
         log.info("KV cache: %d tokens (%.2f GiB)", num_blocks * config.block_size,
                  num_blocks * config.block_size * kv_bytes_per_token(self.model) / 2**30)

@@ -88,20 +88,21 @@ def host_available_bytes() -> int:
 
 def kv_cache_tokens_from_memory(
     model: DeepseekForCausalLM, device: torch.device, block_size: int, max_num_batched_tokens: int,
-    memory_utilization: float,
+    memory_utilization: float, max_model_len: int,
 ) -> int:
     """The latent cache's capacity in tokens (whole blocks) once the weights are in place.
 
     CUDA: ``total * memory_utilization`` less what is in use now (weights, other processes) less the activation
-    peak of a full step, measured by running one (``max_num_batched_tokens`` tokens, logits of every row). CPU:
+    peak of a full step, measured by running one (``max_num_batched_tokens`` prompt tokens in sequences of at
+    most ``max_model_len``, logits of every row). CPU:
     the available host memory times ``memory_utilization``, capped at ``CPU_KV_CACHE_TOKENS`` (the host's
     memory is shared with every other process and "free" moves with the page cache).
     """
     per_token = kv_bytes_per_token(model)
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        budget = free - total * (1 - memory_utilization) - _activation_peak(model, device, block_size,
-                                                                           max_num_batched_tokens)
+        peak = _activation_peak(model, device, block_size, max_num_batched_tokens, max_model_len)
+        budget = free - total * (1 - memory_utilization) - peak
         tokens = int(budget // per_token)
     else:
         tokens = min(CPU_KV_CACHE_TOKENS, int(host_available_bytes() * memory_utilization // per_token))
@@ -114,16 +115,23 @@ def kv_cache_tokens_from_memory(
     return tokens
 
 
-def _activation_peak(model: DeepseekForCausalLM, device: torch.device, block_size: int, tokens: int) -> int:
-    """Bytes a step of ``tokens`` prompt tokens allocates beyond what is already allocated (peak, CUDA)."""
-    seq = Sequence("profile", [0] * tokens, tokens, use_prefix_cache=False)
-    num_blocks = -(-tokens // block_size)
-    seq.block_table = list(range(num_blocks))
+def _activation_peak(
+    model: DeepseekForCausalLM, device: torch.device, block_size: int, tokens: int, max_model_len: int
+) -> int:
+    """Bytes a step of ``tokens`` prompt tokens (sequences of at most ``max_model_len``) allocates beyond what is
+    allocated already (its peak, on CUDA)."""
+    lengths = [min(max_model_len, tokens - start) for start in range(0, tokens, max_model_len)]
+    blocks = [-(-n // block_size) for n in lengths]
+    seqs = []
+    for i, n in enumerate(lengths):
+        seq = Sequence(f"profile-{i}", [0] * n, n, use_prefix_cache=False)
+        seq.block_table = list(range(sum(blocks[:i]), sum(blocks[: i + 1])))
+        seqs.append(seq)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    runner = ModelRunner(model, num_blocks, block_size, device)
-    runner.run([ScheduledSeq(seq, tokens)]).logits_at(model)
+    runner = ModelRunner(model, sum(blocks), block_size, device)
+    runner.run([ScheduledSeq(seq, seq.num_tokens) for seq in seqs]).logits_at(model)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - before
     del runner
@@ -171,9 +179,14 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
         if use_graphs:
             max_blocks = -(-min(graph_max_context, max_model_len or graph_max_context) // block_size)
-            # a compiled decode step is captured too (inductor's kernels replayed without its guards)
+            # a compiled decode step is captured too, at the batch sizes it is used for eagerly
+            compiled, eager = self._decode, model.decode_step
+
+            def decode(size: int) -> DecodeFn:
+                return compiled if compiled is not None and size <= compile_max_batch else eager
+
             self.graphs = DecodeGraphs(
-                self._decode or model.decode_step, self.caches, block_size, num_blocks,
+                decode, self.caches, block_size, num_blocks,
                 graph_batch_sizes(graph_max_batch), graph_widths(block_size, max_blocks), device,
             )
 
@@ -257,7 +270,7 @@ class DecodeGraphs:
     """
 
     def __init__(
-        self, decode: DecodeFn, caches: list[torch.Tensor], block_size: int, scratch_block: int,
+        self, decode: Callable[[int], DecodeFn], caches: list[torch.Tensor], block_size: int, scratch_block: int,
         batch_sizes: list[int], widths: list[int], device: torch.device,
     ) -> None:
         self.decode, self.caches, self.block_size = decode, caches, block_size
@@ -271,6 +284,8 @@ class DecodeGraphs:
         self.counted = torch.zeros(rows, dtype=torch.long, device=device)
         self.token_index = torch.arange(rows, device=device)[:, None]
         self.captured: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._pool: tuple[int, int] | None = None  # the graphs' shared memory pool, once the first is captured
+        self._load(self.inputs([], rows, cols), rows, cols)  # padding until a step loads its rows
 
     def fits(self, seqs: list[Sequence]) -> tuple[int, int] | None:
         """The (batch size, width) bucket that holds this decode step; None if none does."""
@@ -312,7 +327,7 @@ class DecodeGraphs:
 
     def step(self, size: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The bucket's decode step over the static buffers: what its graph records (run eagerly, the same)."""
-        return self.decode(self.input_ids[:size], self.forward_batch(size, width), self.caches)
+        return self.decode(size)(self.input_ids[:size], self.forward_batch(size, width), self.caches)
 
     def _load(self, values: dict[str, torch.Tensor], size: int, width: int) -> None:
         for name, value in values.items():
@@ -320,26 +335,32 @@ class DecodeGraphs:
             (target[:size, :width] if name == "tables" else target[:size]).copy_(value)
 
     def capture(self) -> None:
+        """Record every bucket's graph, largest first (each one's buffers loaded with padding rows only)."""
         if self.captured:
             return
-        pool = None
         with torch.inference_mode():
             for size in reversed(self.batch_sizes):
                 for width in reversed(self.widths):
                     self._load(self.inputs([], size, width), size, width)
-                    stream = torch.cuda.Stream(self.device)  # warm up off the capture stream, as torch asks
-                    stream.wait_stream(torch.cuda.current_stream(self.device))
-                    with torch.cuda.stream(stream):
-                        self.step(size, width)
-                    torch.cuda.current_stream(self.device).wait_stream(stream)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=pool):
-                        hidden, logits = self.step(size, width)
-                    pool = graph.pool()
-                    self.captured[(size, width)] = (graph, hidden, logits)
-        torch.cuda.synchronize(self.device)
+                    self.captured[(size, width)] = self._record(size, width)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         log.info("captured %d decode CUDA graphs (batch sizes %s, widths %s blocks)", len(self.captured),
                  self.batch_sizes, self.widths)
+
+    def _record(self, size: int, width: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
+        """One bucket's graph and its outputs: a warm-up run off the capture stream (as torch asks), then the
+        capture, into the pool the graphs share."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self.step(size, width)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            hidden, logits = self.step(size, width)
+        self._pool = graph.pool()
+        return graph, hidden, logits
 
     def run(self, seqs: list[Sequence]) -> RunOutput | None:
         """The decode step of ``seqs`` (row i: ``seqs[i]``) replayed; None if no bucket holds it."""

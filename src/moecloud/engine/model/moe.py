@@ -9,6 +9,10 @@ from torch.nn import functional as F
 from moecloud.engine.model.layers import Linear, int8_matmul, quantize_rows_int8
 from moecloud.engine.model_config import ModelConfig
 
+# Off the CPU, without a grouped GEMM kernel: the most tokens the every-expert form runs on (a decode batch);
+# a larger step (a prefill chunk) loops over the experts, reading their token counts on the host.
+SYNC_FREE_MAX_TOKENS = 256
+
 
 class MLP(nn.Module):
     """The dense SwiGLU feed-forward, also used for the shared experts."""
@@ -89,7 +93,8 @@ class Experts(nn.Module):
         ``.tolist()`` of the counts is no device sync there, and it is the fastest eager form); on an accelerator a
         form with no host sync (a decode step is one graph of kernels, CUDA graphs included): torch's grouped GEMM
         where its kernel runs, else per-token gathered weights (few routed pairs) or every expert on every token
-        (many), whichever reads fewer weight bytes."""
+        (many), whichever reads fewer weight bytes; a step of more than ``SYNC_FREE_MAX_TOKENS`` tokens (a prefill
+        chunk, never a decode step) uses the loop there too, rather than run every expert on every token."""
         if torch.compiler.is_compiling():
             return self._forward_gathered(x, indices, weights)
         if x.device.type == "cpu":
@@ -97,8 +102,10 @@ class Experts(nn.Module):
         if self._grouped_mm_runs(x):
             return self._forward_grouped(x, indices, weights)
         if indices.numel() < self.w13.shape[0]:
-            return self._forward_gathered(x, indices, weights)
-        return self._forward_dense(x, indices, weights)
+            return self._forward_gathered_bmm(x, indices, weights)
+        if x.shape[0] <= SYNC_FREE_MAX_TOKENS:
+            return self._forward_dense(x, indices, weights)
+        return self._forward_looped(x, indices, weights)  # a prefill chunk: the host sync is one in many FLOPs
 
     def _forward_looped(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """One GEMM per expert over its tokens (the counts read on the host)."""
@@ -171,6 +178,14 @@ class Experts(nn.Module):
         act = (F.silu(gate) * up)[:, :, None, :]
         out = (act * self._rows(self.w2, self.w2_scale, indices, x.dtype)).sum(-1)  # [T, k, hidden]
         return (out * weights[..., None].to(x.dtype)).sum(1)
+
+    def _forward_gathered_bmm(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The gathered form for eager use: the chosen experts' rows copied once, each applied by a batched
+        matrix-vector product (the product-and-sum above would materialise the products)."""
+        h = torch.matmul(self._rows(self.w13, self.w13_scale, indices, x.dtype), x[:, None, :, None])[..., 0]
+        gate, up = h.split(self.intermediate, dim=-1)  # [T, k, I] each
+        out = torch.matmul(self._rows(self.w2, self.w2_scale, indices, x.dtype), (F.silu(gate) * up)[..., None])
+        return (out[..., 0] * weights[..., None].to(x.dtype)).sum(1)
 
     @staticmethod
     def _rows(w: torch.Tensor, scale: torch.Tensor | None, indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
