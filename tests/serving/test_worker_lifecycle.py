@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from polling import read_stream, wait_for, wait_healthy
+from workers import KV_CACHE_TOKENS
 
 from moecloud.serving.worker import RunningWorker
 from moecloud.web.net import free_port
@@ -38,6 +39,7 @@ def test_metrics_cover_requests_tokens_latency_and_engine(worker: RunningWorker,
     assert metric(worker, "moecloud_generation_tokens_total") >= 3
     assert metric(worker, "moecloud_time_to_first_token_seconds_count") >= 1
     assert metric(worker, "moecloud_queue_time_seconds_count") >= 1
+    assert metric(worker, "moecloud_kv_cache_capacity_tokens") == KV_CACHE_TOKENS
     for name in ("moecloud_inter_token_latency_seconds_bucket", "moecloud_requests_running",
                  "moecloud_requests_waiting", "moecloud_kv_cache_usage_ratio", "moecloud_prompt_tokens_total",
                  'moecloud_expert_tokens_total{expert="0",layer="1"}'):

@@ -30,6 +30,8 @@ class EngineStatsCollector(Collector):
                                 value=stats.num_waiting)
         yield GaugeMetricFamily("moecloud_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use",
                                 value=stats.kv_cache_usage)
+        yield GaugeMetricFamily("moecloud_kv_cache_capacity_tokens", "KV-cache capacity, in tokens",
+                                value=stats.kv_cache_tokens)
         yield CounterMetricFamily("moecloud_preemptions", "Requests preempted for KV-cache space",
                                   value=stats.num_preemptions)
         yield CounterMetricFamily("moecloud_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
