@@ -12,6 +12,7 @@ from devices import DEVICES, cuda_only
 
 from moecloud.engine import LLM, SamplingParams
 from moecloud.engine.kv_cache import BlockManager
+from moecloud.engine.model import attention as attention_module
 from moecloud.engine.model import moe as moe_module
 from moecloud.engine.model.attention import attention_mask
 from moecloud.engine.model_runner import (
@@ -274,3 +275,18 @@ def test_graph_decode_equals_eager_on_cuda(tiny_checkpoint, dtype, batch):
     eager_counts = eager.engine.expert_load()
     if dtype == "float32":
         assert counts == eager_counts  # padding rows are not counted
+
+
+def test_prefill_attention_in_query_slices_equals_one_pass(tiny_checkpoint, monkeypatch):
+    llm = LLM(str(tiny_checkpoint), dtype="float32", kv_cache_tokens=512)
+    prompt = [(7 * i) % 300 + 1 for i in range(40)]
+    whole = llm.engine.compute_logits(prompt)
+    heads = llm.engine.model_config.num_attention_heads
+    monkeypatch.setattr(attention_module, "SCORES_BUDGET", heads * 48 * 3)  # 3 queries a slice (48 keys)
+    slices = []
+    one_slice = attention_module.MLA._attend_slice
+    monkeypatch.setattr(attention_module.MLA, "_attend_slice", lambda self, q, *a: slices.append(q.shape[1])
+                        or one_slice(self, q, *a))
+    sliced = llm.engine.compute_logits(prompt)
+    assert torch.allclose(sliced, whole, atol=1e-5, rtol=1e-4)
+    assert max(slices) == 3 and sum(slices) == 40 * llm.engine.model_config.num_hidden_layers

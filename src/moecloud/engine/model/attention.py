@@ -16,6 +16,8 @@ from torch import nn
 from moecloud.engine.model.layers import Linear, RMSNorm, RotaryEmbedding
 from moecloud.engine.model_config import ModelConfig
 
+SCORES_BUDGET = 1 << 26  # the most attention scores (fp32: 256 MiB) one slice of queries computes at once
+
 
 @dataclass
 class AttentionGroup:
@@ -102,16 +104,33 @@ class MLA(nn.Module):
     def _attend(
         self, q_latent: torch.Tensor, q_pe: torch.Tensor, group: AttentionGroup, cache: torch.Tensor
     ) -> torch.Tensor:
-        """``q_latent`` [B, Q, heads, kv_lora], ``q_pe`` [B, Q, heads, rope] -> [B, Q, heads, kv_lora]."""
+        """``q_latent`` [B, Q, heads, kv_lora], ``q_pe`` [B, Q, heads, rope] -> [B, Q, heads, kv_lora].
+
+        The fp32 scores of a long prefill chunk against a long context (Q * heads * L of them) would dwarf
+        everything else a step allocates, so queries go in slices of at most ``SCORES_BUDGET`` scores."""
         batch, q_len, heads, _ = q_latent.shape
         kv = cache[group.block_tables].flatten(1, 2)  # [B, L, kv_lora + rope]
         latent, k_pe = kv[..., : self.kv_lora_rank], kv[..., self.kv_lora_rank :]
+        step = max(1, SCORES_BUDGET // (batch * heads * kv.shape[1]))
+        if step >= q_len:
+            return self._attend_slice(q_latent, q_pe, group.masked, latent, k_pe)
+        return torch.cat([
+            self._attend_slice(q_latent[:, i : i + step], q_pe[:, i : i + step], group.masked[:, i : i + step],
+                               latent, k_pe)
+            for i in range(0, q_len, step)
+        ], dim=1)
+
+    def _attend_slice(
+        self, q_latent: torch.Tensor, q_pe: torch.Tensor, masked: torch.Tensor, latent: torch.Tensor,
+        k_pe: torch.Tensor,
+    ) -> torch.Tensor:
+        batch, q_len, heads, _ = q_latent.shape
         # queries of all heads side by side: [B, Q*heads, d] @ [B, d, L] -> [B, Q*heads, L]
         scores = torch.baddbmm(
             torch.bmm(q_pe.reshape(batch, q_len * heads, -1), k_pe.transpose(1, 2)),
             q_latent.reshape(batch, q_len * heads, -1),
             latent.transpose(1, 2),
         ).view(batch, q_len, heads, -1)
-        scores = scores.float().mul_(self.softmax_scale).masked_fill_(group.masked, float("-inf"))
+        scores = scores.float().mul_(self.softmax_scale).masked_fill_(masked, float("-inf"))
         probs = scores.softmax(dim=-1).to(latent.dtype).view(batch, q_len * heads, -1)
         return torch.bmm(probs, latent).view(batch, q_len, heads, -1)
