@@ -19,7 +19,7 @@ import logging
 import re
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from moecloud.engine.model.layers import (
     quantize_rows_int8,
 )
 from moecloud.engine.model.moe import Experts
-from moecloud.engine.model_config import INT8_METHOD, ModelConfig
+from moecloud.engine.model_config import INT8_METHOD, ModelConfig, QuantConfig
 
 log = logging.getLogger(__name__)
 
@@ -320,9 +320,9 @@ class _Filler:
         return self.stored_int8 or param != torch.int8
 
     def _fill_fp8(self, name: str, target: str, rows: tuple[int, slice] | None, dest: torch.Tensor) -> None:
-        scale_name = name.removesuffix("weight") + "weight_scale_inv"
+        scale_name = fp8_scale_name(name)
         if scale_name not in self.index or self.config.quantization is None:
-            raise CheckpointError(f"fp8 tensor {name!r} has no weight_scale_inv (or config lacks quantization_config)")
+            raise _no_fp8_scale(name)
         scale = self._read(scale_name)
         if dest.dtype == FP8:
             self._read(name, dest)
@@ -334,7 +334,7 @@ class _Filler:
                 raise CheckpointError(f"{scale_name!r} has shape {tuple(scale.shape)}, expected {tuple(slot.shape)}")
             slot.copy_(scale)
             return
-        weight = dequantize_fp8_blocks(self._read(name), scale, self.config.quantization.block_size)
+        weight = dequantize_named(name, self._read(name), {scale_name: scale}, self.config.quantization)
         if dest.dtype == torch.int8:
             self._quantize_into(weight.to(self.dtype), target, rows, dest)
         else:
@@ -352,6 +352,24 @@ class _Filler:
             q, scale = quantize_rows_int8(weight[first : first + step])
             dest[first : first + step].copy_(q)
             slot[first : first + step].copy_(scale)
+
+
+def fp8_scale_name(weight: str) -> str:
+    return weight.removesuffix("weight") + "weight_scale_inv"
+
+
+def dequantize_named(
+    name: str, tensor: torch.Tensor, tensors: Mapping[str, torch.Tensor] | None, quant: QuantConfig | None
+) -> torch.Tensor:
+    """The FP8 tensor ``name`` dequantized to fp32 with its ``weight_scale_inv`` from ``tensors``."""
+    scale = tensors.get(fp8_scale_name(name)) if tensors and quant else None
+    if scale is None or quant is None:
+        raise _no_fp8_scale(name)
+    return dequantize_fp8_blocks(tensor, scale, quant.block_size)
+
+
+def _no_fp8_scale(name: str) -> CheckpointError:
+    return CheckpointError(f"fp8 tensor {name!r} has no weight_scale_inv (or config lacks quantization_config)")
 
 
 def _materialise(
