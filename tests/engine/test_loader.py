@@ -288,3 +288,10 @@ def test_load_time_is_reported(tiny_checkpoint):
     assert engine.load_seconds > 0
     assert engine.model.load_report.bytes_read == (tiny_checkpoint / "model.safetensors").stat().st_size - (
         8 + int.from_bytes((tiny_checkpoint / "model.safetensors").read_bytes()[:8], "little"))
+
+
+def test_truncated_shard_is_named(broken):
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) - 1000])
+    with pytest.raises(CheckpointError, match="model.safetensors ends inside tensor"):
+        _logits(broken)
