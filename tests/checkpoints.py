@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from moecloud.engine.loader import checkpoint_files, dequantize_fp8, iter_tensors
+from moecloud.engine.loader import checkpoint_files, iter_tensors
+from moecloud.engine.model.layers import dequantize_fp8_blocks
 from moecloud.toolkit.checkpoint_files import CHAT_TEMPLATE, make_config, save_checkpoint, write_tokenizer
 
 # DeepSeek-R1's shape: the generation prompt opens the thinking block; past answers are shown without theirs.
@@ -48,6 +49,27 @@ _TEMPLATE_TOKENS = {
     "deepseek-tools": [f"<｜tool▁{name}｜>" for name in ("calls▁begin", "calls▁end", "call▁begin", "call▁end", "sep",
                                                        "outputs▁begin", "outputs▁end", "output▁begin", "output▁end")],
 }
+
+# DeepSeek-V2-Lite's true dimensions cut to 2 layers (layer 0 dense, layer 1 MoE): ~1.1B parameters, 2.2 GB in bf16.
+# The size where what loading and decoding cost shows (benchmarks/load_memory.py, benchmarks/engine.py).
+V2_LITE_SLICE: dict[str, Any] = dict(
+    hidden_size=2048,
+    intermediate_size=10944,
+    moe_intermediate_size=1408,
+    num_hidden_layers=2,
+    num_attention_heads=16,
+    q_lora_rank=None,
+    kv_lora_rank=512,
+    qk_nope_head_dim=128,
+    qk_rope_head_dim=64,
+    v_head_dim=128,
+    n_routed_experts=64,
+    n_shared_experts=2,
+    num_experts_per_tok=6,
+    first_k_dense_replace=1,
+    vocab_size=102400,
+    max_position_embeddings=4096,
+)
 
 
 def random_state_dict(config: dict[str, Any], seed: int = 0) -> dict[str, torch.Tensor]:
@@ -163,7 +185,7 @@ def dequantized_twin(fp8_dir: str | Path, out_dir: str | Path) -> Path:
     block = tuple(config.pop("quantization_config")["weight_block_size"])
     tensors = dict(iter_tensors(checkpoint_files(src)))
     twin = {
-        n: (dequantize_fp8(t, tensors[n + "_scale_inv"], block) if t.dtype == torch.float8_e4m3fn else t.float())
+        n: (dequantize_fp8_blocks(t, tensors[n + "_scale_inv"], block) if t.dtype == torch.float8_e4m3fn else t.float())
         for n, t in tensors.items()
         if not n.endswith("_scale_inv")
     }

@@ -22,6 +22,10 @@ class EngineSettings(BaseModel):
     dtype: str = Field("auto", description="float32 | bfloat16 | float16 | auto (bf16 on cuda, fp32 on cpu)")
     device: str = Field("auto", description="cpu | cuda | auto")
     quantization: str | None = Field(None, description="None or 'int8' (weight-only)")
+    fp8_compute: str = Field(
+        "auto", description="FP8 block-scaled checkpoints: on = keep weights in FP8 and multiply in FP8 (needs sm90), "
+                            "off = dequantize to dtype at load, auto = on where the GPU supports it"
+    )
     block_size: int = Field(16, ge=1, description="tokens per paged KV block")
     kv_cache_tokens: int | None = Field(
         None, ge=16, description="latent KV cache capacity, in tokens; default: sized from memory after the weights "

@@ -13,7 +13,7 @@ from moecloud.engine.engine_config import EngineConfig, PromptTooLong
 from moecloud.engine.failures import FORWARD, EngineFailed, FaultInjector, is_fatal
 from moecloud.engine.kv_cache import BlockManager
 from moecloud.engine.loader import load_model
-from moecloud.engine.model_config import INT8_METHOD, load_model_config
+from moecloud.engine.model_config import load_model_config
 from moecloud.engine.model_runner import (
     ModelRunner,
     RunOutput,
@@ -49,13 +49,11 @@ class LLMEngine:
         self.model_name = Path(config.model).resolve().name
         self.tokenizer = Tokenizer(config.model)
         self.max_model_len = min(self.model_config.max_position_embeddings, config.max_model_len or 1 << 62)
-        self.model = load_model(config.model, self.model_config, self.dtype, self.device, self.max_model_len)
-        stored = self.model_config.quantization
-        if config.quantization == "int8":
-            if stored is None or stored.method != INT8_METHOD:  # an int8 checkpoint is loaded as int8 already
-                self.model.quantize_int8()
-        elif config.quantization is not None:
+        if config.quantization not in (None, "int8"):
             raise ValueError(f"quantization {config.quantization!r} is not supported (supported: int8)")
+        self.model = load_model(config.model, self.model_config, self.dtype, self.device, self.max_model_len,
+                                quantization=config.quantization, fp8_compute=config.fp8_compute)
+        self.load_seconds = self.model.load_report.seconds  # built and filled in place, int8 quantized as read
         kv_tokens = config.kv_cache_tokens
         if kv_tokens is None:
             kv_tokens = kv_cache_tokens_from_memory(self.model, self.device, config.block_size,

@@ -48,10 +48,10 @@ def write_int8_checkpoint(src: str | Path, out: str | Path) -> Path:
     from moecloud.engine.loader import (
         checkpoint_files,
         dequantize_named,
-        int8_scales,
         is_extra_layer,
         iter_tensors,
         locate,
+        scale_slots,
     )
     from moecloud.engine.model.deepseek import DeepseekForCausalLM
     from moecloud.engine.model.layers import quantize_rows_int8
@@ -67,7 +67,7 @@ def write_int8_checkpoint(src: str | Path, out: str | Path) -> Path:
     with torch.device("meta"):  # the engine's own choice of what to quantize, without allocating weights
         skeleton = DeepseekForCausalLM(config, max_positions=1)
     skeleton.quantize_int8()
-    quantized = set(int8_scales(skeleton))
+    quantized = set(scale_slots(skeleton))
     files = checkpoint_files(src)
     tensors = dict(iter_tensors(files))
     written: dict[str, torch.Tensor] = {}

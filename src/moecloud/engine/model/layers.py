@@ -1,4 +1,5 @@
-"""Building blocks shared by attention and MoE: RMSNorm, rotary embeddings, a quantizable Linear."""
+"""Building blocks shared by attention and MoE: RMSNorm, rotary embeddings, a quantizable Linear (weight-only int8,
+or FP8 block-scaled weights multiplied in FP8 on GPUs that have block-scaled FP8 matmuls)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,15 @@ class RMSNorm(nn.Module):
         return self.weight * normed.to(x.dtype)
 
 
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max
+FP8_GROUP = 128  # activations are quantized per 1 x 128 group, weights come in 128 x 128 blocks
+
+
 class Linear(nn.Module):
-    """``y = x @ W.T (+ b)``; :meth:`quantize_int8` swaps W for int8 rows with one scale each."""
+    """``y = x @ W.T (+ b)``. ``scale`` is what W's dtype needs: none (bf16/fp16/fp32), one per output row (int8,
+    see :meth:`quantize_int8`), or one per 128 x 128 block (FP8 e4m3, as DeepSeek-V3 ships it: run by
+    :func:`fp8_linear`)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__()
@@ -34,7 +42,9 @@ class Linear(nn.Module):
         self.scale: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2 and x.shape[0] == 1 and torch.compiler.is_compiling():
+        if self.weight.dtype == FP8:
+            y = fp8_linear(x, self.weight, self.scale)
+        elif x.dim() == 2 and x.shape[0] == 1 and torch.compiler.is_compiling():
             y = gemv_reduction(x, self.weight, self.scale)
         elif self.scale is None:
             return nn.functional.linear(x, self.weight, self.bias)
@@ -45,7 +55,13 @@ class Linear(nn.Module):
     def quantize_int8(self) -> None:
         q, scale = quantize_rows_int8(self.weight.data)
         self.weight = nn.Parameter(q, requires_grad=False)
-        self.scale = scale.to(torch.get_default_dtype() if q.device.type == "cpu" else scale.dtype)
+        self.scale = scale.to(int8_scale_dtype(q.device, scale.dtype))
+
+
+def int8_scale_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """A Linear's int8 row scales: fp32 on CPU (the output is scaled in the activation's dtype either way, and fp32
+    keeps the scales exact), the weights' dtype elsewhere."""
+    return torch.get_default_dtype() if device.type == "cpu" else dtype
 
 
 def quantize_rows_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,12 +90,108 @@ def gemv_reduction(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None)
     return (x[:, None, :] * rows).sum(-1)
 
 
+def quantize_fp8_groups(x: torch.Tensor, group: int = FP8_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations [M, K] (K a multiple of ``group``) -> (e4m3 values, fp32 scales [M, K / group]) with
+    ``x ~ values * scale`` per group: each group's largest magnitude maps to e4m3's largest value."""
+    groups = x.float().unflatten(-1, (-1, group))
+    scale = groups.abs().amax(dim=-1).clamp(min=1e-12) / FP8_MAX
+    q = (groups / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q.flatten(-2), scale
+
+
+def dequantize_fp8_blocks(
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    block: tuple[int, int] = (FP8_GROUP, FP8_GROUP),
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """e4m3 weights [..., rows, cols] with one scale per ``block`` tile [..., ceil(rows / b0), ceil(cols / b1)]
+    (edge tiles may be partial) -> ``dtype``."""
+    rows, cols = q.shape[-2:]
+    full = scale.float().repeat_interleave(block[0], dim=-2)[..., :rows, :]
+    return (q.float() * full.repeat_interleave(block[1], dim=-1)[..., :cols]).to(dtype)
+
+
+def fp8_blockwise_reference(
+    q_x: torch.Tensor, scale_x: torch.Tensor, q_w: torch.Tensor, scale_w: torch.Tensor
+) -> torch.Tensor:
+    """What a 1x128-by-128x128 block-scaled FP8 matmul computes, in fp32 and plain torch: for each 128-wide slice
+    of K, the e4m3 product of the slice times the activation group's scale times the weight block's scale.
+
+    ``q_x`` [M, K] with ``scale_x`` [M, K / 128]; ``q_w`` [N, K] with ``scale_w`` [ceil(N / 128), K / 128]."""
+    n = q_w.shape[0]
+    out = torch.zeros(q_x.shape[0], n)
+    for k in range(scale_x.shape[1]):
+        cols = slice(k * FP8_GROUP, (k + 1) * FP8_GROUP)
+        partial = q_x[:, cols].float() @ q_w[:, cols].float().T  # [M, N]
+        w_scale = scale_w[:, k].float().repeat_interleave(FP8_GROUP)[:n]
+        out += partial * scale_x[:, k, None].float() * w_scale
+    return out
+
+
+def fp8_matmul_shapes_ok(out_features: int, in_features: int, block: tuple[int, int]) -> bool:
+    """Whether :func:`fp8_linear` runs a weight of this shape and block: whole 128x128 blocks only, the shapes
+    torch's tests of cuBLAS's block-scaled GEMM cover (a partial edge block, e.g. kv_a_proj's 576 rows, is left
+    to the dequantized path)."""
+    return block == (FP8_GROUP, FP8_GROUP) and in_features % FP8_GROUP == 0 and out_features % FP8_GROUP == 0
+
+
+def fp8_linear(x: torch.Tensor, q_w: torch.Tensor, scale_w: torch.Tensor) -> torch.Tensor:
+    """``x @ dequantize(q_w, scale_w).T`` as a block-scaled FP8 GEMM (CUDA, sm90): ``x`` quantized per 1x128 group
+    at run time, the weight's 128x128 block scales as the checkpoint holds them.
+
+    cuBLAS wants the activation scales outer-dim-major with the row count a multiple of 4 (rows are zero-padded)
+    and the weight scales K-major with their K blocks padded to a multiple of 4 (torch's test_scaled_matmul_cuda).
+    """
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    rows = x2.shape[0]
+    if rows % 4:
+        x2 = F.pad(x2, (0, 0, 0, -rows % 4))
+    q_x, scale_x = quantize_fp8_groups(x2)
+    k_blocks = scale_w.shape[1]
+    scale_b = F.pad(scale_w.float(), (0, -k_blocks % 4)) if k_blocks % 4 else scale_w.float()
+    y = F.scaled_mm(
+        q_x,
+        q_w.t(),
+        scale_x.t().contiguous().t(),
+        F.ScalingType.BlockWise1x128,
+        scale_b.t(),
+        F.ScalingType.BlockWise128x128,
+        output_dtype=x.dtype,
+    )
+    return y[:rows].reshape(*shape[:-1], q_w.shape[0])
+
+
+def fp8_compute_supported(device: torch.device) -> bool:
+    """Block-scaled FP8 GEMMs (DeepSeek's 1x128 / 128x128 scaling) run in cuBLAS on sm90 (Hopper) only."""
+    return (
+        device.type == "cuda"
+        and hasattr(F, "scaled_mm")
+        and torch.cuda.is_available()
+        and torch.cuda.get_device_capability(device)[0] == 9
+    )
+
+
 class RotaryEmbedding(nn.Module):
     """DeepSeek rotary embedding with optional YaRN scaling; cos/sin cached up to ``max_positions``."""
 
     def __init__(self, dim: int, rope: RopeConfig, max_positions: int) -> None:
         super().__init__()
         self.interleave = rope.interleave
+        self._spec = (dim, rope, max_positions)
+        cos, sin = self._tables(dim, rope, max_positions)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def reset_buffers(self, device: torch.device) -> None:
+        """Recompute the tables on ``device`` in fp32 (a model built on the meta device has none)."""
+        with torch.device("cpu"):
+            cos, sin = self._tables(*self._spec)
+        self.cos, self.sin = cos.to(device), sin.to(device)
+
+    @staticmethod
+    def _tables(dim: int, rope: RopeConfig, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = 1.0 / (rope.theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         attention_scaling = 1.0
         if rope.rope_type == "yarn":
@@ -87,8 +199,7 @@ class RotaryEmbedding(nn.Module):
             attention_scaling = yarn_mscale(rope.factor, rope.mscale) / yarn_mscale(rope.factor, rope.mscale_all_dim)
         t = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(t, inv_freq)  # [positions, dim/2]
-        self.register_buffer("cos", freqs.cos() * attention_scaling, persistent=False)
-        self.register_buffer("sin", freqs.sin() * attention_scaling, persistent=False)
+        return freqs.cos() * attention_scaling, freqs.sin() * attention_scaling
 
     def table(self, positions: torch.Tensor) -> torch.Tensor:
         """The rotation of each token, ``(cos, sin)`` stacked [2, T, 1, dim/2]: computed once per step, shared by

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from moecloud.engine.model.layers import Linear, int8_matmul, quantize_rows_int8
+from moecloud.engine.model.layers import FP8, Linear, dequantize_fp8_blocks, fp8_linear, int8_matmul, quantize_rows_int8
 from moecloud.engine.model_config import ModelConfig
 
 # Off the CPU, without a grouped GEMM kernel: the most tokens the every-expert form runs on (a decode batch);
@@ -78,7 +78,10 @@ class Gate(nn.Module):
 
 
 class Experts(nn.Module):
-    """All routed experts as stacked tensors; each runs only on the tokens routed to it."""
+    """All routed experts as stacked tensors; each runs only on the tokens routed to it.
+
+    ``w13_scale`` / ``w2_scale`` are what the weights' dtype needs, as in :class:`Linear`: none, int8 row scales
+    [experts, rows], or FP8 128x128 block scales [experts, row blocks, column blocks]."""
 
     def __init__(self, n_experts: int, hidden: int, intermediate: int) -> None:
         super().__init__()
@@ -166,7 +169,12 @@ class Experts(nn.Module):
 
     @staticmethod
     def _dense(w: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
-        return w if scale is None else w.to(dtype) * scale.to(dtype)[..., None]
+        """Stacked expert weights [..., out, in] in ``dtype``: int8 rows times their scales, FP8 times its blocks'."""
+        if scale is None:
+            return w
+        if w.dtype == FP8:
+            return dequantize_fp8_blocks(w, scale, dtype=dtype)
+        return w.to(dtype) * scale.to(dtype)[..., None]
 
     def _forward_gathered(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The compiled decode step's form: each (token, slot) pair reads its expert's rows straight out of the
@@ -189,14 +197,14 @@ class Experts(nn.Module):
 
     @staticmethod
     def _rows(w: torch.Tensor, scale: torch.Tensor | None, indices: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if scale is None:
-            return w[indices]
-        return w[indices].to(dtype) * scale[indices].to(dtype)[..., None]
+        return Experts._dense(w[indices], None if scale is None else scale[indices], dtype)
 
     @staticmethod
     def _project(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor | None, expert: int) -> torch.Tensor:
         if scale is None:
             return F.linear(x, w[expert])
+        if w.dtype == FP8:
+            return fp8_linear(x, w[expert], scale[expert])
         return int8_matmul(x, w[expert], scale[expert])
 
     def quantize_int8(self) -> None:
@@ -217,6 +225,10 @@ class MoE(nn.Module):
             MLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts) if c.n_shared_experts else None
         )
         self.register_buffer("expert_load", torch.zeros(c.n_routed_experts, dtype=torch.long), persistent=False)
+
+    def reset_buffers(self, device: torch.device) -> None:
+        """Zeroed counters on ``device`` (a model built on the meta device has none)."""
+        self.expert_load = torch.zeros_like(self.expert_load, device=device)
 
     def forward(self, x: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
         """``counted`` [T] (1 or 0 per token, default all 1): which tokens count in ``expert_load`` (a CUDA graph's
