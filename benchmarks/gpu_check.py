@@ -30,7 +30,7 @@ returns what it had. A rerun of what failed: the same command with ``--sections 
 Elsewhere::
 
     python benchmarks/gpu_check.py --quick --device cpu    # the same sections at tiny sizes (tests/test_gpu_check.py)
-    python benchmarks/gpu_check.py --quick --device cuda   # a 1-minute smoke run on a GPU
+    python benchmarks/gpu_check.py --quick --device cuda   # a short smoke run of the same on a GPU
 """
 
 from __future__ import annotations
