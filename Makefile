@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint bench clean
+.PHONY: setup serve test lint bench gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,18 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/engine.py
+
+# The GPU machine (benchmarks/gpu_check.py) reaches no package index, and its image's python3 (3.12) has torch,
+# transformers, safetensors, tokenizers, rich and pytest but not these: their wheels, at this venv's versions, go in
+# .whl/ to be carried there (6 MB).
+GPU_WHEELS := annotated-types llguidance pydantic pydantic-core pydantic-settings python-dotenv typing-extensions \
+	typing-inspection
+gpu-wheels: | $(STAMP)
+	rm -rf .whl
+	$(PIP) download --disable-pip-version-check -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(foreach n,31 28 27 17,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64 \
+		-d .whl $$($(PY) -c 'import importlib.metadata as m, sys; print(*(n + "==" + m.version(n) for n in sys.argv[1:]))' \
+		$(GPU_WHEELS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -86,8 +86,10 @@ def read_bandwidth() -> float:
     return best
 
 
-def active_bytes_per_token(path: Path, bytes_per_param: int) -> tuple[int, int]:
-    """(total params, params one decode token reads): attention + dense + shared + top-k experts + lm head."""
+def active_bytes_per_token(path: Path, bytes_per_param: int, batch: int = 1) -> tuple[int, int]:
+    """(total params, bytes of weights one decode step of ``batch`` sequences reads): attention + dense + shared
+    + the routed experts the step touches + lm head. One token touches its top-k experts; a batch touches the
+    experts any of its tokens picks: n * (1 - (1 - k/n)^batch) of them, routing taken as uniform."""
     c = load_model_config(path)
     h = c.hidden_size
     q = (
@@ -109,7 +111,8 @@ def active_bytes_per_token(path: Path, bytes_per_param: int) -> tuple[int, int]:
         active += attn
         if c.is_moe_layer(layer):
             total += expert * (c.n_routed_experts + (c.n_shared_experts or 0)) + h * c.n_routed_experts
-            active += expert * (c.num_experts_per_tok + (c.n_shared_experts or 0)) + h * c.n_routed_experts
+            routed = c.n_routed_experts * (1 - (1 - c.num_experts_per_tok / c.n_routed_experts) ** batch)
+            active += round(expert * (routed + (c.n_shared_experts or 0))) + h * c.n_routed_experts
         else:
             total += 3 * h * c.intermediate_size
             active += 3 * h * c.intermediate_size
@@ -122,9 +125,7 @@ def prompts(batch: int, vocab: int) -> list[list[int]]:
 
 
 def bench_moecloud(path: Path, batch: int, tokens: int, dtype: str, compile_decode: bool) -> float:
-    """Decode tokens/s: (time of ``tokens`` tokens - time of the prefill and first token) / (tokens - 1), after a
-    full-length warm-up (which also compiles every step shape with ``compile_decode``). No prefix caching, as
-    transformers has none."""
+    """Decode tokens/s of a fresh engine (:func:`decode_tokens_per_s`). No prefix caching, as transformers has none."""
     llm = LLM(
         str(path),
         dtype=dtype,
@@ -133,6 +134,13 @@ def bench_moecloud(path: Path, batch: int, tokens: int, dtype: str, compile_deco
         enable_prefix_caching=False,
         compile=compile_decode,
     )
+    return decode_tokens_per_s(llm, batch, tokens)
+
+
+def decode_tokens_per_s(llm: LLM, batch: int, tokens: int) -> float:
+    """Decode tokens/s: (time of ``tokens`` tokens - time of the prefill and first token) / (tokens - 1), after a
+    full-length warm-up (which also compiles every step shape with ``compile=True``). Outputs arrive as host
+    lists, so on a GPU the clock stops after the device has finished."""
     params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
     llm.generate(prompts(batch, 1000), params)  # warm up
     prefill = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
@@ -148,13 +156,21 @@ def bench_transformers(path: Path, batch: int, tokens: int, dtype: str) -> float
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
-    ids = torch.tensor(prompts(batch, 1000))
+    return transformers_decode_tokens_per_s(model, batch, tokens)
+
+
+def transformers_decode_tokens_per_s(model: torch.nn.Module, batch: int, tokens: int) -> float:
+    """Decode tokens/s of transformers' ``generate`` (greedy, its KV cache), measured as
+    :func:`decode_tokens_per_s` measures the engine, on the device the model is on."""
+    ids = torch.tensor(prompts(batch, 1000), device=model.device)
     mask = torch.ones_like(ids)
 
     def run(n: int) -> float:
         start = time.perf_counter()
         with torch.inference_mode():
             model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        if ids.is_cuda:
+            torch.cuda.synchronize(ids.device)
         return time.perf_counter() - start
 
     run(4)

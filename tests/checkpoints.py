@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,27 @@ V2_LITE_SLICE: dict[str, Any] = dict(
     first_k_dense_replace=1,
     vocab_size=102400,
     max_position_embeddings=4096,
+)
+
+
+# DeepSeek-V2-Lite's true layer dimensions (its published config.json), for a random slice of a few layers with the
+# "v2-lite" variant: 2 layers (one dense, one MoE) are 1.1B parameters, 2.2 GB in bf16.
+V2_LITE_DIMS: dict[str, Any] = dict(
+    hidden_size=2048,
+    intermediate_size=10944,
+    moe_intermediate_size=1408,
+    n_routed_experts=64,
+    n_shared_experts=2,
+    num_experts_per_tok=6,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    kv_lora_rank=512,
+    qk_nope_head_dim=128,
+    qk_rope_head_dim=64,
+    v_head_dim=128,
+    vocab_size=102400,
+    first_k_dense_replace=1,
+    num_hidden_layers=2,
 )
 
 
@@ -176,6 +198,20 @@ def write_random_checkpoint(
             tensors[name], tensors[name + "_scale_inv"] = quantize_fp8_blocks(tensors[name].float(), fp8_block)
     save_checkpoint(out, config, tensors, shards)
     return out
+
+
+def checkpoint_maker(new_dir: Callable[[str], Path]) -> Callable[..., Path]:
+    """``make(variant, **options)`` -> a random checkpoint (``write_random_checkpoint``) in ``new_dir(variant)``;
+    identical arguments share one checkpoint (the suite's ``make_checkpoint`` fixture, benchmarks/gpu_check.py)."""
+    made: dict[str, Path] = {}
+
+    def make(variant: str = "v2-lite", **options: Any) -> Path:
+        key = f"{variant}-{sorted(options.items())}"
+        if key not in made:
+            made[key] = write_random_checkpoint(new_dir(variant), variant, **options)
+        return made[key]
+
+    return make
 
 
 def dequantized_twin(fp8_dir: str | Path, out_dir: str | Path) -> Path:

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from checkpoints import write_random_checkpoint
+from checkpoints import checkpoint_maker
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` are skipped, with the reason, on a machine without a CUDA GPU."""
+    if not any(item.get_closest_marker("cuda") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here); run `pytest -m cuda` on a GPU machine")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def make_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``make_checkpoint(variant, **options)`` -> directory; identical arguments share one checkpoint."""
-    made: dict[str, Path] = {}
-
-    def make(variant: str = "v2-lite", **options: Any) -> Path:
-        key = f"{variant}-{sorted(options.items())}"
-        if key not in made:
-            made[key] = write_random_checkpoint(tmp_path_factory.mktemp(variant), variant, **options)
-        return made[key]
-
-    return make
+    return checkpoint_maker(tmp_path_factory.mktemp)
 
 
 @pytest.fixture(scope="session")

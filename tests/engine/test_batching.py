@@ -29,15 +29,16 @@ def alone(tiny_checkpoint):
     return [llm.generate(p, GREEDY)[0].outputs[0].token_ids for p in _prompts(llm)]
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        {},  # all eight in one running batch
-        {"max_num_batched_tokens": 16},  # long prompts prefilled in chunks, mixed with decodes
-        {"kv_cache_tokens": 96, "block_size": 8},  # too few blocks for all: preemption and recompute
-        {"max_num_seqs": 3},  # requests join as others leave
-    ],
-)
+# The ways a request shares the engine with others (benchmarks/gpu_check.py runs them on a GPU too).
+BATCHING_OPTIONS = [
+    {},  # all eight in one running batch
+    {"max_num_batched_tokens": 16},  # long prompts prefilled in chunks, mixed with decodes
+    {"kv_cache_tokens": 96, "block_size": 8},  # too few blocks for all: preemption and recompute
+    {"max_num_seqs": 3},  # requests join as others leave
+]
+
+
+@pytest.mark.parametrize("options", BATCHING_OPTIONS)
 def test_batch_matches_alone(tiny_checkpoint, alone, options):
     llm = LLM(str(tiny_checkpoint), dtype="float32", **options)
     outs = llm.generate(_prompts(llm), GREEDY)

@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from moecloud.engine import LLM, EngineConfig, LLMEngine, SamplingParams
 
+GREEDY_PROMPT = "the cloud serves a model"
 VARIANTS = {
     "v2-lite": {},  # q_lora_rank null, softmax, greedy
     "v2": {},  # q LoRA, group_limited_greedy, routed scaling
@@ -21,19 +22,33 @@ def _checkpoint(make_checkpoint, name):
     return make_checkpoint(variant, seed=1, **VARIANTS[name])
 
 
-def _reference(path):
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+def _reference(path, dtype=torch.float32, device="cpu"):
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
 
 
 def _relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((ours - ref).norm() / ref.norm())
+    return float((ours.float() - ref.float()).norm() / ref.float().norm())
+
+
+def _prompt_ids(vocab_size: int) -> torch.Tensor:
+    return torch.randint(3, vocab_size, (45,), generator=torch.Generator().manual_seed(0))
+
+
+def _reference_greedy(model, prompt: list[int], max_tokens: int) -> list[int]:
+    """transformers' own greedy continuation of ``prompt`` (its generate and KV cache, no EOS stop)."""
+    with torch.no_grad():
+        ids = torch.tensor([prompt], device=model.device)
+        out = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens, do_sample=False, eos_token_id=None
+        )
+    return out[0, len(prompt) :].tolist()
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_logits_match_transformers(make_checkpoint, name):
     path = _checkpoint(make_checkpoint, name)
     engine = LLMEngine(EngineConfig(model=str(path), dtype="float32", device="cpu", max_num_batched_tokens=16))
-    ids = torch.randint(3, engine.model_config.vocab_size, (45,), generator=torch.Generator().manual_seed(0))
+    ids = _prompt_ids(engine.model_config.vocab_size)
     with torch.no_grad():
         ref = _reference(path)(ids[None]).logits[0]
     ours = engine.compute_logits(ids.tolist())  # three chunks of prefill through the paged cache
@@ -45,15 +60,9 @@ def test_logits_match_transformers(make_checkpoint, name):
 def test_greedy_generation_matches_transformers(make_checkpoint, name):
     path = _checkpoint(make_checkpoint, name)
     llm = LLM(str(path), dtype="float32", device="cpu")
-    prompt = llm.tokenizer.encode("the cloud serves a model")
+    prompt = llm.tokenizer.encode(GREEDY_PROMPT)
     ours = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True))[0]
-    ref_model = _reference(path)
-    with torch.no_grad():
-        ids = torch.tensor([prompt])
-        ref = ref_model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False, eos_token_id=None
-        )[0, len(prompt) :].tolist()
-    assert ours.outputs[0].token_ids == ref
+    assert ours.outputs[0].token_ids == _reference_greedy(_reference(path), prompt, 32)
 
 
 def test_moe_layer_freq_matches_transformers_blocks_arranged_as_deepseek_does(make_checkpoint):
