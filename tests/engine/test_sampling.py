@@ -214,7 +214,7 @@ def test_penalties_on_device_match_the_cpu(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_greedy_rows_share_one_argmax_and_fail_alone(device):
+def test_greedy_rows_read_back_together_and_a_failing_row_fails_alone(device):
     logits = _device_logits(device)
     rows = [_row(temperature=0) for _ in range(len(OPTIONS))]
     rows[2] = SamplingRow(SamplingParams(temperature=0), [], [], None, [int(logits[2].argmax())])  # blocked best

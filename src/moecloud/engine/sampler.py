@@ -66,7 +66,8 @@ class Sampler:
     distribution that filters to nothing falls back to the most likely token.
 
     Every tensor a row touches lives on the logits' device (its generator too: the engine makes them there), and
-    the step's tokens come back to the host in one transfer: greedy rows with nothing to adjust share one argmax.
+    the step's tokens come back to the host in one transfer; on an accelerator, greedy rows with nothing to adjust
+    share one argmax.
     """
 
     def __init__(self, seed: int = 0, faults: FaultInjector | None = None, mask_threads: int = 0,
@@ -103,7 +104,10 @@ class Sampler:
                     tokens.append(self._choose(self._adjusted(logits[i], row), row))
             except Exception as exc:  # noqa: BLE001 - the engine decides what the row's failure means
                 tokens.append(exc)
-        if plain:
+        if plain and logits.device.type == "cpu":  # row by row each row stays in cache (2.4x faster at 102k)
+            for i in plain:
+                tokens[i] = _finite(logits[i]).argmax()
+        elif plain:  # on an accelerator one kernel for all
             picked = torch.tensor(plain, device=logits.device)
             for i, token in zip(plain, _finite(logits.index_select(0, picked)).argmax(dim=-1), strict=True):
                 tokens[i] = token
@@ -208,10 +212,15 @@ class Sampler:
             cut = before >= p.top_p * sorted_probs.sum()
             cut[0] = False  # the most likely token always stays: a tiny top_p underflows the threshold to 0
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs.masked_fill(cut, 0.0))
-        # every logit -inf (all blocked): the most likely token, chosen on the device (no host check; an invalid
-        # distribution given to multinomial would be a device-side assert on CUDA)
+        # every logit -inf (all blocked): the most likely token. On the CPU checked on the host (free there); on an
+        # accelerator chosen on the device (no sync, and multinomial never sees an invalid distribution: on CUDA
+        # that is a device-side assert)
         valid = torch.isfinite(probs).all() & (probs.sum() > 0)
-        fallback = torch.zeros_like(probs).index_fill_(0, logits.argmax()[None], 1.0)
-        probs = torch.where(valid, probs, fallback)
+        if logits.device.type == "cpu":
+            if not valid:
+                return logits.argmax()
+        else:
+            fallback = torch.zeros_like(probs).index_fill_(0, logits.argmax()[None], 1.0)
+            probs = torch.where(valid, probs, fallback)
         generator = row.generator or self._default_for(logits.device)
         return torch.multinomial(probs, 1, generator=generator)[0]
