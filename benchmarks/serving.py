@@ -4,7 +4,9 @@ Prints TTFT and inter-token latency percentiles and aggregate generated tokens/s
 offline engine's tokens/s on the same prompts (greedy, ignore_eos, fixed max_tokens, so both do equal work):
 once with torch's default threads (every core) and once with the threads a worker's engine gets
 (``engine.server_threads``, default all cores but one), which separates what serving costs from the core the
-worker leaves to its event loop (and, here, to the benchmark's own clients). ``serving.engine_process`` picks
+worker leaves to its event loop (and, here, to the benchmark's own clients); and the CPU seconds each spends per
+1,000 tokens (the server: its worker and engine-core processes, not the clients), which a busy machine shifts
+far less than tokens/s. ``serving.engine_process`` picks
 the worker's engine-core process (default) or its engine thread: ``MOECLOUD_SERVING__ENGINE_PROCESS=false``.
 
     .venv/bin/python benchmarks/serving.py --clients 16 --requests 64 --max-tokens 64
@@ -52,9 +54,9 @@ def prompts(count: int, words: int) -> list[str]:
 
 
 def offline_tokens_per_second(model: Path, texts: list[str], max_tokens: int, batch: int,
-                              threads: int | None = None) -> float:
+                              threads: int | None = None) -> tuple[float, float]:
     """The engine alone, its batch capped at the number of clients so both sides run the same batch sizes;
-    ``threads``: torch's math threads (None: its default)."""
+    ``threads``: torch's math threads (None: its default). (tokens/s, CPU seconds per 1,000 tokens)."""
     settings = load_settings()
     settings.engine.max_num_seqs = batch
     default_threads = torch.get_num_threads()
@@ -66,17 +68,30 @@ def offline_tokens_per_second(model: Path, texts: list[str], max_tokens: int, ba
         torch.set_num_threads(default_threads)
 
 
-def _timed_offline_run(engine: LLMEngine, texts: list[str], max_tokens: int) -> float:
+def _timed_offline_run(engine: LLMEngine, texts: list[str], max_tokens: int) -> tuple[float, float]:
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
     engine.add_request("warmup", texts[0], SamplingParams(max_tokens=4))
     while engine.has_unfinished_requests():
         engine.step()
-    start, generated = time.perf_counter(), 0
+    start, cpu, generated = time.perf_counter(), time.process_time(), 0
     for i, text in enumerate(texts):
         engine.add_request(str(i), text, params)
     while engine.has_unfinished_requests():
         generated += sum(len(o.token_ids) for out in engine.step() if out.finished for o in out.outputs)
-    return generated / (time.perf_counter() - start)
+    return generated / (time.perf_counter() - start), (time.process_time() - cpu) / generated * 1000
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its children (the worker and its engine core; Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def own(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+    children = [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    return own(pid) + sum(own(c) for c in children)
 
 
 async def one_stream(http: httpx.AsyncClient, model: str, text: str, max_tokens: int, timings: Timings) -> None:
@@ -133,15 +148,18 @@ def main() -> None:
         texts = prompts(args.requests, args.prompt_words)
         settings = load_settings()
         server_threads = engine_threads(settings)
-        offline = offline_tokens_per_second(model, texts, args.max_tokens, args.clients)
-        offline_same = offline_tokens_per_second(model, texts, args.max_tokens, args.clients, server_threads)
+        offline, offline_cpu = offline_tokens_per_second(model, texts, args.max_tokens, args.clients)
+        offline_same, offline_same_cpu = offline_tokens_per_second(model, texts, args.max_tokens, args.clients,
+                                                                   server_threads)
         load_before = os.getloadavg()[0]
         port = free_port()
         worker = start_worker(model, port, "bench", settings)
         try:
             wait_healthy(f"http://127.0.0.1:{port}/health", 600, worker)
+            cpu_before = process_tree_cpu_seconds(worker.pid)
             timings, elapsed = asyncio.run(run_clients(f"http://127.0.0.1:{port}", "bench", texts, args.clients,
                                                        args.max_tokens))
+            served_cpu = (process_tree_cpu_seconds(worker.pid) - cpu_before) / max(timings.tokens, 1) * 1000
         finally:
             worker.terminate()
             worker.wait(timeout=60)
@@ -158,6 +176,7 @@ def main() -> None:
         ("server / offline", f"{served / offline:.2f}x", ""),
         (f"offline at {server_threads} thread(s)", "", f"{offline_same:.1f}"),
         ("server / that offline", f"{served / offline_same:.2f}x", ""),
+        ("CPU s / 1k tokens", f"{served_cpu:.2f}", f"{offline_cpu:.2f} / {offline_same_cpu:.2f}"),
         ("load average (1 min)", f"{load_before:.2f} -> {os.getloadavg()[0]:.2f}", ""),
     ]
     print(f"\n{'':<26}{'server (HTTP, SSE)':>22}{'offline engine':>18}")
