@@ -84,6 +84,10 @@ class ServingSettings(BaseModel):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     max_tokens_default: int = Field(256, ge=1, description="max_tokens when a request gives none")
     health_stall_seconds: float = Field(120.0, gt=0, description="an engine step running longer fails /health")
+    engine_process: bool = Field(
+        True, description="run the engine in an engine-core process of its own, so the API's event loop and the "
+                          "engine's step loop do not share one interpreter lock; False: in a thread of the worker"
+    )
     engine_failure_grace_seconds: float = Field(
         5.0, ge=0, description="after the engine fails: longest wait for open responses before the process exits"
     )

@@ -1,5 +1,9 @@
 """How the API reaches an engine: the `EngineClient` interface and its in-process implementation.
 
+A worker runs `ProcessEngineClient` (``engine_process.py``: the engine in a process of its own) unless
+``serving.engine_process`` is off; this module's `ThreadEngineClient` keeps it in a thread of the API's process
+(tests that reach into the engine, notebooks).
+
 `ThreadEngineClient` gives the engine one dedicated thread, because `LLMEngine` is not thread-safe: every
 `add_request`, `abort` and `step` runs there, fed by a command queue. Outputs come back to the event loop
 through `call_soon_threadsafe`. Each request keeps only its latest output: outputs are cumulative, so a slow
@@ -19,10 +23,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from moecloud.engine import EngineStats, LLMEngine, PromptTooLong, RequestOutput, SamplingParams, StructuredOutput
-from moecloud.engine.failures import FaultInjector, is_fatal
-from moecloud.serving.errors import EngineDead, QueueFull, RequestFailed
-from moecloud.web.errors import APIError, ContextLengthExceeded, InvalidRequest
+from moecloud.engine import EngineStats, LLMEngine, RequestOutput, SamplingParams, StructuredOutput
+from moecloud.engine.failures import FaultInjector
+from moecloud.serving.engine_core import add_request, read_stats
+from moecloud.serving.errors import EngineDead, RequestFailed
+from moecloud.web.errors import APIError
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +141,8 @@ class ThreadEngineClient:
         self.model_name = engine.model_name
         self.max_model_len = engine.max_model_len
         self.faults = engine.faults
+        self._handlers: dict[str, Callable[..., None]] = {
+            "add": self._add, "abort": self._abort, "abort_all": self._abort_all, "stats": self._stats}
 
     def start(self) -> None:
         self._thread.start()
@@ -220,7 +227,7 @@ class ThreadEngineClient:
                 return
             if command[0] in ("add", "stats"):
                 future = command[-1]
-                _notify(future.get_loop(), _settle, future, None, EngineDead("the engine stopped"))
+                notify(future.get_loop(), settle, future, None, EngineDead("the engine stopped"))
 
     def _drain_commands(self, block: bool) -> bool:
         """Apply queued commands (waiting for one if `block`); False once asked to stop."""
@@ -230,54 +237,36 @@ class ThreadEngineClient:
             except queue.Empty:
                 return True
             block = False
-            kind = command[0]
-            if kind == "stop":
+            if command[0] == "stop":
                 return False
-            if kind == "add":
-                self._add(*command[1:])
-            elif kind == "abort":
-                self._abort(command[1])
-            elif kind == "abort_all":
-                for request_id in list(self._streams):
-                    self._abort(request_id)
-            elif kind == "stats":
-                self._stats(command[1])
+            self._handlers[command[0]](*command[1:])
+
+    def _abort_all(self) -> None:
+        for request_id in list(self._streams):
+            self._abort(request_id)
 
     def _add(self, stream: RequestStream, prompt: str | list[int], params: SamplingParams,
              accepted: asyncio.Future[None]) -> None:
-        waiting = self._engine.num_waiting()
-        error: APIError | None = None
-        if waiting >= self._max_waiting:
-            error = QueueFull(waiting)
-        else:
-            try:
-                self._engine.add_request(stream.request_id, prompt, params)
-            except PromptTooLong as exc:
-                error = ContextLengthExceeded(str(exc), param="prompt")
-            except ValueError as exc:
-                error = InvalidRequest(str(exc), param=getattr(exc, "param", None))
-            except Exception as exc:  # add_request leaves no trace of a request it refused: only this one fails
-                if is_fatal(exc):
-                    _notify(stream.loop, _settle, accepted, None, EngineDead(f"the engine failed: {exc!r}"))
-                    raise
-                log.exception("adding request %s failed", stream.request_id)
-                error = RequestFailed(f"{type(exc).__name__} while adding it")
+        try:
+            error = add_request(self._engine, stream.request_id, prompt, params, self._max_waiting)
+        except BaseException as exc:  # fatal: the loop dies, this caller learns it first
+            notify(stream.loop, settle, accepted, None, EngineDead(f"the engine failed: {exc!r}"))
+            raise
         if error is None:
             self._streams[stream.request_id] = stream
             self._active += 1
-        _notify(stream.loop, _settle, accepted, None, error)
+        notify(stream.loop, settle, accepted, None, error)
 
     def _stats(self, future: asyncio.Future[EngineStats]) -> None:
         try:
-            stats = self._engine.stats()
-        except Exception as exc:
-            if is_fatal(exc):
-                _notify(future.get_loop(), _settle, future, None, EngineDead(f"the engine failed: {exc!r}"))
-                raise
-            log.exception("reading the engine's stats failed")
-            _notify(future.get_loop(), _settle, future, None, RequestFailed(f"{type(exc).__name__} reading stats"))
-            return
-        self._resolve(future, stats)
+            stats = read_stats(self._engine)
+        except BaseException as exc:
+            notify(future.get_loop(), settle, future, None, EngineDead(f"the engine failed: {exc!r}"))
+            raise
+        if isinstance(stats, APIError):
+            notify(future.get_loop(), settle, future, None, stats)
+        else:
+            self._resolve(future, stats)
 
     def _abort(self, request_id: str) -> None:
         stream = self._streams.get(request_id)
@@ -293,7 +282,7 @@ class ThreadEngineClient:
         if output.error is not None:
             self._end(stream, RequestFailed(output.error))
             return
-        _notify(stream.loop, stream.push, output)
+        notify(stream.loop, stream.push, output)
         if output.finished:
             del self._streams[output.request_id]
             self._active -= 1
@@ -301,13 +290,13 @@ class ThreadEngineClient:
     def _end(self, stream: RequestStream, error: APIError | None) -> None:
         if self._streams.pop(stream.request_id, None) is not None:
             self._active -= 1
-        _notify(stream.loop, stream.end, error)
+        notify(stream.loop, stream.end, error)
 
     def _resolve(self, future: asyncio.Future[Any], value: Any) -> None:
-        _notify(future.get_loop(), _settle, future, value, None)
+        notify(future.get_loop(), settle, future, value, None)
 
 
-def _notify(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+def notify(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
     """Hand a result to the caller's event loop; a caller whose loop has closed no longer listens."""
     try:
         loop.call_soon_threadsafe(callback, *args)
@@ -316,7 +305,7 @@ def _notify(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *arg
             raise
 
 
-def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+def settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
     if future.done():
         return
     if error is None:

@@ -17,15 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import torch
 import uvicorn
 from fastapi import FastAPI
 
 from moecloud.config import Settings
-from moecloud.engine import EngineConfig, LLMEngine
-from moecloud.engine.failures import FaultInjector
 from moecloud.serving.api import build_app
-from moecloud.serving.engine_client import ThreadEngineClient
+from moecloud.serving.engine_client import EngineClient, ThreadEngineClient
+from moecloud.serving.engine_core import build_engine, set_engine_threads
+from moecloud.serving.engine_process import ProcessEngineClient
 from moecloud.serving.reports import UsageReports
 from moecloud.serving.state import ServingState
 from moecloud.web.net import free_port
@@ -34,22 +33,20 @@ log = logging.getLogger(__name__)
 ENGINE_FAILED_EXIT_STATUS = 3
 
 
-def build_engine(model: str | Path, settings: Settings) -> LLMEngine:
-    faults = FaultInjector() if settings.serving.fault_injection else None
-    return LLMEngine(EngineConfig(model=str(model), **settings.engine.model_dump()), faults=faults)
-
-
 def start_engine_client(model: str | Path, settings: Settings,
-                        on_fatal: Callable[[BaseException], None] | None = None) -> ThreadEngineClient:
-    """The engine loaded and its loop running; the caller shuts the client down. ``on_fatal`` runs on the engine
-    thread if the loop dies (e.g. an `ExitOnEngineFailure`)."""
-    # Math threads on every core starve the event loop that streams the results (measured: 0.29x of offline
-    # throughput with 2 threads on 2 cores, 0.64x with 1): leave it a core.
-    torch.set_num_threads(settings.engine.server_threads or max(1, (os.cpu_count() or 2) - 1))
-    engine = build_engine(model, settings)
-    engine.warm_up()  # with engine.compile: compile before the port opens, not in the first request
-    client = ThreadEngineClient(engine, settings.engine.max_waiting_requests,
-                                stall_seconds=settings.serving.health_stall_seconds, on_fatal=on_fatal)
+                        on_fatal: Callable[[BaseException], None] | None = None) -> EngineClient:
+    """The engine loaded, warmed up and its loop running; the caller shuts the client down. The engine runs in an
+    engine-core process (``serving.engine_process``, the default) or in a thread of this one. ``on_fatal`` runs
+    on a client thread if the engine dies (e.g. an `ExitOnEngineFailure`)."""
+    client: EngineClient
+    if settings.serving.engine_process:
+        client = ProcessEngineClient(model, settings, on_fatal=on_fatal)
+    else:
+        set_engine_threads(settings)
+        engine = build_engine(model, settings)
+        engine.warm_up()  # with engine.compile: compile before the port opens, not in the first request
+        client = ThreadEngineClient(engine, settings.engine.max_waiting_requests,
+                                    stall_seconds=settings.serving.health_stall_seconds, on_fatal=on_fatal)
     client.start()
     return client
 
@@ -77,12 +74,12 @@ class ExitOnEngineFailure:
         deadline.start()
 
 
-def serving_app(client: ThreadEngineClient, settings: Settings, served_model_name: str | None = None) -> FastAPI:
+def serving_app(client: EngineClient, settings: Settings, served_model_name: str | None = None) -> FastAPI:
     """The worker's OpenAI app around a started engine client."""
     return build_app(serving_state(client, settings, served_model_name))
 
 
-def serving_state(client: ThreadEngineClient, settings: Settings, served_model_name: str | None) -> ServingState:
+def serving_state(client: EngineClient, settings: Settings, served_model_name: str | None) -> ServingState:
     return ServingState(client=client, served_model_name=served_model_name or client.model_name,
                         max_tokens_default=settings.serving.max_tokens_default,
                         reports=UsageReports(settings.serving.usage_reports),
@@ -133,7 +130,7 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def create_server(client: ThreadEngineClient, settings: Settings, host: str, port: int,
+def create_server(client: EngineClient, settings: Settings, host: str, port: int,
                   served_model_name: str | None = None) -> DrainingServer:
     """The worker's uvicorn server around a started engine client (its owner shuts the client down)."""
     state = serving_state(client, settings, served_model_name)
@@ -165,7 +162,7 @@ def run_worker(model: str | Path, settings: Settings, host: str | None = None, p
 class RunningWorker:
     base_url: str
     server: DrainingServer
-    client: ThreadEngineClient
+    client: EngineClient
     thread: threading.Thread
 
 
