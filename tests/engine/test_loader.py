@@ -16,7 +16,7 @@ IDS = list(range(3, 40))
 
 
 def _logits(path, **options):
-    return LLMEngine(EngineConfig(model=str(path), dtype="float32", **options)).compute_logits(IDS)
+    return LLMEngine(EngineConfig(model=str(path), dtype="float32", compile=False, **options)).compute_logits(IDS)
 
 
 def test_fp8_block_scaled_matches_dequantized_twin(tmp_path):
@@ -99,7 +99,8 @@ def test_unsupported_config_values_fail_clearly(broken, field, value, message):
 def test_engine_precisions_stay_close_to_fp32(tiny_checkpoint):
     reference = _logits(tiny_checkpoint)
     for options, tolerance in [({"dtype": "bfloat16"}, 0.05), ({"quantization": "int8"}, 0.05)]:
-        engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), **{"dtype": "float32", **options}))
+        config = EngineConfig(model=str(tiny_checkpoint), **{"dtype": "float32", "compile": False, **options})
+        engine = LLMEngine(config)
         logits = engine.compute_logits(IDS)
         error = float((logits - reference).norm() / reference.norm())
         assert 0 < error < tolerance, (options, error)

@@ -13,7 +13,7 @@ from moecloud.engine.sampler import Sampler, SamplingRow
 
 @pytest.fixture(scope="module")
 def llm(tiny_checkpoint):
-    return LLM(str(tiny_checkpoint), dtype="float32")
+    return LLM(str(tiny_checkpoint), dtype="float32", compile=False)
 
 
 def _row(**params):
@@ -78,7 +78,7 @@ def test_logprobs_are_the_models_distribution(llm):
 
 def test_prompt_logprobs_and_scoring_without_generation(llm):
     prompt = llm.tokenizer.encode("score every token of this prompt please")
-    engine_chunks = LLM(llm.engine.config.model, dtype="float32", max_num_batched_tokens=16)
+    engine_chunks = LLM(llm.engine.config.model, dtype="float32", compile=False, max_num_batched_tokens=16)
     out = engine_chunks.generate(prompt, SamplingParams(max_tokens=0, prompt_logprobs=1))[0]
     assert out.outputs[0].token_ids == [] and out.outputs[0].finish_reason == "length"
     assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)

@@ -60,6 +60,7 @@ class LLMEngine:
             self.device,
             compile_decode=config.compile,
             compile_max_batch=config.compile_max_batch,
+            compile_cache_dir=config.compile_cache_dir,
         )
         self.faults = faults
         self.sampler = Sampler(config.seed, faults, config.structured_mask_threads)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -39,6 +41,7 @@ class ModelRunner:
         device: torch.device,
         compile_decode: bool = False,
         compile_max_batch: int = 32,
+        compile_cache_dir: str | Path | None = None,
     ) -> None:
         self.model, self.block_size, self.device = model, block_size, device
         self.compile_max_batch = compile_max_batch
@@ -46,11 +49,16 @@ class ModelRunner:
         # fused kernels per step instead of ~1,500 eager ops. Prefill chunks and mixed steps stay eager.
         # size_asserts off: dynamo's guards already check the inputs; the asserts cost ~0.8 ms a step in Python.
         # The graph ends with lm_head: at batch 1 its product-and-sum runs on every thread (eager BLAS GEMV: one).
+        if compile_decode and compile_cache_dir is not None:
+            # inductor's FX-graph and AOT caches (graphs, generated C++, built kernels) live here; torch reads the
+            # directory from this variable each time it looks one up (it has no config option for it)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(compile_cache_dir).resolve())
         self._decode = (
             torch.compile(model.decode_step, dynamic=True, fullgraph=True, options={"size_asserts": False})
             if compile_decode
             else None
         )
+        self._traced: set[bool] = set()  # the decode graphs dynamo has traced: one sequence (False), several (True)
         c = model.config
         dtype = model.model.embed_tokens.weight.dtype
         # [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim] per layer: the latent, never full K/V
@@ -102,9 +110,22 @@ class ModelRunner:
         if compiled:
             assert self._decode is not None
             with torch.inference_mode():
-                hidden, logits = self._decode(input_ids, fb, self.caches)
+                hidden, logits = self._traced_decode(len(batch) > 1, input_ids, fb)
             return RunOutput(hidden, starts, logits)
         return RunOutput(self.model(input_ids, fb, self.caches), starts)
+
+    def _traced_decode(self, several: bool, input_ids: torch.Tensor, fb: ForwardBatch
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The compiled step. A graph's first call (where dynamo traces it) runs with float attributes (norm eps,
+        ``nn.Embedding.norm_type``) as constants: with ``dynamic=True`` dynamo otherwise makes them symbolic, then
+        specialises them inside inductor and restarts the whole trace, once per graph (half of a warm start)."""
+        assert self._decode is not None
+        if several in self._traced:
+            return self._decode(input_ids, fb, self.caches)
+        with torch._dynamo.config.patch(specialize_float=True):
+            out = self._decode(input_ids, fb, self.caches)
+        self._traced.add(several)
+        return out
 
     def _group(
         self, starts: list[int], q_len: int, seqs: list[Sequence], context_lens: list[int], min_width: int = 1
