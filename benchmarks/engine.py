@@ -4,8 +4,8 @@ Parts (``--parts``, comma-separated; default: all):
 
 - ``decode``: decode tokens/s per checkpoint (``--sizes``) and batch (``--batches``), the engine on default settings
   (the compiled decode step; its warm-up, which compiles or loads the compiled graphs, is timed apart, not counted),
-  beside transformers' ``generate``; for batch 1 the memory-read roofline (measured read bandwidth / bytes of
-  weights one decode token reads). ``eager`` adds the engine with ``compile=False``.
+  beside transformers' ``generate``; the memory-read roofline: batch x measured read bandwidth / weight bytes
+  one step reads (the routed experts a batch picks assumed uniform). ``eager`` adds the engine with ``compile=False``.
 - ``prefill``: tokens/s of one 480-token prompt (``--prefill-tokens``) against the compute roofline (the machine's
   fp32 matmul rate, measured in the same run / 2 x active parameters FLOPs per token), and transformers' forward.
 - ``int8``: weight-only int8 decode at batch 1 (the fp32 figure beside it).
@@ -152,13 +152,20 @@ class DecodeParams:
     total: int
     quantized: int
     kept: int
+    routed: int = 0  # of ``quantized``: the routed experts' (top-k of n in every MoE layer)
+    top_k: int = 1
+    n_routed: int = 1
 
     @property
     def active(self) -> int:
         return self.quantized + self.kept
 
-    def bytes_per_token(self, bytes_per_param: int, int8: bool) -> int:
-        return self.quantized * (1 if int8 else bytes_per_param) + self.kept * bytes_per_param
+    def bytes_per_step(self, bytes_per_param: int, int8: bool, batch: int = 1) -> int:
+        """Weight bytes one decode step of ``batch`` sequences reads: the routed experts it picks, assumed
+        uniform (a layer reads n (1 - (1 - k/n)^batch) distinct experts), and everything else once."""
+        distinct = self.n_routed * (1 - (1 - self.top_k / self.n_routed) ** batch)
+        quantized = self.quantized - self.routed + self.routed * distinct / self.top_k
+        return round(quantized * (1 if int8 else bytes_per_param) + self.kept * bytes_per_param)
 
 
 def decode_params(path: Path) -> DecodeParams:
@@ -173,7 +180,7 @@ def decode_params(path: Path) -> DecodeParams:
     attn = q + h * c.latent_dim + c.num_attention_heads * c.v_head_dim * h
     expert = 3 * h * c.moe_intermediate_size
     total = 2 * c.vocab_size * h
-    quantized, kept = c.vocab_size * h, h  # lm_head; one embedding row, not the table
+    quantized, kept, routed = c.vocab_size * h, h, 0  # lm_head; one embedding row, not the table
     for layer in range(c.num_hidden_layers):
         total += attn + kv_b
         quantized += attn
@@ -182,11 +189,12 @@ def decode_params(path: Path) -> DecodeParams:
             gate = h * c.n_routed_experts
             total += expert * (c.n_routed_experts + (c.n_shared_experts or 0)) + gate
             quantized += expert * (c.num_experts_per_tok + (c.n_shared_experts or 0))
+            routed += expert * c.num_experts_per_tok
             kept += gate
         else:
             total += 3 * h * c.intermediate_size
             quantized += 3 * h * c.intermediate_size
-    return DecodeParams(total, quantized, kept)
+    return DecodeParams(total, quantized, kept, routed, c.num_experts_per_tok or 1, c.n_routed_experts or 1)
 
 
 def prompts(batch: int, length: int = 16) -> list[list[int]]:
@@ -204,16 +212,20 @@ def engine(path: Path, dtype: str, **options: object) -> tuple[LLM, float]:
 
 
 def decode_rate(llm: LLM, batch: int, tokens: int) -> float:
-    """Decode tokens/s: (time of ``tokens`` tokens - time of the prefill and first token) / (tokens - 1), after a
-    full-length warm-up run."""
+    """Decode tokens/s: the steps after the first (which prefills every prompt and samples its first token) of a
+    run of ``tokens`` tokens a sequence, after a full-length warm-up run."""
     params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
     llm.generate(prompts(batch), params)
+    engine = llm.engine
+    for i, prompt in enumerate(prompts(batch)):
+        engine.add_request(f"bench-{batch}-{i}", prompt, params)
+    generated = engine.generation_tokens
+    engine.step()
+    assert engine.generation_tokens - generated == batch, "the first step should prefill every prompt"
     start = time.perf_counter()
-    llm.generate(prompts(batch), SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
-    prefill_time = time.perf_counter() - start
-    start = time.perf_counter()
-    llm.generate(prompts(batch), params)
-    return batch * (tokens - 1) / max(time.perf_counter() - start - prefill_time, 1e-9)
+    while engine.has_unfinished_requests():
+        engine.step()
+    return batch * (tokens - 1) / (time.perf_counter() - start)
 
 
 def prefill_rate(llm: LLM, length: int) -> float:
@@ -257,11 +269,15 @@ def transformers_prefill(model, length: int) -> float:  # noqa: ANN001
 
 
 _LOAD_PROBE = """
-import json, resource, sys
+import json, sys
 from moecloud.engine import LLM
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def status(field):  # kB; VmHWM is this process's own peak (ru_maxrss would carry the parent's across exec)
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+before = status("VmRSS")
 LLM(sys.argv[1], dtype=sys.argv[2], device="cpu", compile=False, kv_cache_tokens=256)
-print(json.dumps((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024))
+print(json.dumps((status("VmHWM") - before) * 1024))
 """
 
 
@@ -283,7 +299,7 @@ class Row:
     dtype: str
     batch: int
     ours: float
-    bytes_per_token: int = 0  # decode: weight bytes one token reads (the memory roofline)
+    bytes_per_step: int = 0  # decode: weight bytes one step of ``batch`` sequences reads (the memory roofline)
     flops_per_token: int = 0  # prefill: 2 x active parameters (the compute roofline)
     eager: float | None = None
     ref: float | None = None
@@ -310,7 +326,8 @@ def run_checkpoint(name: str, path: Path, dtype: str, args: argparse.Namespace, 
         run = "decode int8" if int8 else "decode"
         llm, warm_up = engine(path, dtype, **options)
         for batch in batches if (int8 is False or name == "v2-lite-2l") else [1]:
-            row = Row(name, run, dtype, batch, decode_rate(llm, batch, args.tokens), params.bytes_per_token(bpp, int8),
+            row = Row(name, run, dtype, batch, decode_rate(llm, batch, args.tokens),
+                      params.bytes_per_step(bpp, int8, batch),
                       warm_up=warm_up)
             if "eager" in parts:
                 eager, _ = engine(path, dtype, compile=False, **options)
@@ -391,16 +408,18 @@ def print_tables(console: Console, rows: list[Row], loads: list[tuple[str, str, 
         table.add_column(col, justify="right")
     int8_base = {(r.checkpoint, r.batch): r.ours for r in rows if r.run == "decode"}
     for r in rows:
-        roofline = bandwidth / r.bytes_per_token if r.bytes_per_token else (flops / r.flops_per_token if flops else 0)
-        shown = r.batch == 1 or r.run.startswith("decode int8") or r.checkpoint == "v2-lite-2l"
+        if r.bytes_per_step:
+            roofline = r.batch * bandwidth / r.bytes_per_step
+        else:
+            roofline = flops / r.flops_per_token if flops else 0
         speed_up = f"{r.ours / r.ref:.2f}x" if r.ref else ""
         if r.run == "decode int8" and (r.checkpoint, r.batch) in int8_base:
             speed_up = f"{r.ours / int8_base[r.checkpoint, r.batch]:.2f}x unquantized"
         table.add_row(
             r.checkpoint, r.run, r.dtype, str(r.batch), f"{r.ours:.1f}",
             "" if r.eager is None else f"{r.eager:.1f}", "" if r.ref is None else f"{r.ref:.1f}", speed_up,
-            f"{roofline:.0f}" if shown and roofline else "",
-            f"{100 * r.ours / roofline:.0f}%" if shown and roofline else "",
+            f"{roofline:.0f}" if roofline else "",
+            f"{100 * r.ours / roofline:.0f}%" if roofline else "",
             "" if r.warm_up is None else f"{r.warm_up:.1f}", f"{r.rss_mb:.0f}",
         )
     console.print(table)

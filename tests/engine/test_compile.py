@@ -37,6 +37,14 @@ def test_the_default_engine_is_the_compiled_one_with_its_cache_under_the_home(tm
         Path("/elsewhere"))
 
 
+def test_each_engine_compiles_its_own_copy_of_the_decode_step(tiny_checkpoint) -> None:
+    """dynamo keeps at most 8 compiled graphs per code object: engines sharing one would break at the fifth."""
+    codes = [LLM(str(tiny_checkpoint), dtype="float32").engine.runner._decode._torchdynamo_orig_callable.__code__
+             for _ in range(2)]  # compiling is lazy: building the engines compiles nothing
+    shared = type(LLM(str(tiny_checkpoint), compile=False).engine.model).decode_step.__code__
+    assert codes[0] is not codes[1] and all(code is not shared for code in codes)  # equal, not the same
+
+
 def _inductor(event: str) -> int:
     return counters["inductor"][event]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,16 @@ class RunOutput:
         return model.compute_logits(self.hidden if rows is None else self.hidden[rows])
 
 
+def _own_code(method: types.MethodType) -> types.MethodType:
+    """``method`` bound to a copy of its code object. dynamo keeps compiled graphs per code object, at most
+    ``recompile_limit`` (8) of them: without a copy every engine of a process adds its two graphs to one list and
+    the fifth engine's step fails (``fullgraph=True``)."""
+    fn = method.__func__
+    code = fn.__code__.replace()
+    own = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return types.MethodType(own, method.__self__)
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -54,7 +65,7 @@ class ModelRunner:
             # directory from this variable each time it looks one up (it has no config option for it)
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(compile_cache_dir).resolve())
         self._decode = (
-            torch.compile(model.decode_step, dynamic=True, fullgraph=True, options={"size_asserts": False})
+            torch.compile(_own_code(model.decode_step), dynamic=True, fullgraph=True, options={"size_asserts": False})
             if compile_decode
             else None
         )
