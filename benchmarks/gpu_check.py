@@ -14,6 +14,9 @@ budget, all inside one deadline:
   one decode step reads (weights of the experts the batch touches, the rest of the weights, the latent KV cache).
 - pytest: ``pytest -m cuda`` over the test files that mark tests ``cuda``, with its counts.
 
+Only the decode section runs the engine's default settings (compiled decode, CUDA graphs); the correctness sections
+build eager engines (``compile=False``), each of which would otherwise compile its own decode graphs.
+
 On the GPU machine (the device tool's ``run``). Nothing can be downloaded there; its image's python3 has torch,
 transformers, safetensors, tokenizers, rich and pytest, and the engine's few other needs travel as wheels that
 ``make gpu-wheels`` puts in ``.whl/`` here (6 MB; ``.whl/`` is git-ignored, so it must be carried)::
@@ -284,7 +287,7 @@ def check_parity(o: Options, report: Report, tmp: Path) -> None:
             with report.check("parity", f"{name} {dtype} greedy {tokens} tokens",
                               "same tokens as transformers' generate" if fp32 else "(bf16 may part at a near tie)"
                               ) as found:
-                llm = LLM(str(path), dtype=dtype, device=o.device)
+                llm = LLM(str(path), dtype=dtype, device=o.device, compile=False)
                 prompt = llm.tokenizer.encode(GREEDY_PROMPT)
                 params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
                 ours_tokens = llm.generate(prompt, params)[0].outputs[0].token_ids
@@ -311,14 +314,14 @@ def check_batching(o: Options, report: Report, tmp: Path) -> None:
     for dtype, tie in TIE_GAP.items():
         if o.quick and dtype != "float32":
             continue  # bf16 decoding on a CPU is slow
-        alone_llm = LLM(str(path), dtype=dtype, device=o.device)
+        alone_llm = LLM(str(path), dtype=dtype, device=o.device, compile=False)
         prompts = _prompts(alone_llm)
         alone = [alone_llm.generate(p, GREEDY)[0].outputs[0].token_ids for p in prompts]
         for options in BATCHING_OPTIONS:
             label = ", ".join(f"{k}={v}" for k, v in options.items()) or "all in one batch"
             criterion = f"greedy tokens as alone; parting only at a near tie (logprob gap < {tie})"
             with report.check("batching", f"{dtype} {label}", criterion) as found:
-                llm = LLM(str(path), dtype=dtype, device=o.device, **options)
+                llm = LLM(str(path), dtype=dtype, device=o.device, compile=False, **options)
                 batched = [out.outputs[0].token_ids for out in llm.generate(prompts, GREEDY)]
                 parted = []  # (prompt index, position, the lone run's logprob gap between the two choices)
                 for k, (prompt, a, b) in enumerate(zip(prompts, alone, batched, strict=True)):
@@ -373,7 +376,7 @@ def check_fp8(o: Options, report: Report, tmp: Path) -> None:
     twin = dequantized_twin(fp8_dir, tmp / "fp8-twin")
     with report.check("fp8", "load", "(FP8 block-scaled 128x128, as DeepSeek-V3 ships)") as found:
         start = time.perf_counter()
-        llm = LLM(str(fp8_dir), device=o.device, dtype="bfloat16")
+        llm = LLM(str(fp8_dir), device=o.device, dtype="bfloat16", compile=False)
         seconds = time.perf_counter() - start
         held = tensor_bytes(llm.engine.model)
         n8, b8 = held.get(torch.float8_e4m3fn, (0, 0))
@@ -399,7 +402,7 @@ def check_fp8(o: Options, report: Report, tmp: Path) -> None:
     with report.check("fp8", f"greedy {tokens} tokens vs twin (bf16)") as found:
         params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
         ours_tokens = llm.generate(ids[:8], params)[0].outputs[0].token_ids
-        twin_llm = LLM(str(twin), device=o.device, dtype="bfloat16")
+        twin_llm = LLM(str(twin), device=o.device, dtype="bfloat16", compile=False)
         twin_tokens = twin_llm.generate(ids[:8], params)[0].outputs[0].token_ids
         found.info(f"{common_prefix(ours_tokens, twin_tokens)}/{tokens} tokens before the first difference")
     del llm
@@ -442,7 +445,7 @@ def bandwidth(device: str) -> dict[str, float]:
 def check_decode(o: Options, report: Report, tmp: Path) -> None:
     import torch
     from checkpoints import V2_LITE_DIMS, write_random_checkpoint
-    from engine import active_bytes_per_token, decode_tokens_per_s, transformers_decode_tokens_per_s
+    from engine import decode_params, decode_rate, transformers_decode
     from transformers import AutoModelForCausalLM
 
     from moecloud.engine import LLM
@@ -459,7 +462,7 @@ def check_decode(o: Options, report: Report, tmp: Path) -> None:
     with report.check("decode", "checkpoint", "(tiny)" if o.quick else "(V2-Lite's dims, random)") as found:
         start = time.perf_counter()
         path = write_random_checkpoint(tmp / "slice", "v2-lite", seed=0, dtype=getattr(torch, dtype), **dims)
-        params, _ = active_bytes_per_token(path, width)
+        params = decode_params(path).total
         found.info(f"{dims['num_hidden_layers']} layers, {params / 1e6:,.1f}M parameters, "
                    f"{size(width * params)} {dtype}, written in {time.perf_counter() - start:.0f} s")
     config = load_model_config(path)
@@ -478,14 +481,14 @@ def check_decode(o: Options, report: Report, tmp: Path) -> None:
     for batch in o.batches:
         ours = theirs = None
         with report.check("decode", f"moecloud batch {batch}", quiet=True):
-            ours = decode_tokens_per_s(llm, batch, o.tokens)
+            ours = decode_rate(llm, batch, o.tokens)
         with report.check("decode", f"transformers batch {batch}", quiet=True):
-            theirs = transformers_decode_tokens_per_s(model, batch, o.tokens)
+            theirs = transformers_decode(model, batch, o.tokens)
         with report.check("decode", f"batch {batch}", f"tok/s over {o.tokens} tokens; roofline = batch x bandwidth "
                                                       "/ bytes a step reads") as found:
             context = 16 + o.tokens / 2  # prompts of 16 tokens; the mean context while decoding
             kv = batch * context * config.num_hidden_layers * config.latent_dim * width
-            step = active_bytes_per_token(path, width, batch)[1] + kv
+            step = decode_params(path).bytes_per_step(width, False, batch) + kv
             roofline = batch * ceiling / step
             parts = [f"moecloud {ours:.0f} tok/s" if ours else "moecloud -",
                      f"transformers {theirs:.0f} tok/s" if theirs else "transformers -"]

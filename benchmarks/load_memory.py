@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from checkpoints import V2_LITE_SLICE, write_random_checkpoint  # noqa: E402  (the suite's random checkpoints)
+from checkpoints import V2_LITE_DIMS, write_random_checkpoint  # noqa: E402  (the suite's random checkpoints)
 
 _CHILD = r"""
 import json, sys, time
@@ -58,6 +58,16 @@ def measure(path: Path, dtype: str, quantization: str | None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def peak_increase(m: dict) -> int:
+    """Bytes the load raised the child's peak RSS by (VmHWM after minus VmRSS before: imports not counted)."""
+    return m["after"]["VmHWM"] - m["before"]["VmRSS"]
+
+
+def load_peak_bytes(path: Path, dtype: str, quantization: str | None = None) -> int:
+    """How far loading ``path`` in a fresh process raises its peak RSS, in bytes."""
+    return peak_increase(measure(path, dtype, quantization))
+
+
 def checkpoint_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
@@ -74,7 +84,7 @@ def main() -> None:
     if written:
         import torch
 
-        write_random_checkpoint(path, "v2-lite", dtype=torch.bfloat16, shards=args.shards, **V2_LITE_SLICE)
+        write_random_checkpoint(path, "v2-lite", dtype=torch.bfloat16, shards=args.shards, **V2_LITE_DIMS)
     try:
         size = checkpoint_bytes(path)
         table = Table(title=f"load of {path.name}: {size / 1e9:.2f} GB on disk")
@@ -84,7 +94,7 @@ def main() -> None:
         for run in args.runs.split(","):
             dtype, _, quantization = run.partition(":")
             m = measure(path, dtype, quantization or None)
-            peak = m["after"]["VmHWM"] - m["before"]["VmRSS"]
+            peak = peak_increase(m)
             load = m["load_seconds"]
             table.add_row(dtype, quantization or "-", f"{peak / 1e9:.2f}", f"{peak / size:.2f}",
                           f"{m['after']['RssAnon'] / 1e9:.2f}", f"{m['after']['RssFile'] / 1e9:.2f}",

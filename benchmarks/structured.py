@@ -45,7 +45,7 @@ SCHEMA = {
 def decode_rate(llm: LLM, batch: int, tokens: int, structured: StructuredOutput | None) -> float:
     """Decode tokens/s at temperature 1 (seeded): (time of ``tokens`` tokens - time of prefill and the first) over
     the tokens after the first, after a warm-up of the same shape (the constrained one compiles the schema)."""
-    ids = prompts(batch, 1000)
+    ids = prompts(batch)
 
     def run(n: int) -> tuple[float, int]:
         params = [SamplingParams(temperature=1.0, seed=i, max_tokens=n, ignore_eos=True, structured=structured)
@@ -67,7 +67,7 @@ def mask_ms(llm: LLM, batch: int, tokens: int, structured: StructuredOutput, rep
     rates on a busy machine)."""
     params = [SamplingParams(temperature=1.0, seed=i, max_tokens=tokens, ignore_eos=True, structured=structured)
               for i in range(batch)]
-    outputs = llm.generate(prompts(batch, 1000), params)
+    outputs = llm.generate(prompts(batch), params)
     constraints = [llm.engine.structured.constraint(structured) for _ in range(batch)]
     for constraint, output in zip(constraints, outputs, strict=True):
         for token in output.outputs[0].token_ids[:-1]:

@@ -51,28 +51,6 @@ _TEMPLATE_TOKENS = {
                                                        "outputs▁begin", "outputs▁end", "output▁begin", "output▁end")],
 }
 
-# DeepSeek-V2-Lite's true dimensions cut to 2 layers (layer 0 dense, layer 1 MoE): ~1.1B parameters, 2.2 GB in bf16.
-# The size where what loading and decoding cost shows (benchmarks/load_memory.py, benchmarks/engine.py).
-V2_LITE_SLICE: dict[str, Any] = dict(
-    hidden_size=2048,
-    intermediate_size=10944,
-    moe_intermediate_size=1408,
-    num_hidden_layers=2,
-    num_attention_heads=16,
-    q_lora_rank=None,
-    kv_lora_rank=512,
-    qk_nope_head_dim=128,
-    qk_rope_head_dim=64,
-    v_head_dim=128,
-    n_routed_experts=64,
-    n_shared_experts=2,
-    num_experts_per_tok=6,
-    first_k_dense_replace=1,
-    vocab_size=102400,
-    max_position_embeddings=4096,
-)
-
-
 # DeepSeek-V2-Lite's true layer dimensions (its published config.json), for a random slice of a few layers with the
 # "v2-lite" variant: 2 layers (one dense, one MoE) are 1.1B parameters, 2.2 GB in bf16.
 V2_LITE_DIMS: dict[str, Any] = dict(
@@ -91,6 +69,9 @@ V2_LITE_DIMS: dict[str, Any] = dict(
     vocab_size=102400,
     first_k_dense_replace=1,
     num_hidden_layers=2,
+    q_lora_rank=None,
+    max_position_embeddings=4096,
+    rope_scaling=None,
 )
 
 

@@ -25,7 +25,7 @@ def _prompts(llm: LLM) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def alone(tiny_checkpoint):
-    llm = LLM(str(tiny_checkpoint), dtype="float32")
+    llm = LLM(str(tiny_checkpoint), dtype="float32", compile=False)
     return [llm.generate(p, GREEDY)[0].outputs[0].token_ids for p in _prompts(llm)]
 
 
@@ -40,7 +40,7 @@ BATCHING_OPTIONS = [
 
 @pytest.mark.parametrize("options", BATCHING_OPTIONS)
 def test_batch_matches_alone(tiny_checkpoint, alone, options):
-    llm = LLM(str(tiny_checkpoint), dtype="float32", **options)
+    llm = LLM(str(tiny_checkpoint), dtype="float32", compile=False, **options)
     outs = llm.generate(_prompts(llm), GREEDY)
     assert [o.outputs[0].token_ids for o in outs] == alone
     if "kv_cache_tokens" in options:
@@ -51,19 +51,19 @@ def test_batch_matches_alone(tiny_checkpoint, alone, options):
 
 
 def test_prefix_cache_hit_gives_same_output(tiny_checkpoint):
-    llm = LLM(str(tiny_checkpoint), dtype="float32", block_size=4)
+    llm = LLM(str(tiny_checkpoint), dtype="float32", compile=False, block_size=4)
     prompt = llm.tokenizer.encode("the same long system prompt shared by many requests, then a question")
     first = llm.generate(prompt, GREEDY)[0]
     second = llm.generate(prompt, GREEDY)[0]
     assert first.num_cached_tokens == 0
     assert second.num_cached_tokens == (len(prompt) - 1) // 4 * 4 > 0
     assert second.outputs[0].token_ids == first.outputs[0].token_ids
-    no_cache = LLM(str(tiny_checkpoint), dtype="float32", enable_prefix_caching=False)
+    no_cache = LLM(str(tiny_checkpoint), dtype="float32", compile=False, enable_prefix_caching=False)
     assert no_cache.generate(prompt, GREEDY)[0].outputs[0].token_ids == first.outputs[0].token_ids
 
 
 def test_abort_frees_blocks_at_once(tiny_checkpoint):
-    llm = LLM(str(tiny_checkpoint), dtype="float32", enable_prefix_caching=False)
+    llm = LLM(str(tiny_checkpoint), dtype="float32", compile=False, enable_prefix_caching=False)
     engine = llm.engine
     engine.add_request("keep", llm.tokenizer.encode("hello there"), GREEDY)
     engine.add_request("drop", llm.tokenizer.encode("abort me please, I am long " * 4), GREEDY)
@@ -79,7 +79,7 @@ def test_abort_frees_blocks_at_once(tiny_checkpoint):
 
 
 def test_n_samples_and_seeds(tiny_checkpoint):
-    llm = LLM(str(tiny_checkpoint), dtype="float32")
+    llm = LLM(str(tiny_checkpoint), dtype="float32", compile=False)
     params = SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=10, ignore_eos=True)
     a = llm.generate("hello", params)[0]
     b = llm.generate("hello", params)[0]
@@ -89,7 +89,7 @@ def test_n_samples_and_seeds(tiny_checkpoint):
 
 
 def test_expert_load_counts_every_routed_token(tiny_checkpoint):
-    llm = LLM(str(tiny_checkpoint), dtype="float32")
+    llm = LLM(str(tiny_checkpoint), dtype="float32", compile=False)
     prompt = llm.tokenizer.encode("count my experts")
     llm.generate(prompt, SamplingParams(temperature=0, max_tokens=5, ignore_eos=True))
     load = llm.engine.stats().expert_load

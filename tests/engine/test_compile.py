@@ -1,11 +1,16 @@
-"""The compiled decode step (``compile=True``) must produce what the eager model produces."""
+"""The compiled decode step (the default, ``compile=True``) must produce what the eager model produces, and a second
+start must load it from the compile cache instead of compiling again."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
-from moecloud.engine import LLM, SamplingParams
+from moecloud.config import load_settings
+from moecloud.engine import LLM, EngineConfig, SamplingParams
 from moecloud.engine.model.layers import Linear, gemv_reduction
 from moecloud.engine.model.moe import Experts
 
@@ -24,12 +29,36 @@ def _run(llm: LLM) -> tuple[list[list[int]], list[list[float]], list[int]]:
     return tokens, logprobs, load
 
 
-def test_compiled_decode_matches_eager(make_checkpoint):
+def test_the_default_engine_is_the_compiled_one_with_its_cache_under_the_home(tmp_path: Path) -> None:
+    assert EngineConfig(model="m").compile
+    settings = load_settings(home=tmp_path)
+    assert settings.engine.compile and settings.engine.compile_cache_dir == tmp_path / "compile-cache"
+    assert load_settings(home=tmp_path, engine={"compile_cache_dir": "/elsewhere"}).engine.compile_cache_dir == (
+        Path("/elsewhere"))
+
+
+def test_each_engine_compiles_its_own_copy_of_the_decode_step(tiny_checkpoint) -> None:
+    """dynamo keeps at most 8 compiled graphs per code object: engines sharing one would break at the fifth."""
+    codes = [LLM(str(tiny_checkpoint), dtype="float32").engine.runner._decode._torchdynamo_orig_callable.__code__
+             for _ in range(2)]  # compiling is lazy: building the engines compiles nothing
+    shared = type(LLM(str(tiny_checkpoint), compile=False).engine.model).decode_step.__code__
+    assert codes[0] is not codes[1] and all(code is not shared for code in codes)  # equal, not the same
+
+
+def _inductor(event: str) -> int:
+    return counters["inductor"][event]
+
+
+def test_compiled_decode_matches_eager_and_a_second_start_compiles_nothing(make_checkpoint, tmp_path, monkeypatch):
     # V3-like: sigmoid + noaux_tc gate, YaRN rope, a dense first layer; compiling costs ~1 minute on 2 cores
-    path = str(make_checkpoint("v3"))
-    eager = _run(LLM(path, dtype="float32"))
-    compiled_llm = LLM(path, dtype="float32", compile=True)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)  # the engine sets it: put it back afterwards
+    path, cache = str(make_checkpoint("v3")), tmp_path / "compile-cache"
+    eager = _run(LLM(path, dtype="float32", compile=False))
+    misses = _inductor("fxgraph_cache_miss")
+    compiled_llm = LLM(path, dtype="float32", compile_cache_dir=cache)  # compile: the default
     compiled_llm.engine.warm_up()  # compiles both step shapes and leaves no trace
+    assert _inductor("fxgraph_cache_miss") - misses == 2  # an empty cache: both graphs compiled
+    assert any((cache / "fxgraph").iterdir())
     stats = compiled_llm.engine.stats()
     assert (stats.prompt_tokens, stats.generation_tokens) == (0, 0)
     assert not compiled_llm.engine.has_unfinished_requests()
@@ -39,6 +68,14 @@ def test_compiled_decode_matches_eager(make_checkpoint):
     for got, want in zip(compiled[1], eager[1], strict=True):
         assert got == pytest.approx(want, abs=1e-4)
     assert compiled[2] == eager[2]  # the expert-load view counts the compiled steps too
+
+    # A second start (dynamo's in-process state dropped, as in a new process) finds both graphs in the cache
+    torch._dynamo.reset()
+    misses, hits = _inductor("fxgraph_cache_miss"), _inductor("fxgraph_cache_hit")
+    restarted = LLM(path, dtype="float32", compile_cache_dir=cache)
+    restarted.engine.warm_up()
+    assert (_inductor("fxgraph_cache_miss") - misses, _inductor("fxgraph_cache_hit") - hits) == (0, 2)
+    assert _run(restarted)[0] == eager[0]
 
 
 @pytest.mark.parametrize("int8", [False, True])

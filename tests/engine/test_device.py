@@ -118,7 +118,7 @@ def test_graph_batch_sizes_and_widths():
 
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint):
-    return LLM(str(tiny_checkpoint), dtype="float32", kv_cache_tokens=256).engine.model
+    return LLM(str(tiny_checkpoint), compile=False, dtype="float32", kv_cache_tokens=256).engine.model
 
 
 def _prefilled(model, prompts: list[list[int]], num_blocks: int, block_size: int, runner: ModelRunner):
@@ -187,7 +187,7 @@ def _record_eagerly(graphs: DecodeGraphs, size: int, width: int) -> tuple[EagerG
 def test_an_engine_decoding_through_the_graph_runner_matches_one_without(tiny_checkpoint, monkeypatch):
     """The engine's steps through ``DecodeGraphs.run`` (buffers, buckets, padding, output copies), with a replay
     that runs the recorded step eagerly: what a CUDA graph does, checked on the CPU."""
-    options = {"dtype": "float32", "kv_cache_tokens": 512, "block_size": 4}
+    options = {"dtype": "float32", "compile": False, "kv_cache_tokens": 512, "block_size": 4}
     plain, graphed = LLM(str(tiny_checkpoint), **options), LLM(str(tiny_checkpoint), **options)
     model, num_blocks = graphed.engine.model, graphed.engine.blocks.num_blocks
     runner = ModelRunner(model, num_blocks + 1, 4, torch.device("cpu"))
@@ -234,7 +234,7 @@ def test_kv_cache_sized_from_host_memory_on_cpu(model, monkeypatch):
 
 def test_the_engine_reports_its_kv_capacity(tiny_checkpoint, caplog):
     with caplog.at_level("INFO", logger="moecloud.engine.engine"):
-        llm = LLM(str(tiny_checkpoint), dtype="float32", kv_cache_tokens=1000, block_size=16)
+        llm = LLM(str(tiny_checkpoint), compile=False, dtype="float32", kv_cache_tokens=1000, block_size=16)
     assert llm.engine.stats().kv_cache_tokens == 992
     assert any("KV cache: 992 tokens" in r.getMessage() for r in caplog.records)
 
@@ -242,7 +242,7 @@ def test_the_engine_reports_its_kv_capacity(tiny_checkpoint, caplog):
 # ---- on a GPU ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 def test_kv_cache_sized_from_memory_by_default(tiny_checkpoint, device):
-    llm = LLM(str(tiny_checkpoint), dtype="float32", device=device)
+    llm = LLM(str(tiny_checkpoint), compile=False, dtype="float32", device=device)
     capacity = llm.engine.stats().kv_cache_tokens
     assert capacity % llm.engine.config.block_size == 0 and capacity >= 16
     if device == "cuda":
@@ -255,10 +255,12 @@ def test_kv_cache_sized_from_memory_by_default(tiny_checkpoint, device):
 @pytest.mark.parametrize("batch", [1, 3, 5, 16])
 @cuda_only
 def test_graph_decode_equals_eager_on_cuda(tiny_checkpoint, dtype, batch):
-    graphed = LLM(str(tiny_checkpoint), dtype=dtype, device="cuda", kv_cache_tokens=8192, cuda_graphs=True)
+    graphed = LLM(str(tiny_checkpoint), compile=False, dtype=dtype, device="cuda", kv_cache_tokens=8192,
+                  cuda_graphs=True)
     graphed.engine.warm_up()
     assert graphed.engine.runner.graphs is not None and graphed.engine.runner.graphs.captured
-    eager = LLM(str(tiny_checkpoint), dtype=dtype, device="cuda", kv_cache_tokens=8192, cuda_graphs=False)
+    eager = LLM(str(tiny_checkpoint), compile=False, dtype=dtype, device="cuda", kv_cache_tokens=8192,
+                cuda_graphs=False)
     assert eager.engine.runner.graphs is None
     prompts = [[1 + i, 2, 3 + i, 4] * (1 + i % 3) for i in range(batch)]
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=1)
@@ -278,7 +280,7 @@ def test_graph_decode_equals_eager_on_cuda(tiny_checkpoint, dtype, batch):
 
 
 def test_prefill_attention_in_query_slices_equals_one_pass(tiny_checkpoint, monkeypatch):
-    llm = LLM(str(tiny_checkpoint), dtype="float32", kv_cache_tokens=512)
+    llm = LLM(str(tiny_checkpoint), compile=False, dtype="float32", kv_cache_tokens=512)
     prompt = [(7 * i) % 300 + 1 for i in range(40)]
     whole = llm.engine.compute_logits(prompt)
     heads = llm.engine.model_config.num_attention_heads

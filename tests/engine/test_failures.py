@@ -23,8 +23,8 @@ def faults() -> FaultInjector:
 
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoint: Path, faults: FaultInjector) -> LLMEngine:
-    return LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32", device="cpu", max_model_len=512),
-                     faults=faults)
+    return LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32", compile=False, device="cpu",
+                                  max_model_len=512), faults=faults)
 
 
 def run(engine: LLMEngine, *requests: tuple[str, str | list[int], SamplingParams]) -> dict[str, RequestOutput]:
@@ -56,7 +56,8 @@ def test_a_failing_request_fails_alone(engine: LLMEngine, faults: FaultInjector,
 
 def test_a_fatal_fault_stops_the_engine(tiny_checkpoint: Path) -> None:
     faults = FaultInjector()
-    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32", device="cpu"), faults=faults)
+    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32", compile=False, device="cpu"),
+                       faults=faults)
     faults.arm("doomed", "fatal")
     engine.add_request("bystander", "hello", GREEDY)
     engine.add_request("doomed", "hello", GREEDY)
@@ -68,7 +69,7 @@ def test_a_fatal_fault_stops_the_engine(tiny_checkpoint: Path) -> None:
 def test_failures_in_a_row_are_the_engines(tiny_checkpoint: Path) -> None:
     faults = FaultInjector()
     limit = 3
-    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32", device="cpu",
+    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32", compile=False, device="cpu",
                                     max_consecutive_failures=limit), faults=faults)
     for i in range(2 * limit):
         faults.arm(f"bad-{i}", "sample")
@@ -79,7 +80,7 @@ def test_failures_in_a_row_are_the_engines(tiny_checkpoint: Path) -> None:
 
 
 def test_a_scheduling_failure_fails_the_request_it_was_admitting(tiny_checkpoint: Path) -> None:
-    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32", device="cpu"))
+    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32", compile=False, device="cpu"))
     schedule = engine.scheduler.schedule
 
     def schedule_refusing_poison():  # as the prefix cache once did on a long prompt it had cached

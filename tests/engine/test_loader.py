@@ -18,7 +18,7 @@ IDS = list(range(3, 40))
 
 
 def _logits(path, **options):
-    return LLMEngine(EngineConfig(model=str(path), dtype="float32", **options)).compute_logits(IDS)
+    return LLMEngine(EngineConfig(model=str(path), dtype="float32", compile=False, **options)).compute_logits(IDS)
 
 
 def test_fp8_block_scaled_matches_dequantized_twin(tmp_path):
@@ -101,7 +101,8 @@ def test_unsupported_config_values_fail_clearly(broken, field, value, message):
 def test_engine_precisions_stay_close_to_fp32(tiny_checkpoint):
     reference = _logits(tiny_checkpoint)
     for options, tolerance in [({"dtype": "bfloat16"}, 0.05), ({"quantization": "int8"}, 0.05)]:
-        engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), **{"dtype": "float32", **options}))
+        config = EngineConfig(model=str(tiny_checkpoint), **{"dtype": "float32", "compile": False, **options})
+        engine = LLMEngine(config)
         logits = engine.compute_logits(IDS)
         error = float((logits - reference).norm() / reference.norm())
         assert 0 < error < tolerance, (options, error)
@@ -261,13 +262,13 @@ def test_fp8_on_cpu_is_dequantized_in_the_target_dtype(tmp_path):
     fp8 = write_random_checkpoint(tmp_path / "fp8", "v3", seed=10, fp8_block=(128, 128))
     twin = dequantized_twin(fp8, tmp_path / "twin")
     for dtype in ("bfloat16", "float32"):
-        engine = LLMEngine(EngineConfig(model=str(fp8), dtype=dtype))
+        engine = LLMEngine(EngineConfig(model=str(fp8), compile=False, dtype=dtype))
         assert not engine.model.load_report.fp8_compute
         assert {p.dtype for p in engine.model.parameters()} == {engine.dtype}
-        reference = LLMEngine(EngineConfig(model=str(twin), dtype=dtype)).compute_logits(IDS)
+        reference = LLMEngine(EngineConfig(model=str(twin), compile=False, dtype=dtype)).compute_logits(IDS)
         assert torch.equal(engine.compute_logits(IDS), reference)
     with pytest.raises(ValueError, match="fp8_compute='on'"):
-        LLMEngine(EngineConfig(model=str(fp8), dtype="bfloat16", fp8_compute="on"))
+        LLMEngine(EngineConfig(model=str(fp8), compile=False, dtype="bfloat16", fp8_compute="on"))
 
 
 def test_int8_is_quantized_as_it_is_read(tiny_checkpoint):
@@ -284,7 +285,7 @@ def test_int8_is_quantized_as_it_is_read(tiny_checkpoint):
 
 
 def test_load_time_is_reported(tiny_checkpoint):
-    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32"))
+    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), compile=False, dtype="float32"))
     assert engine.load_seconds > 0
     assert engine.model.load_report.bytes_read == (tiny_checkpoint / "model.safetensors").stat().st_size - (
         8 + int.from_bytes((tiny_checkpoint / "model.safetensors").read_bytes()[:8], "little"))

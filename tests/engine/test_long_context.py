@@ -25,6 +25,7 @@ def _engine(checkpoint: Path, caching: bool = True) -> LLMEngine:
             model=str(checkpoint),
             dtype="float32",
             device="cpu",
+            compile=False,
             kv_cache_tokens=3 * LONG,
             block_size=BLOCK,
             enable_prefix_caching=caching,

@@ -15,7 +15,7 @@ from moecloud.engine.sampler import Sampler, SamplingRow, TokenChoice, finite_lo
 
 @pytest.fixture(scope="module")
 def llm(tiny_checkpoint):
-    return LLM(str(tiny_checkpoint), dtype="float32")
+    return LLM(str(tiny_checkpoint), dtype="float32", compile=False)
 
 
 def _row(**params):
@@ -80,7 +80,7 @@ def test_logprobs_are_the_models_distribution(llm):
 
 def test_prompt_logprobs_and_scoring_without_generation(llm):
     prompt = llm.tokenizer.encode("score every token of this prompt please")
-    engine_chunks = LLM(llm.engine.config.model, dtype="float32", max_num_batched_tokens=16)
+    engine_chunks = LLM(llm.engine.config.model, dtype="float32", compile=False, max_num_batched_tokens=16)
     out = engine_chunks.generate(prompt, SamplingParams(max_tokens=0, prompt_logprobs=1))[0]
     assert out.outputs[0].token_ids == [] and out.outputs[0].finish_reason == "length"
     assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == len(prompt)
@@ -245,7 +245,7 @@ def test_a_row_with_nothing_left_falls_back_on_device(device):
 
 @pytest.fixture(scope="module", params=DEVICES)
 def device_llm(request, tiny_checkpoint):
-    return LLM(str(tiny_checkpoint), dtype="float32", device=request.param)
+    return LLM(str(tiny_checkpoint), compile=False, dtype="float32", device=request.param)
 
 
 def test_seeded_generation_repeats_on_its_device(device_llm):

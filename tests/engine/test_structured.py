@@ -65,7 +65,7 @@ SCHEMAS = {
 
 @pytest.fixture(scope="module")
 def llm(tiny_checkpoint: Path) -> LLM:
-    return LLM(str(tiny_checkpoint), dtype="float32", device="cpu", max_model_len=512)
+    return LLM(str(tiny_checkpoint), dtype="float32", compile=False, device="cpu", max_model_len=512)
 
 
 REGEX = r"[a-z]{2,5}-[0-9]{2}"
@@ -167,8 +167,8 @@ def test_logprobs_see_only_the_allowed_tokens(llm: LLM) -> None:
 
 def test_preempted_sequences_resume_their_matcher(tiny_checkpoint: Path) -> None:
     """A KV cache too small for the batch preempts and recomputes sequences: their matchers must not replay."""
-    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32", device="cpu", block_size=16,
-                                    kv_cache_tokens=96, max_model_len=512))
+    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32", compile=False, device="cpu",
+                                    block_size=16, kv_cache_tokens=96, max_model_len=512))
     schema = SCHEMAS["refs"]
     params = [SamplingParams(temperature=1.0, seed=s, max_tokens=56, structured=StructuredOutput.json_schema(schema))
               for s in range(4)]

@@ -29,7 +29,7 @@ LONG = 400  # tokens a request may generate: far more than the hang-ups below le
 @pytest.fixture(scope="module")
 def worker(tiny_checkpoint: Path) -> Iterator[RunningWorker]:
     settings = load_settings(
-        engine=EngineSettings(dtype="float32", device="cpu", max_model_len=512, kv_cache_tokens=16384),
+        engine=EngineSettings(dtype="float32", device="cpu", compile=False, max_model_len=512, kv_cache_tokens=16384),
         serving=ServingSettings(shutdown_grace_seconds=1.0),
     )
     with background_worker(tiny_checkpoint, settings, served_model_name=TINY) as running:

@@ -29,6 +29,7 @@ def test_serve_uses_the_given_home_and_database_and_the_gateway_port_setting(tmp
         "MOECLOUD_GATEWAY__PORT": str(port),
         "MOECLOUD_GATEWAY__HOST": "127.0.0.1",
         "MOECLOUD_ENGINE__DEVICE": "cpu",
+        "MOECLOUD_ENGINE__COMPILE": "false",
         "MOECLOUD_SERVING__SHUTDOWN_GRACE_SECONDS": "1",
     }
     env.pop("MOECLOUD_HOME", None)

@@ -67,7 +67,7 @@ def _gone(pids: set[int]) -> bool:
 def test_two_ray_serve_replicas_behind_the_router(tiny_checkpoint: Path, tmp_path: Path) -> None:
     settings = load_settings(
         home=tmp_path, scaling={"tick_seconds": 0.2, "stop_grace_seconds": 5},
-        engine={"device": "cpu", "dtype": "float32", "max_model_len": 512, "kv_cache_tokens": 16384},
+        engine={"device": "cpu", "dtype": "float32", "compile": False, "max_model_len": 512, "kv_cache_tokens": 16384},
         serving={"shutdown_grace_seconds": 2},
         ray={"num_cpus": 2, "http_port": free_port("127.0.0.1"), "replica_cpus": 0.5},
     )

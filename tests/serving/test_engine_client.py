@@ -19,8 +19,8 @@ LONG = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
 
 def make_client(checkpoint: Path, max_waiting: int = 16, **options: object) -> tuple[ThreadEngineClient, LLMEngine]:
     faults = FaultInjector()
-    engine = LLMEngine(EngineConfig(model=str(checkpoint), dtype="float32", device="cpu", max_num_seqs=1),
-                       faults=faults)
+    engine = LLMEngine(EngineConfig(model=str(checkpoint), dtype="float32", compile=False, device="cpu",
+                                    max_num_seqs=1), faults=faults)
     client = ThreadEngineClient(engine, max_waiting, **options)  # type: ignore[arg-type]
     client.start()
     return client, engine

@@ -42,7 +42,7 @@ from moecloud.web.net import free_port
 
 MODEL = "tiny"
 LONG = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
-ENGINE = {"dtype": "float32", "device": "cpu", "max_model_len": 512, "kv_cache_tokens": 16384}
+ENGINE = {"dtype": "float32", "device": "cpu", "compile": False, "max_model_len": 512, "kv_cache_tokens": 16384}
 
 
 def process_client(checkpoint: Path, engine: dict[str, object] | None = None,
@@ -91,7 +91,7 @@ def without_metrics(output: RequestOutput) -> RequestOutput:
 
 
 def test_deltas_rebuild_every_cumulative_output(tiny_checkpoint: Path) -> None:
-    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32", device="cpu"))
+    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), compile=False, dtype="float32", device="cpu"))
     requests = {
         "text": ("a prompt given as text", SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)),
         "ids": ([5, 6, 7, 8], SamplingParams(n=2, temperature=1.0, seed=3, max_tokens=9, logprobs=2,
@@ -127,7 +127,9 @@ def test_a_text_that_shrinks_is_rebuilt() -> None:
 
 
 def test_the_core_sends_one_batch_per_step_with_every_request_it_advanced(tiny_checkpoint: Path) -> None:
-    engine = LLMEngine(EngineConfig(model=str(tiny_checkpoint), dtype="float32", device="cpu", max_num_seqs=8))
+    engine = LLMEngine(
+        EngineConfig(model=str(tiny_checkpoint), compile=False, dtype="float32", device="cpu", max_num_seqs=8)
+    )
     commands_in, commands_out = Pipe(duplex=False)
     batches_in, batches_out = Pipe(duplex=False)
     core = EngineCore(engine, commands_in, batches_out, max_waiting=16)
@@ -338,7 +340,8 @@ def test_a_stopped_core_is_not_healthy_until_it_steps_again(tiny_checkpoint: Pat
 def worker_process(checkpoint: Path, **env: str) -> Iterator[tuple[subprocess.Popen[bytes], int, int]]:
     """A `moecloud worker` process, healthy: (the process, its port, its core's pid); killed at the end."""
     port = free_port()
-    environment = {**os.environ, "MOECLOUD_ENGINE__DEVICE": "cpu", "MOECLOUD_ENGINE__MAX_MODEL_LEN": "2048",
+    environment = {**os.environ, "MOECLOUD_ENGINE__DEVICE": "cpu", "MOECLOUD_ENGINE__COMPILE": "false",
+                   "MOECLOUD_ENGINE__MAX_MODEL_LEN": "2048",
                    "MOECLOUD_SERVING__SHUTDOWN_GRACE_SECONDS": "1", **env}
     process = subprocess.Popen([sys.executable, "-m", "moecloud.cli", "worker", "--model", str(checkpoint),
                                 "--port", str(port), "--served-model-name", MODEL], env=environment)

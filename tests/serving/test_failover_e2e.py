@@ -49,7 +49,8 @@ def _kill_engine(replica: Replica) -> None:
 def _gateway(tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replicas: int,
              **sections: dict[str, Any]) -> Iterator[tuple[str, str, ReplicaSet, Settings]]:
     """(gateway URL, API key, its replica set, settings) with ``replicas`` local workers of the tiny model."""
-    for name, value in {"ENGINE__DEVICE": "cpu", "ENGINE__DTYPE": "float32", "ENGINE__MAX_MODEL_LEN": "512",
+    for name, value in {"ENGINE__DEVICE": "cpu", "ENGINE__DTYPE": "float32", "ENGINE__COMPILE": "false",
+                        "ENGINE__MAX_MODEL_LEN": "512",
                         "ENGINE__KV_CACHE_TOKENS": "16384", "SERVING__SHUTDOWN_GRACE_SECONDS": "1",
                         "SERVING__FAULT_INJECTION": "true"}.items():
         monkeypatch.setenv("MOECLOUD_" + name, value)  # the worker processes' settings

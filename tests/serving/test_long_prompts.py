@@ -22,7 +22,7 @@ BLOCK = 16
 @pytest.fixture(scope="module")
 def long_worker(long_context_checkpoint: Path) -> Iterator[RunningWorker]:
     settings = load_settings(
-        engine=EngineSettings(dtype="float32", device="cpu", block_size=BLOCK, kv_cache_tokens=2 * LONG),
+        engine=EngineSettings(dtype="float32", device="cpu", compile=False, block_size=BLOCK, kv_cache_tokens=2 * LONG),
         serving=ServingSettings(shutdown_grace_seconds=5.0),
     )
     with background_worker(long_context_checkpoint, settings, served_model_name="long") as running:

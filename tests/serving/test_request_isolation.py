@@ -134,7 +134,8 @@ def test_a_dead_engine_fails_health_and_every_request(start_worker) -> None:
 def test_a_worker_process_whose_engine_dies_exits(tiny_checkpoint: Path) -> None:
     port, grace = free_port(), 2.0
     env = {**os.environ, "MOECLOUD_SERVING__FAULT_INJECTION": "true", "MOECLOUD_ENGINE__DEVICE": "cpu",
-           "MOECLOUD_ENGINE__MAX_MODEL_LEN": "512", "MOECLOUD_SERVING__ENGINE_FAILURE_GRACE_SECONDS": str(grace)}
+           "MOECLOUD_ENGINE__COMPILE": "false", "MOECLOUD_ENGINE__MAX_MODEL_LEN": "512",
+           "MOECLOUD_SERVING__ENGINE_FAILURE_GRACE_SECONDS": str(grace)}
     process = subprocess.Popen([sys.executable, "-m", "moecloud.cli", "worker", "--model", str(tiny_checkpoint),
                                 "--port", str(port), "--served-model-name", MODEL], env=env)
     base_url = f"http://127.0.0.1:{port}"

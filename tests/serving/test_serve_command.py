@@ -28,6 +28,7 @@ def test_serve_starts_gateway_and_worker_and_stops_both(tmp_path: Path) -> None:
         **os.environ,
         "MOECLOUD_HOME": str(tmp_path),
         "MOECLOUD_ENGINE__DEVICE": "cpu",
+        "MOECLOUD_ENGINE__COMPILE": "false",
         "MOECLOUD_SERVING__SHUTDOWN_GRACE_SECONDS": "1",
     }
     process = subprocess.Popen(
@@ -92,7 +93,8 @@ def _gone(pid: int) -> bool:
 def test_a_gateway_killed_with_sigkill_takes_its_worker_with_it(tiny_checkpoint: Path, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "MOECLOUD_HOME": str(tmp_path), "MOECLOUD_ENGINE__DEVICE": "cpu",
-           "MOECLOUD_ENGINE__MAX_MODEL_LEN": "512", "MOECLOUD_ENGINE__KV_CACHE_TOKENS": "16384"}
+           "MOECLOUD_ENGINE__COMPILE": "false", "MOECLOUD_ENGINE__MAX_MODEL_LEN": "512",
+           "MOECLOUD_ENGINE__KV_CACHE_TOKENS": "16384"}
     gateway = subprocess.Popen([sys.executable, "-m", "moecloud.cli", "serve", "--model", str(tiny_checkpoint),
                                 "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
     workers: list[int] = []
@@ -122,7 +124,7 @@ def test_a_gateway_killed_with_sigkill_takes_its_worker_with_it(tiny_checkpoint:
 def test_a_gateway_start_kills_the_workers_a_dead_gateway_left_in_its_home(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    settings = load_settings(home=tmp_path)
+    settings = load_settings(home=tmp_path, engine={"compile": False})
     argv = worker_command(str(tiny_checkpoint), "127.0.0.1", free_port(), "tiny", settings)
     leftover = subprocess.Popen(argv, process_group=0, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     not_a_worker = subprocess.Popen(["sleep", "120"], process_group=0)

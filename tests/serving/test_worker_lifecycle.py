@@ -94,7 +94,7 @@ def test_drain_finishes_short_requests_and_ends_long_streams(start_worker) -> No
 def test_worker_process_exits_cleanly_on_sigterm(tiny_checkpoint: Path) -> None:
     port = free_port()
     env = {**os.environ, "MOECLOUD_SERVING__SHUTDOWN_GRACE_SECONDS": "1", "MOECLOUD_ENGINE__DEVICE": "cpu",
-           "MOECLOUD_ENGINE__MAX_MODEL_LEN": "2048"}
+           "MOECLOUD_ENGINE__COMPILE": "false", "MOECLOUD_ENGINE__MAX_MODEL_LEN": "2048"}
     process = subprocess.Popen([sys.executable, "-m", "moecloud.cli", "worker", "--model", str(tiny_checkpoint),
                                 "--port", str(port), "--served-model-name", MODEL], env=env)
     try:

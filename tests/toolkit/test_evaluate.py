@@ -88,7 +88,8 @@ def test_percentile(q, expected):
 
 
 def test_against_a_real_worker(trained):
-    settings = load_settings(engine=EngineSettings(dtype="float32", device="cpu", kv_cache_tokens=4096),
+    settings = load_settings(engine=EngineSettings(dtype="float32", device="cpu", compile=False,
+                                                            kv_cache_tokens=4096),
                              serving=ServingSettings(shutdown_grace_seconds=1.0))
     examples = EXAMPLES[:6]
     with background_worker(trained.out, settings, served_model_name="tiny-moe") as worker:

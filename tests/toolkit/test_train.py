@@ -67,7 +67,7 @@ def test_checkpoint_has_published_layout_and_loads_in_engine_and_transformers(tr
     assert not any("gate_up_proj" in n for n in names)
 
     reference = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
-    llm = LLM(str(out), dtype="float32", device="cpu")
+    llm = LLM(str(out), dtype="float32", compile=False, device="cpu")
     ids = llm.tokenizer.encode(llm.tokenizer.apply_chat_template([{"role": "user", "content": "sort 3 1 2"}]),
                                add_special_tokens=False)
     with torch.no_grad():
@@ -123,7 +123,7 @@ def test_a_top_one_student_is_the_same_model_in_the_engine_and_trains_its_router
     )
     logits = model.eval()(torch.tensor([ids])).logits[0]
     reference = logits.detach()
-    ours = LLM(str(tmp_path), dtype="float32", device="cpu").engine.compute_logits(ids)
+    ours = LLM(str(tmp_path), dtype="float32", compile=False, device="cpu").engine.compute_logits(ids)
     assert float((ours - reference).norm() / reference.norm()) < 1e-4
     logits.sum().backward()
     router_grads = [param.grad for name, param in model.named_parameters() if name.endswith("mlp.gate.weight")]

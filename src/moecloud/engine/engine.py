@@ -74,6 +74,7 @@ class LLMEngine:
             graph_max_batch=min(config.cuda_graph_max_batch, config.max_num_seqs) if config.cuda_graphs else 0,
             graph_max_context=config.cuda_graph_max_context,
             max_model_len=self.max_model_len,
+            compile_cache_dir=config.compile_cache_dir,
         )
         self.faults = faults
         self.sampler = Sampler(config.seed, faults, config.structured_mask_threads, self.device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,16 @@ def _activation_peak(
     return peak
 
 
+def _own_code(method: types.MethodType) -> types.MethodType:
+    """``method`` bound to a copy of its code object. dynamo keeps compiled graphs per code object, at most
+    ``recompile_limit`` (8) of them: without a copy every engine of a process adds its two graphs to one list and
+    the fifth engine's step fails (``fullgraph=True``)."""
+    fn = method.__func__
+    code = fn.__code__.replace()
+    own = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    return types.MethodType(own, method.__self__)
+
+
 class ModelRunner:
     def __init__(
         self,
@@ -153,6 +164,7 @@ class ModelRunner:
         graph_max_batch: int = 0,
         graph_max_context: int = 0,
         max_model_len: int = 0,
+        compile_cache_dir: str | Path | None = None,
     ) -> None:
         """``graph_max_batch`` > 0 on a CUDA device: decode steps of up to that many sequences whose contexts fit
         ``min(graph_max_context, max_model_len)`` tokens replay CUDA graphs (:class:`DecodeGraphs`)."""
@@ -162,12 +174,17 @@ class ModelRunner:
         # fused kernels per step instead of ~1,500 eager ops. Prefill chunks and mixed steps stay eager.
         # size_asserts off: dynamo's guards already check the inputs; the asserts cost ~0.8 ms a step in Python.
         # The graph ends with lm_head: at batch 1 its product-and-sum runs on every thread (eager BLAS GEMV: one).
+        if compile_decode and compile_cache_dir is not None:
+            # inductor's FX-graph and AOT caches (graphs, generated C++, built kernels) live here; torch reads the
+            # directory from this variable each time it looks one up (it has no config option for it)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(compile_cache_dir).resolve())
         self._decode = (
-            torch.compile(model.decode_step, dynamic=True, fullgraph=True, options={"size_asserts": False})
+            torch.compile(_own_code(model.decode_step), dynamic=True, fullgraph=True, options={"size_asserts": False})
             if compile_decode
             else None
         )
         use_graphs = device.type == "cuda" and graph_max_batch > 0
+        self._traced: set[bool] = set()  # the decode graphs dynamo has traced: one sequence (False), several (True)
         c = model.config
         dtype = model.model.embed_tokens.weight.dtype
         # [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim] per layer: the latent, never full K/V. With
@@ -180,10 +197,14 @@ class ModelRunner:
         if use_graphs:
             max_blocks = -(-min(graph_max_context, max_model_len or graph_max_context) // block_size)
             # a compiled decode step is captured too, at the batch sizes it is used for eagerly
-            compiled, eager = self._decode, model.decode_step
+            eager = model.decode_step
+
+            def compiled(input_ids: torch.Tensor, fb: ForwardBatch, caches: list[torch.Tensor]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                return self._traced_decode(input_ids.shape[0] > 1, input_ids, fb)
 
             def decode(size: int) -> DecodeFn:
-                return compiled if compiled is not None and size <= compile_max_batch else eager
+                return compiled if self._decode is not None and size <= compile_max_batch else eager
 
             self.graphs = DecodeGraphs(
                 decode, self.caches, block_size, num_blocks,
@@ -242,9 +263,22 @@ class ModelRunner:
         if compiled:
             assert self._decode is not None
             with torch.inference_mode():
-                hidden, logits = self._decode(input_ids, fb, self.caches)
+                hidden, logits = self._traced_decode(len(batch) > 1, input_ids, fb)
             return RunOutput(hidden, starts, logits)
         return RunOutput(self.model(input_ids, fb, self.caches), starts)
+
+    def _traced_decode(self, several: bool, input_ids: torch.Tensor, fb: ForwardBatch
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The compiled step. A graph's first call (where dynamo traces it) runs with float attributes (norm eps,
+        ``nn.Embedding.norm_type``) as constants: with ``dynamic=True`` dynamo otherwise makes them symbolic, then
+        specialises them inside inductor and restarts the whole trace, once per graph (half of a warm start)."""
+        assert self._decode is not None
+        if several in self._traced:
+            return self._decode(input_ids, fb, self.caches)
+        with torch._dynamo.config.patch(specialize_float=True):
+            out = self._decode(input_ids, fb, self.caches)
+        self._traced.add(several)
+        return out
 
     def _group(
         self, starts: list[int], q_len: int, seqs: list[Sequence], context_lens: list[int], min_width: int = 1

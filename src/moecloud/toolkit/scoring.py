@@ -29,7 +29,8 @@ def engine_score(path: str | Path, examples: Sequence[Example], max_tokens: int 
     """Accuracy of the checkpoint at ``path`` (engine options such as ``quantization="int8"`` apply)."""
     from moecloud.engine import LLM, SamplingParams
 
-    options = {"dtype": "float32", "device": "cpu", **engine_options}
+    # eager unless asked: a scoring run is one short batch job, shorter than the first compile of a checkpoint
+    options = {"dtype": "float32", "device": "cpu", "compile": False, **engine_options}
     llm = LLM(str(path), **options)
     params = SamplingParams(temperature=0, max_tokens=max_tokens)
     conversations = [[{"role": "user", "content": e.prompt}] for e in examples]
