@@ -23,13 +23,15 @@ from moecloud.serving.worker import RunningWorker, background_worker
 from moecloud.store.tables import UsageRecord
 
 TINY = "tiny"
-LONG = 400  # tokens a request may generate: far more than the hang-ups below let it finish
+LONG = 1900  # tokens a request may generate: far more than the hang-ups below let it finish (the slow reader
+# pauses 0.6 s in all: at 400 tokens the engine-core process sometimes finished the request within them)
 
 
 @pytest.fixture(scope="module")
 def worker(tiny_checkpoint: Path) -> Iterator[RunningWorker]:
     settings = load_settings(
-        engine=EngineSettings(dtype="float32", device="cpu", compile=False, max_model_len=512, kv_cache_tokens=16384),
+        engine=EngineSettings(dtype="float32", device="cpu", compile=False, max_model_len=2048,
+                              kv_cache_tokens=16384),
         serving=ServingSettings(shutdown_grace_seconds=1.0),
     )
     with background_worker(tiny_checkpoint, settings, served_model_name=TINY) as running:

@@ -47,12 +47,14 @@ def _arm_fault(request: Request, run: Run) -> None:
 
 async def _respond(request: Request, run: Run, stream: bool, framing: Framing = event_stream) -> Response:
     _arm_fault(request, run)
+    # tracked from the start: the gateway may ask for the final usage of a request whose client hung up while
+    # the engine was still taking it
+    request.app.state.serving.reports.track(request.headers.get("x-request-id"), run.generation)
     try:
         await unless_disconnected(request.receive, run.start())
     except BaseException:
         run.generation.close()
         raise
-    request.app.state.serving.reports.track(request.headers.get("x-request-id"), run.generation)
     if stream:
         return StreamingResponse(framing(run.chunks(), run.generation), media_type="text/event-stream",
                                  headers=_SSE_HEADERS)

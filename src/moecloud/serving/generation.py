@@ -6,6 +6,7 @@ Outputs stay cumulative here; `ChoiceCursor` turns them into the deltas a stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
@@ -62,16 +63,36 @@ class Generation:
         self._tasks: list[asyncio.Task[None]] = []
         self._final: asyncio.Future[dict[str, object]] | None = None
         self.on_final: Callable[[dict[str, object]], None] | None = None  # told the final usage, once
+        self._opening = False  # inside open(): the engine is taking the prompts
+        self._opened = asyncio.Event()  # open() has returned (or raised)
+        self._abandoned = False  # aborted: nothing more is handed to the engine
 
     async def open(self, prompts: list[str | list[int]], params: SamplingParams) -> None:
+        """Hand the prompts to the engine. A request given up on meanwhile (its client hung up, or the gateway
+        asked for its final usage) keeps every stream the engine took, so what the engine produced before the
+        abort is still counted: cancelled while the engine is taking a prompt, it waits for that answer first."""
+        self._n = params.n
+        self._opening = True
         try:
             for i, prompt in enumerate(prompts):
+                if self._abandoned:
+                    break
                 request_id = self.request_id if len(prompts) == 1 else f"{self.request_id}-{i}"
-                self.streams.append(await self.client.generate(request_id, prompt, params))
+                taking = asyncio.ensure_future(self.client.generate(request_id, prompt, params))
+                try:
+                    self.streams.append(await asyncio.shield(taking))
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        self.streams.append(await taking)
+                    raise
         except BaseException:
             self.close()
             raise
-        self._n = params.n
+        finally:
+            self._opening = False
+            self._opened.set()
+        if self._abandoned:
+            self.abort()
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         """(prompt index, cumulative output) as they come; a stream the server aborted ends with "abort"."""
@@ -125,6 +146,8 @@ class Generation:
         return self._final
 
     async def _settle(self) -> dict[str, object]:
+        if self._opening:  # the streams the engine is taking now count too
+            await self._opened.wait()
         await asyncio.gather(*(stream.ended.wait() for stream in self.streams))
         produced = [stream.last or _empty_output(stream.request_id, self._n) for stream in self.streams]
         usage = _usage(produced)
@@ -157,6 +180,7 @@ class Generation:
 
     def abort(self) -> None:
         """Abort what the engine still runs, leaving a reader to see its outputs end (the gateway's report)."""
+        self._abandoned = True
         for stream in self.streams:
             stream.close()
         self._finalize()
