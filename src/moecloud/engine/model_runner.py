@@ -43,6 +43,11 @@ class RunOutput:
         return model.compute_logits(self.hidden if rows is None else self.hidden[rows])
 
 
+def cache_slot(seq: Sequence, position: int, block_size: int) -> int:
+    """The flat KV-cache slot the latent of ``seq``'s token at ``position`` is written to."""
+    return seq.block_table[position // block_size] * block_size + position % block_size
+
+
 def padded_tables(seqs: list[Sequence], width: int, pad: int) -> list[list[int]]:
     """Each sequence's block table cut or padded (with block ``pad``) to ``width`` columns."""
     return [s.block_table[:width] + [pad] * (width - min(width, len(s.block_table))) for s in seqs]
@@ -233,9 +238,7 @@ class ModelRunner:
             starts.append(len(ids))
             ids += seq.token_ids[start:end]
             positions += range(start, end)
-            slots += [
-                seq.block_table[p // self.block_size] * self.block_size + p % self.block_size for p in range(start, end)
-            ]
+            slots += [cache_slot(seq, p, self.block_size) for p in range(start, end)]
             if item.num_tokens == 1:
                 decodes.append(i)
             else:
@@ -335,8 +338,7 @@ class DecodeGraphs:
             "input_ids": torch.tensor([s.token_ids[p] for s, p in zip(seqs, positions, strict=True)] + [0] * pad),
             "positions": torch.tensor(positions + [0] * pad),
             "slots": torch.tensor(
-                [s.block_table[p // self.block_size] * self.block_size + p % self.block_size
-                 for s, p in zip(seqs, positions, strict=True)]
+                [cache_slot(s, p, self.block_size) for s, p in zip(seqs, positions, strict=True)]
                 + [self.scratch_block * self.block_size] * pad
             ),
             "tables": torch.tensor(padded_tables(seqs, width, pad=self.scratch_block)

@@ -14,6 +14,21 @@ from moecloud.engine.model_config import ModelConfig
 SYNC_FREE_MAX_TOKENS = 256
 
 
+def _by_expert(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (token, slot) pairs of ``indices`` [T, top_k] sorted by expert: (their experts flat, the sorting
+    order, the token row of each sorted pair)."""
+    flat = indices.flatten()
+    order = flat.argsort(stable=True)
+    return flat, order, order // indices.shape[1]
+
+
+def _combine(x: torch.Tensor, out: torch.Tensor, weights: torch.Tensor, order: torch.Tensor,
+             token_of: torch.Tensor) -> torch.Tensor:
+    """The sorted pairs' expert outputs ``out``, weighted by their routing weights and summed back per token."""
+    weighted = out * weights.flatten()[order].to(x.dtype)[:, None]
+    return torch.zeros_like(x).index_add_(0, token_of, weighted)
+
+
 class MLP(nn.Module):
     """The dense SwiGLU feed-forward, also used for the shared experts."""
 
@@ -112,10 +127,7 @@ class Experts(nn.Module):
 
     def _forward_looped(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """One GEMM per expert over its tokens (the counts read on the host)."""
-        top_k = indices.shape[1]
-        flat = indices.flatten()
-        order = flat.argsort(stable=True)
-        token_of = order // top_k  # token row of each (token, slot) pair, grouped by expert
+        flat, order, token_of = _by_expert(indices)
         counts = torch.bincount(flat, minlength=self.w13.shape[0]).tolist()
         routed = x[token_of]  # [T * top_k, hidden], grouped by expert
         outputs = []
@@ -127,8 +139,7 @@ class Experts(nn.Module):
             gate, up = h.split(self.intermediate, dim=-1)
             outputs.append(self._project(F.silu(gate) * up, self.w2, self.w2_scale, expert))
             start += count
-        weighted = torch.cat(outputs) * weights.flatten()[order].to(x.dtype)[:, None]
-        return torch.zeros_like(x).index_add_(0, token_of, weighted)
+        return _combine(x, torch.cat(outputs), weights, order, token_of)
 
     def _grouped_mm_runs(self, x: torch.Tensor) -> bool:
         """Whether torch's grouped GEMM has a kernel for this call: bf16 on an sm90/sm100 CUDA GPU, plain
@@ -141,18 +152,14 @@ class Experts(nn.Module):
 
     def _forward_grouped(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The looped form as two grouped GEMMs over the pairs sorted by expert, the group ends on the device."""
-        top_k = indices.shape[1]
-        flat = indices.flatten()
-        order = flat.argsort(stable=True)
-        token_of = order // top_k
+        flat, order, token_of = _by_expert(indices)
         counts = torch.zeros(self.w13.shape[0], dtype=torch.int32, device=x.device)
         counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))  # bincount reads its max on the host
         ends = counts.cumsum(0, dtype=torch.int32)
         h = F.grouped_mm(x[token_of], self.w13.transpose(1, 2), offs=ends)
         gate, up = h.split(self.intermediate, dim=-1)
         out = F.grouped_mm(F.silu(gate) * up, self.w2.transpose(1, 2), offs=ends)
-        weighted = out * weights.flatten()[order].to(x.dtype)[:, None]
-        return torch.zeros_like(x).index_add_(0, token_of, weighted)
+        return _combine(x, out, weights, order, token_of)
 
     def _forward_dense(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Every expert on every token, weighted by the routing (0 for the experts a token did not choose): each
