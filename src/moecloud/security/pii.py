@@ -5,7 +5,8 @@ mainland mobiles (the number plan's 1[3-9]x segments, optional +86), bank cards 
 and length: UnionPay 62 included), emails, passports (the mainland's E/G formats alone; other formats only
 next to a word such as "passport" or 护照) and international numbers (+ and a country code, 8-15 digits). A run
 of digits right after a word like 订单号 / "order" is an order number, not a card or a phone. Every quantifier is
-bounded, so a megabyte of digits or letters costs linear time.
+bounded, so a megabyte of digits or letters costs linear time. No match starts right after a ``]`` or ends right
+before a ``[``: a redaction placeholder (``[PHONE]``) never turns its neighbours into a match they were not.
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ COUNTRY_CODES = frozenset({
     "973", "974", "975", "976", "977", "992", "993", "994", "995", "996", "998",
 })
 
-CN_ID = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])", re.ASCII)
-MOBILE = re.compile(r"(?<![\d+])(?:(?:\+|00)86[ -]?)?(1[3-9]\d(?:[ -]?\d{4}){2})(?!\d)", re.ASCII)
-CARD = re.compile(r"(?<![\d.-])\d(?:[ -]?\d){12,18}(?![\d])", re.ASCII)
-EMAIL = re.compile(r"(?<![\w.%+-])[\w.%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b",
+CN_ID = re.compile(r"(?<![0-9A-Za-z\]])\d{17}[\dXx](?![0-9A-Za-z\[])", re.ASCII)
+MOBILE = re.compile(r"(?<![\d+\]])(?:(?:\+|00)86[ -]?)?(1[3-9]\d(?:[ -]?\d{4}){2})(?![\d\[])", re.ASCII)
+CARD = re.compile(r"(?<![\d.\]-])\d(?:[ -]?\d){12,18}(?![\d\[])", re.ASCII)
+EMAIL = re.compile(r"(?<![\w.%+\]-])[\w.%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}"
+                   r"\.[A-Za-z]{2,24}\b(?!\[)",
                    re.ASCII)
-INTL_PHONE = re.compile(r"(?<![\w+])\+(\d{1,3})(?:[ .-]?\(?\d{1,5}\)?){2,6}(?!\d)", re.ASCII)
-CN_PASSPORT = re.compile(r"(?<![A-Za-z0-9])(?:[EG]\d{8}|E[A-HJ-NP-Z]\d{7})(?![A-Za-z0-9])")
+INTL_PHONE = re.compile(r"(?<![\w+\]])\+(\d{1,3})(?:[ .-]?\(?\d{1,5}\)?){2,6}(?![\d\[])", re.ASCII)
+CN_PASSPORT = re.compile(r"(?<![A-Za-z0-9\]])(?:[EG]\d{8}|E[A-HJ-NP-Z]\d{7})(?![A-Za-z0-9\[])")
 PASSPORT_WORD = re.compile(r"passport|pasaporte|passeport|reisepass|护照|護照|旅券", re.IGNORECASE)
-ANY_PASSPORT = re.compile(r"(?<![A-Za-z0-9])[A-Z]{0,2}\d{6,9}(?![A-Za-z0-9])", re.ASCII)
+ANY_PASSPORT = re.compile(r"(?<![A-Za-z0-9\]])[A-Z]{0,2}\d{6,9}(?![A-Za-z0-9\[])", re.ASCII)
 ORDER_WORD = re.compile(r"(?:订单|单号|运单|物流|流水号|工单|序列号|批号|order|tracking|invoice|serial|sku|ticket)"
                         r"[^\d\n]{0,8}$", re.IGNORECASE)
 DIGIT = re.compile(r"[0-9]")
