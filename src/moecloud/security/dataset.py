@@ -1,6 +1,13 @@
 """The labelled set in benchmarks/safety/: JSONL rows of text, lang (en | zh), label (a category or "benign")
 and split (train | test). The classifier's recipe reads the train split only; the benchmark and the tests the
-test split."""
+test split.
+
+Files: train.jsonl (make_train.py: templates and fillers), pii.jsonl (make_pii.py: both splits, seeded), and
+three hand-written held-out batches, each in phrasings no template produces: test.jsonl (the first; the rules
+and the training templates were revised after its misses were seen), heldout_fresh.jsonl (the second; the same
+happened after it was first measured) and heldout_blind.jsonl (written last and measured once, untouched since:
+the honest estimate, docs/security.md).
+"""
 
 from __future__ import annotations
 

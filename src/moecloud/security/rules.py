@@ -113,15 +113,28 @@ RULES: tuple[Rule, ...] = tuple(
         ("prompt_injection", 1.0, "要求把数据发送出去", "发|传|提交",
          r"(?:把|将).{0,20}?(?:对话|聊天记录|历史记录|密钥|密码|令牌|用户数据|上下文).{0,12}?"
          r"(?:发送|发|上传|转发|提交|传)(?:到|给|至)", I),
+        ("prompt_injection", 1.0, "claims priority over the system's instructions", "priority|overrides",
+         r"\bhigher priority than (?:your|the|any|all)\b(?:\W+\w+){0,2}?\W+(?:system|previous|earlier|prior|original)|"
+         r"\boverrides? (?:your|the|all|any) (?:earlier|previous|prior|system|original) "
+         r"(?:instructions|rules|prompt)", I),
+        ("prompt_injection", 1.0, "声称优先级高于系统指令", "优先级",
+         r"优先级(?:高于|比|超过).{0,12}?(?:系统|之前|此前|原来|你的)", I),
+        ("jailbreak", 1.0, "asks to switch off its safeguards", "turn off|disable|switch off|remove|lift|bypass",
+         r"\b(?:turn off|disable|switch off|remove|lift|bypass|deactivate) (?:your|all your|all of your) "
+         r"(?:safety |content )?(?:filters?|guardrails|safeguards|restrictions|content polic(?:y|ies)|safety layer|"
+         r"moderation)\b", I),
+        ("jailbreak", 1.0, "要求关掉安全机制", "关闭|关掉|移除|解除|去掉|取消|限制",
+         r"(?:关闭|关掉|移除|解除|去掉)(?:你的|所有的?|全部的?)(?:安全)?(?:过滤器?|安全层|护栏|审核|内容政策|限制|保护机制)|"
+         r"(?:安全|内容|所有|全部)限制(?:都)?(?:已|已经)?(?:被)?(?:解除|取消|移除|关闭)", I),
         ("jailbreak", 1.0, "DAN and its kin", "dan|stan|dude|antigpt|aim|do anything",
          r"\b(?:you are|you're|pretend to be|act as|become|play|called|named|be)\s+(?:now\s+)?"
          r"(?:DAN|STAN|DUDE|AntiGPT|BetterDAN)\b|\b(?:DAN|STAN)\s*(?:mode|,? which|,? who|stands for)|"
          r"\bAIM\b(?=.{0,80}machiavellian)|(?:扮演|你是|你就是|成为|变成|化身)\s*(?:DAN|STAN)", re.DOTALL | CASED),
         ("jailbreak", 1.0, "DAN's own words", "do anything now", r"\bdo anything now\b", I),
-        ("jailbreak", 0.5, "developer or god mode",
-         "mode|模式", r"\b(?:dev(?:eloper)?|god) mode\b|开发者模式|上帝模式", I),
+        ("jailbreak", 0.5, "a mode with benign uses too", "mode|模式",
+         r"\b(?:dev(?:eloper)?|god|opposite|chaos|sudo) mode\b|开发者模式|上帝模式|相反模式|超级用户模式", I),
         ("jailbreak", 1.0, "an unrestricted mode", "mode|模式|越狱",
-         r"\b(?:jailbreak|jailbroken|unrestricted|unfiltered|uncensored|evil|chaos|opposite|sudo|dan) mode\b|"
+         r"\b(?:jailbreak|jailbroken|unrestricted|unfiltered|uncensored|evil|dan) mode\b|"
          r"(?:越狱|无限制|无审查|不受限|邪恶|无约束|解禁|dan)模式|越狱(?:版|后)的?(?:助手|ai|模型|机器人|chatgpt)", I),
         ("jailbreak", 0.5, "developer mode with no limits", "mode|模式",
          r"\bdev(?:eloper)? mode\b.{0,80}?\b(?:no|without|ignore|any) (?:restrictions?|limits|filters?|"
