@@ -2,10 +2,10 @@
 
     python benchmarks/safety/make_train.py      # rewrites benchmarks/safety/train.jsonl
 
-The held-out split (test.jsonl) is written by hand in other words: nothing here is a template of it. Benign
-items include look-alikes of the attacks (git's "ignore whitespace", Java's override, Android's developer mode,
-prison-break films, role play for practice) and everyday Chinese, so the classifier learns that words alone
-are not an attack.
+The held-out split (test.jsonl, heldout_*.jsonl) is written by hand in other words: nothing here is a template
+of it. Benign items include look-alikes of the attacks (git's "ignore whitespace", Java's override, Android's
+developer mode, prison-break films, role play for practice) and everyday Chinese, so the classifier learns that
+words alone are not an attack.
 """
 
 from __future__ import annotations

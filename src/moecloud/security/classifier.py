@@ -3,7 +3,7 @@
 Character n-grams (1-3) need no word segmenter, so Chinese is read as well as English; the text is lower-cased
 and normalised (normalise.normalise) first. Each n-gram is hashed with a fixed arithmetic hash (not Python's
 salted ``hash``) into ``BUCKETS`` buckets; a text's features are its n-gram counts divided by the square root of
-their total. The weights (``classifier.npz``, float16, about 400 kB) are trained by ``python -m
+their total. The weights (``classifier.npz``, float16, compressed: about 60 kB) are trained by ``python -m
 moecloud.security.train`` on the train split of benchmarks/safety/ only, and loaded on first use.
 """
 

@@ -6,7 +6,7 @@ Plain JSON (``Policy.model_validate_json(policy.model_dump_json())``) so it can 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -55,7 +55,7 @@ class Policy(BaseModel):
     keep_prompt: bool = False
     classifier_threshold: float = Field(default=0.6, gt=0.0, lt=1.0)
 
-    _screens: dict[str, object] = PrivateAttr(default_factory=dict)  # built detectors, per direction (screen.py)
+    _screens: dict[str, Any] = PrivateAttr(default_factory=dict)  # built detectors, per direction (screen.py)
 
     @classmethod
     def default(cls) -> Policy:

@@ -3,7 +3,8 @@
 A strong pattern (weight 1.0) fires alone; a weak one (a phrase with benign uses, such as "developer mode" or
 越狱, which is also a film genre) fires only together with another of its category. The patterns look for an
 act on the model's instructions, never for a word alone, so "ignore whitespace in git diff" or "how do I
-override a method in Java" match nothing. Written before the held-out split (benchmarks/safety/test.jsonl).
+override a method in Java" match nothing. Revised after the misses of the first two held-out batches were seen
+(benchmarks/safety/, docs/security.md says what that means for the measured rates).
 """
 
 from __future__ import annotations

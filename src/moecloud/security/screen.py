@@ -81,7 +81,7 @@ def screen_of(policy: Policy | None, direction: Direction) -> Screen:
     screens = policy._screens
     if direction not in screens:
         screens[direction] = build_screen(policy, direction)
-    return screens[direction]  # type: ignore[return-value]
+    return screens[direction]
 
 
 @cache
