@@ -29,6 +29,7 @@ def test_resident_id_check_digit_and_birth_date() -> None:
     first17 = "99010519491231002"  # no province 99
     assert not valid_cn_id(first17 + id_check_digit(first17))
     assert kinds("身份证11010519491231002X。") == ["CN_ID"]
+    assert kinds("身份证 110105 19491231 002X") == ["CN_ID"]
     assert kinds("身份证110105194912310021。") == []
 
 

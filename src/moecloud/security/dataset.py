@@ -5,8 +5,8 @@ test split.
 Files: train.jsonl (make_train.py: templates and fillers), pii.jsonl (make_pii.py: both splits, seeded), and
 three hand-written held-out batches, each in phrasings no template produces: test.jsonl (the first; the rules
 and the training templates were revised after its misses were seen), heldout_fresh.jsonl (the second; the same
-happened after it was first measured) and heldout_blind.jsonl (written last and measured once, untouched since:
-the honest estimate, docs/security.md).
+happened after it was first measured), heldout_blind.jsonl (written last and measured once, untouched since:
+the honest estimate, docs/security.md) and heldout_pii.jsonl (PII in other formats, also measured once).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ COUNTRY_CODES = frozenset({
     "973", "974", "975", "976", "977", "992", "993", "994", "995", "996", "998",
 })
 
-CN_ID = re.compile(r"(?<![0-9A-Za-z\]])\d{17}[\dXx](?![0-9A-Za-z\[])", re.ASCII)
+CN_ID = re.compile(r"(?<![0-9A-Za-z\]])\d{6} ?\d{8} ?\d{3}[\dXx](?![0-9A-Za-z\[])", re.ASCII)  # spaced as on forms
 MOBILE = re.compile(r"(?<![\d+\]])(?:(?:\+|00)86[ -]?)?(1[3-9]\d(?:[ -]?\d{4}){2})(?![\d\[])", re.ASCII)
 CARD = re.compile(r"(?<![\d.\]-])\d(?:[ -]?\d){12,18}(?![\d\[])", re.ASCII)
 EMAIL = re.compile(r"(?<![\w.%+\]-])[\w.%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}"
@@ -136,7 +136,7 @@ class PiiDetector:
 
         if _has_digits(text):
             for match in CN_ID.finditer(text):
-                if valid_cn_id(match.group()):
+                if valid_cn_id(match.group().replace(" ", "")):
                     add(*match.span(), "CN_ID", "resident ID number (check digit and birth date valid)")
             for match in CARD.finditer(text):
                 digits = match.group().translate(SEPARATORS)
