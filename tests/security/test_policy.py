@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from moecloud.security import Actions, Policy
+from moecloud.security import Actions, Policy, verify_input
 
 
 def test_the_default_blocks_attacks_redacts_pii_and_blocks_leaked_secrets() -> None:
@@ -37,3 +37,11 @@ def test_a_policy_survives_json() -> None:
 def test_invalid_policies_are_refused(document: str) -> None:
     with pytest.raises(ValidationError):
         Policy.model_validate_json(document)
+
+
+def test_a_changed_copy_of_a_policy_is_screened_by_its_own_actions() -> None:
+    blocking = Policy(input=Actions(pii="block"))
+    assert verify_input("call 13812345678", blocking).blocked
+    relaxed = blocking.model_copy(update={"input": Actions(pii="off")})
+    assert not verify_input("call 13812345678", relaxed).flagged
+    assert verify_input("call 13812345678", Policy(input=Actions(pii="block"))).blocked

@@ -6,9 +6,9 @@ Plain JSON (``Policy.model_validate_json(policy.model_dump_json())``) so it can 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from moecloud.security.findings import Category
 
@@ -54,8 +54,6 @@ class Policy(BaseModel):
     secret_patterns: tuple[str, ...] = ()
     keep_prompt: bool = False
     classifier_threshold: float = Field(default=0.6, gt=0.0, lt=1.0)
-
-    _screens: dict[str, Any] = PrivateAttr(default_factory=dict)  # built detectors, per direction (screen.py)
 
     @classmethod
     def default(cls) -> Policy:

@@ -1,12 +1,13 @@
 """verify_input / verify_output: a policy's detectors run over a text, and the policy's actions applied.
 
-A policy builds its two screens once (kept on the policy object), so a call is the detectors' own work only.
+A policy is frozen and hashable, so the screens built for it are kept by value (equal policies share them, a
+changed copy gets its own): a call is the detectors' own work only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 from typing import Literal
 
 from moecloud.security.classifier import InjectionClassifier
@@ -19,6 +20,7 @@ from moecloud.security.secret import SecretDetector
 from moecloud.security.topics import BannedTopicDetector
 
 Direction = Literal["input", "output"]
+SCREENS_KEPT = 1024  # policies whose screens stay built: one per tenant and key in use, each a few kB
 REDACTION_ROUNDS = 4  # a backstop: pii.py keeps placeholders from making neighbours match, so one round is the rule
 
 
@@ -76,25 +78,17 @@ def build_screen(policy: Policy, direction: Direction) -> Screen:
     return Screen(detectors, actions)
 
 
-def screen_of(policy: Policy | None, direction: Direction) -> Screen:
-    policy = policy or default_policy()
-    screens = policy._screens
-    if direction not in screens:
-        screens[direction] = build_screen(policy, direction)
-    return screens[direction]
-
-
-@cache
-def default_policy() -> Policy:
-    return Policy.default()
+@lru_cache(maxsize=SCREENS_KEPT)
+def screen_of(policy: Policy, direction: Direction) -> Screen:
+    return build_screen(policy, direction)
 
 
 def verify_input(text: str, policy: Policy | None = None) -> Verdict:
     """Screen a prompt: injection, jailbreak, PII, banned topics, obfuscation and secrets (the default policy:
     ``Policy.default()``)."""
-    return screen_of(policy, "input").verify(text)
+    return screen_of(policy or Policy.default(), "input").verify(text)
 
 
 def verify_output(text: str, policy: Policy | None = None) -> Verdict:
     """Screen a model's response for PII leaks, secrets and banned topics."""
-    return screen_of(policy, "output").verify(text)
+    return screen_of(policy or Policy.default(), "output").verify(text)
