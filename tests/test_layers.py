@@ -17,5 +17,10 @@ def test_the_gateway_side_loads_no_torch_and_no_engine() -> None:
     assert loaded_after(gateway_side, ["torch", "moecloud.engine", "moecloud.serving"]) == []
 
 
+def test_screening_loads_no_torch_no_http_and_no_gateway() -> None:
+    watched = ["torch", "fastapi", "sqlalchemy", "moecloud.gateway", "moecloud.serving", "moecloud.engine"]
+    assert loaded_after(["moecloud.security"], watched) == []
+
+
 def test_the_engine_loads_no_http_and_no_sql() -> None:
     assert loaded_after(["moecloud.engine"], ["fastapi", "httpx", "sqlalchemy", "moecloud.gateway"]) == []
