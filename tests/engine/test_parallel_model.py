@@ -11,7 +11,7 @@ import pytest
 import torch
 from parallel_ranks import RankResult, run_ranks, single
 
-from moecloud.engine.loader import checkpoint_files, iter_tensors
+from moecloud.engine.loader import checkpoint_files, iter_tensors, load_model, scale_slots
 from moecloud.engine.model.deepseek import DeepseekForCausalLM
 from moecloud.engine.model_config import load_model_config
 from moecloud.engine.parallel.comm import Comm
@@ -150,3 +150,68 @@ def test_parallel_layouts_match_on_cuda(make_checkpoint):
             assert got.tokens == want.tokens, (tp, ep, rank)
             for g, w in zip(got.logits, want.logits, strict=True):
                 torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)  # GPU fp32 matmuls: TF32 off, other order
+
+
+def _full_part(full: dict[str, torch.Tensor], name: str, shard: ModelShard) -> torch.Tensor:
+    """What parameter (or scale) ``name`` of ``shard`` must hold, cut out of the single-device model's."""
+    c = shard.config
+    if name.endswith((".w13", ".w2", ".w13_scale", ".w2_scale")):
+        first, stop = shard.experts
+        i0, i1 = shard.intermediate(c.moe_intermediate_size)
+        whole = full[name][first:stop]
+        if ".w13" in name:  # its gate rows then its up rows
+            inter = c.moe_intermediate_size
+            return torch.cat((whole[:, i0:i1], whole[:, inter + i0 : inter + i1]), dim=1)
+        return whole if name.endswith("_scale") else whole[:, :, i0:i1]  # w2 int8 scales: per (whole) row
+    weight = name.removesuffix(".scale") + ".weight" if name.endswith(".scale") else name
+    part = shard.slice_of(weight, tuple(full[name].shape))
+    if part is None or (name.endswith(".scale") and part.dim == 1):
+        return full[name]
+    return full[name].narrow(part.dim, part.start, part.stop - part.start)
+
+
+def _tensors(model: DeepseekForCausalLM) -> dict[str, torch.Tensor]:
+    out = {n: p.data for n, p in model.named_parameters()}
+    out.update({n.removesuffix(".weight") + ".scale" if not n.endswith((".w13", ".w2")) else n + "_scale": s
+                for n, s in scale_slots(model).items()})
+    return out
+
+
+def _column_split(name: str) -> bool:
+    return bool(re.search(r"(o_proj|down_proj)\.(weight|scale)$|\.w2(_scale)?$", name))
+
+
+@pytest.mark.parametrize("kind", ["fp32", "fp8", "int8-stored", "int8-at-load"])
+def test_each_shard_is_its_slice_of_the_single_device_model(make_checkpoint, tmp_path, kind):
+    """Loaded without collectives (a Comm with no groups): every rank's parameters of TP=2 x EP=2 equal their slice
+    of the single-device model's, FP8 blocks that straddle a shard edge (32 x 32 blocks) and int8 scales included.
+    int8 quantized at load quantizes the shard: a row-parallel weight's row scales are its own columns', so those
+    match the fp32 slice within int8's error instead."""
+    quantization = "int8" if kind == "int8-at-load" else None
+    if kind == "fp8":
+        model_dir = make_checkpoint("v3", fp8_block=(32, 32), vocab_size=515)
+    elif kind == "int8-stored":
+        from moecloud.toolkit.quantize import write_int8_checkpoint
+
+        model_dir = write_int8_checkpoint(make_checkpoint("v2", vocab_size=515), tmp_path / "int8")
+    else:
+        model_dir = make_checkpoint("v2-lite", vocab_size=515)
+    config = load_model_config(model_dir)
+    cpu = torch.device("cpu")
+    full = _tensors(load_model(model_dir, config, torch.float32, cpu, 64, quantization=quantization))
+    plain = _tensors(load_model(model_dir, config, torch.float32, cpu, 64)) if quantization else full
+    layout = ParallelLayout(2, 2)
+    for rank in range(layout.world):
+        comm = Comm(layout, rank, cpu, None, None)
+        model = load_model(model_dir, config, torch.float32, cpu, 64, quantization=quantization, comm=comm)
+        got = _tensors(model)
+        for name, tensor in got.items():
+            if quantization and _column_split(name):
+                if tensor.dtype == torch.int8:
+                    scale = got[name + "_scale" if name.endswith((".w13", ".w2")) else name[:-6] + "scale"]
+                    want = _full_part(plain, name, model.shard)
+                    torch.testing.assert_close(tensor.float() * scale[..., None], want, rtol=0,
+                                               atol=float(want.abs().max()) / 127)
+                continue
+            torch.testing.assert_close(tensor, _full_part(full, name, model.shard), rtol=0, atol=0,
+                                       msg=lambda m, n=name, r=rank: f"{kind} rank {r} {n}: {m}")

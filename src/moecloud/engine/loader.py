@@ -240,11 +240,12 @@ class _Filler:
         if name.endswith("weight_scale_inv") or _IGNORED.search(name) or is_extra_layer(name, config):
             return  # FP8 scales are read with their weights
         info = self.index[name].tensors[name]
-        match = _EXPERT.match(name)
+        is_scale = self.stored_int8 and name.endswith(".weight_scale")
+        weight = name.removesuffix("_scale") if is_scale else name
+        match = _EXPERT.match(weight)
         if match and not self.shard.holds_expert(int(match.group(2))):
             return  # another expert rank's
-        is_scale = self.stored_int8 and name.endswith(".weight_scale")
-        target, rows = locate(name.removesuffix("_scale") if is_scale else name, config, self.shard)
+        target, rows = locate(weight, config, self.shard)
         if target not in (self.scales if is_scale else self.params):
             raise CheckpointError(f"checkpoint tensor {name!r} has no place in a {config.model_type} model")
         whole = self.scales[target] if is_scale else self.params[target].data

@@ -103,7 +103,7 @@ class ModelShard:
         if self.layout.tp == 1:
             return None
         c = self.config
-        if name in ("model.embed_tokens.weight", "lm_head.weight"):
+        if name.removesuffix("_scale") in ("model.embed_tokens.weight", "lm_head.weight"):  # int8: row scales too
             return Slice(0, *self.vocab)
         if re.search(r"\.o_proj\.bias$", name):
             return Slice(0, 0, shape[0], zero=self.tp_rank != 0)
