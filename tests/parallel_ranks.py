@@ -57,7 +57,8 @@ def drive(model: DeepseekForCausalLM, device: torch.device) -> RankResult:
         seqs.append(seq)
     runner = ModelRunner(model, len(seqs) * BLOCKS_PER_SEQ, BLOCK_SIZE, device)
     a, b, c = seqs
-    plan = [[(a, 7), (b, 8)], [(a, 1), (b, 5), (c, 4)]] + [[(a, 1), (b, 1), (c, 1)]] * DECODE_STEPS
+    # chunked prefill, a mixed step, decodes, then one sequence alone (one token: an expert rank's chunk is empty)
+    plan = [[(a, 7), (b, 8)], [(a, 1), (b, 5), (c, 4)]] + [[(a, 1), (b, 1), (c, 1)]] * DECODE_STEPS + [[(b, 1)]]
     logits = []
     for step in plan:
         for seq, n in step:
@@ -106,6 +107,21 @@ def _rank_main(rank: int, size: int, port: int, jobs: list[tuple[int, int, str]]
         results.put(("error", rank, None, traceback.format_exc()))
 
 
+def _failures(rank: int, payload: str, results: Any, grace_s: float = 1.0) -> str:
+    """The first failure and those that follow within ``grace_s``: the first to arrive may be a peer's "connection
+    closed" rather than the rank that failed first."""
+    failures = [f"rank {rank} failed:\n{payload}"]
+    deadline = time.monotonic() + grace_s
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            kind, other, _, more = results.get(timeout=left)
+        except queue.Empty:
+            break
+        if kind == "error":
+            failures.append(f"rank {other} failed:\n{more}")
+    return "\n".join(failures)
+
+
 def run_ranks(jobs: list[tuple[int, int, Path]], timeout_s: float = 60.0,
               device_type: str = "cpu") -> list[dict[int, RankResult]]:
     """Each job ``(tp, ep, model_dir)`` -> {rank: its result}. Raises on the first rank that fails or hangs."""
@@ -133,7 +149,7 @@ def run_ranks(jobs: list[tuple[int, int, Path]], timeout_s: float = 60.0,
                 continue
             deadline = time.monotonic() + timeout_s  # progress: each result may take up to the timeout
             if kind == "error":
-                raise RuntimeError(f"rank {rank} failed:\n{payload}")
+                raise RuntimeError(_failures(rank, payload, results))
             if kind == "done":
                 done += 1
             else:

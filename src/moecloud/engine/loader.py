@@ -243,6 +243,8 @@ class _Filler:
         is_scale = self.stored_int8 and name.endswith(".weight_scale")
         weight = name.removesuffix("_scale") if is_scale else name
         match = _EXPERT.match(weight)
+        if match and int(match.group(2)) >= (config.n_routed_experts or 0):
+            raise CheckpointError(f"checkpoint tensor {name!r} has no place in a {config.model_type} model")
         if match and not self.shard.holds_expert(int(match.group(2))):
             return  # another expert rank's
         target, rows = locate(weight, config, self.shard)

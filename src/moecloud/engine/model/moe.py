@@ -83,7 +83,7 @@ class Gate(nn.Module):
         return indices, weights
 
     def _limit_to_groups(self, choice: torch.Tensor) -> torch.Tensor:
-        grouped = choice.view(choice.shape[0], self.n_group, -1)
+        grouped = choice.view(choice.shape[0], self.n_group, self.n_experts // self.n_group)  # no -1: 0 tokens
         if self.method == "noaux_tc":
             group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)
         else:

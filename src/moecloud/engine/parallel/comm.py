@@ -79,7 +79,7 @@ class Comm:
         return self._all_reduce(self.ep_group, x)
 
     def _all_reduce(self, group: dist.ProcessGroup | None, x: torch.Tensor) -> torch.Tensor:
-        if group is not None:
+        if group is not None and x.numel():  # the same shape on every rank: all skip an empty one
             with self._timed():
                 group.allreduce([x]).wait()
         return x

@@ -53,8 +53,8 @@ class ModelShard:
         return cls(config, ParallelLayout(), 0, 0)
 
     def __post_init__(self) -> None:
-        c, tp = self.config, self.layout.tp
-        self.heads  # noqa: B018 - validates what must divide, before anything is built
+        c, tp = self.config, self.layout.tp  # what must divide, checked before anything is built
+        _even(c.num_attention_heads, tp, 0, "num_attention_heads")
         _even(c.intermediate_size, tp, 0, "intermediate_size")
         if c.n_routed_experts:
             _even(c.moe_intermediate_size, tp, 0, "moe_intermediate_size")
@@ -96,7 +96,7 @@ class ModelShard:
 
     def holds_expert(self, expert: int) -> bool:
         first, stop = self.experts
-        return first <= expert < stop or expert >= (self.config.n_routed_experts or 0)  # out of range: an error
+        return first <= expert < stop
 
     def slice_of(self, name: str, shape: tuple[int, ...]) -> Slice | None:
         """The part of checkpoint tensor ``name`` (of ``shape``) this rank holds; None: all of it."""
