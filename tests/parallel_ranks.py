@@ -43,6 +43,9 @@ class RankResult:
     tokens: list[list[int]]  # each sequence's generated tokens
     bytes_read: int
     expert_load: dict[int, torch.Tensor]
+    steps: int
+    collectives: int  # the rank's data collectives over all steps (0 on a single device)
+    collective_s: float
 
 
 def drive(model: DeepseekForCausalLM, device: torch.device) -> RankResult:
@@ -76,6 +79,9 @@ def drive(model: DeepseekForCausalLM, device: torch.device) -> RankResult:
         [s.token_ids[s.num_prompt_tokens:] for s in seqs],
         model.load_report.bytes_read,
         {i: m.expert_load.cpu().clone() for i, m in model.moe_layers().items()},
+        len(plan),
+        model.comm.calls if model.comm else 0,
+        model.comm.seconds if model.comm else 0.0,
     )
 
 

@@ -85,6 +85,9 @@ def test_parallel_layouts_match_the_single_device_model(make_checkpoint):
             _assert_same(got, want[variant], f"{variant} tp={tp} ep={ep} rank {rank}")
             assert got.bytes_read == expected_bytes(model_dir, layout, rank), f"{variant} tp={tp} ep={ep} {rank}"
         assert sum(r.bytes_read for r in ranks.values()) < layout.world * checkpoint_bytes(model_dir)
+        if ep == 1:  # per step: the embedding's all-reduce, one per attention and per MLP / MoE, the logits' gather
+            layers = load_model_config(model_dir).num_hidden_layers
+            assert {r.collectives for r in ranks.values()} == {ranks[0].steps * (2 + 2 * layers)}
 
 
 def _meta_model(model_dir, layout: ParallelLayout) -> DeepseekForCausalLM:
