@@ -120,9 +120,8 @@ class DeepseekForCausalLM(nn.Module):
         local = self.lm_head(hidden).float()
         if self.comm is None or self.comm.layout.tp == 1:
             return local
-        per = self.shard.vocab_per_rank
-        padded = F.pad(local, (0, per - local.shape[1])).t().contiguous()  # [per, T]: gathered along dim 0
-        return self.comm.tp_all_gather(padded)[: self.config.vocab_size].t()
+        padded = F.pad(local, (0, self.shard.vocab_per_rank - local.shape[1]))  # the last shards may be short
+        return self.comm.tp_all_gather(padded, dim=1)[:, : self.config.vocab_size]
 
     def moe_layers(self) -> dict[int, MoE]:
         return {i: block.mlp for i, block in enumerate(self.model.layers) if isinstance(block.mlp, MoE)}

@@ -84,22 +84,22 @@ class Comm:
                 group.allreduce([x]).wait()
         return x
 
-    def tp_all_gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Every TP rank's ``x`` (same shape on all) concatenated along dim 0, in tensor-rank order."""
-        return self._all_gather(self.tp_group, x)
+    def tp_all_gather(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Every TP rank's ``x`` (same shape on all) concatenated along ``dim``, in tensor-rank order."""
+        return self._all_gather(self.tp_group, x, dim)
 
-    def ep_all_gather(self, x: torch.Tensor) -> torch.Tensor:
-        """Every EP rank's ``x`` (same shape on all) concatenated along dim 0, in expert-rank order."""
-        return self._all_gather(self.ep_group, x)
+    def ep_all_gather(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """Every EP rank's ``x`` (same shape on all) concatenated along ``dim``, in expert-rank order."""
+        return self._all_gather(self.ep_group, x, dim)
 
-    def _all_gather(self, group: dist.ProcessGroup | None, x: torch.Tensor) -> torch.Tensor:
+    def _all_gather(self, group: dist.ProcessGroup | None, x: torch.Tensor, dim: int) -> torch.Tensor:
         if group is None:
             return x
         x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(group.size())]
         with self._timed():
             group.allgather([parts], [x]).wait()
-        return torch.cat(parts)
+        return torch.cat(parts, dim=dim)
 
     def ep_all_to_all(self, x: torch.Tensor, send: list[int], recv: list[int]) -> torch.Tensor:
         """Rows ``x`` [sum(send), ...]: the ``send[r]`` rows in turn go to EP rank ``r``; returns the
