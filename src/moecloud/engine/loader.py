@@ -10,6 +10,12 @@ never at an fp32 copy of the model or a whole shard.
 Every parameter must be found with the right shape, and every tensor in the checkpoint must have a home
 (multi-token-prediction layers beyond ``num_hidden_layers`` excepted): anything else is a
 :class:`CheckpointError` naming the tensor.
+
+With a :class:`Comm` the model is this rank's shard (:class:`ModelShard`) and only its bytes are read: another expert
+rank's experts never, a row slice by one positioned read of its bytes, a column slice (row-parallel weights) by
+whole rows in bounded chunks. An FP8 weight is dequantized from the 128-aligned rows (or columns) that hold its slice,
+with their block scales; kept in FP8 only where the shard's edges fall on block boundaries. int8 quantized at load
+quantizes the shard: a row-parallel weight's row scales are those of its own columns.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from moecloud.engine.model.layers import (
 )
 from moecloud.engine.model.moe import Experts
 from moecloud.engine.model_config import INT8_METHOD, ModelConfig, QuantConfig
+from moecloud.engine.parallel.comm import Comm
+from moecloud.engine.parallel.shard import ModelShard, Slice
 from moecloud.engine.safetensors_file import CheckpointError, SafetensorsFile
 
 log = logging.getLogger(__name__)
@@ -92,12 +100,14 @@ def load_model(
     *,
     quantization: str | None = None,
     fp8_compute: str = "auto",
+    comm: Comm | None = None,
 ) -> DeepseekForCausalLM:
     """Build the model on the meta device and fill it in place (module docstring).
 
     ``quantization="int8"`` quantizes each float projection as it is read (an int8 checkpoint is int8 already).
     ``fp8_compute``: keep an FP8 checkpoint's weights in FP8 and multiply them so ("on": required, "auto": where
     the device supports it, "off": dequantize to ``dtype`` at load). The report is ``model.load_report``.
+    ``comm``: build and fill only this rank's shard (module docstring); its ``bytes_read`` are this rank's.
     """
     start = time.perf_counter()
     if fp8_compute not in FP8_COMPUTE:
@@ -106,7 +116,7 @@ def load_model(
     readers = [SafetensorsFile(path) for path in checkpoint_files(model_dir)]
     try:
         with torch.device("meta"):
-            model = DeepseekForCausalLM(config, max_positions)
+            model = DeepseekForCausalLM(config, max_positions, comm)
         stored_int8 = config.quantization is not None and config.quantization.method == INT8_METHOD
         if stored_int8 or quantization == "int8":
             model.quantize_int8()  # on meta only dtypes change: int8 parameters and their row scales
@@ -119,7 +129,7 @@ def load_model(
     finally:
         for reader in readers:
             reader.close()
-    _check_complete(filler.params, filler.filled, config, filler.scales if stored_int8 else {})
+    _check_complete(filler.params, filler.filled, config, filler.scales if stored_int8 else {}, model.shard)
     for module in model.modules():
         if hasattr(module, "reset_buffers"):
             module.reset_buffers(device)
@@ -127,10 +137,11 @@ def load_model(
     if left:
         raise RuntimeError(f"tensors left unmaterialised by the loader: {left[:5]}")
     model.eval()
-    model.load_report = LoadReport(time.perf_counter() - start, filler.bytes_read, len(readers), bool(filler.fp8))
+    bytes_read = sum(reader.bytes_read for reader in readers)
+    model.load_report = LoadReport(time.perf_counter() - start, bytes_read, len(readers), bool(filler.fp8))
     log.info(
         "loaded %s: %.2f GB read from %d shard(s) in %.1f s (%s on %s%s)",
-        model_dir.name, filler.bytes_read / 1e9, len(readers), model.load_report.seconds,
+        model_dir.name, bytes_read / 1e9, len(readers), model.load_report.seconds,
         str(dtype).removeprefix("torch."), device, ", FP8 matmuls" if filler.fp8 else "",
     )
     return model
@@ -184,6 +195,7 @@ class _Filler:
         stored_int8: bool,
     ) -> None:
         self.config, self.dtype, self.device, self.index = config, dtype, device, index
+        self.shard: ModelShard = model.shard
         self.stored_int8 = stored_int8
         self.block = tuple(config.quantization.block_size) if config.quantization else (128, 128)
         self.fp8 = {p: m for p, m in model.named_modules() if keep_fp8 and self._fp8_eligible(p, m)}
@@ -191,7 +203,6 @@ class _Filler:
         self.params = dict(model.named_parameters(remove_duplicate=False))
         self.scales = scale_slots(model)
         self.filled: set[str] = set()
-        self.bytes_read = 0
 
     def _fp8_eligible(self, prefix: str, module: nn.Module) -> bool:
         if isinstance(module, Linear):  # kv_b_proj is read as a matrix by attention: it stays in ``dtype``
@@ -209,13 +220,20 @@ class _Filler:
         reader = self.index.get(name)
         return None if reader is None else reader.tensors[name].dtype
 
-    def _read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    def _read(self, name: str, out: torch.Tensor | None = None, part: Slice | None = None) -> torch.Tensor:
+        """Tensor ``name`` (``part`` of it: this rank's slice), into ``out`` where it can go straight there."""
         reader = self.index[name]
-        self.bytes_read += reader.tensors[name].nbytes
-        if out is not None and out.device.type != "cpu":
-            out.copy_(reader.read(name))
-            return out
-        return reader.read(name, out)
+        cpu_out = out if out is not None and out.device.type == "cpu" else None
+        if part is None:
+            tensor = reader.read(name, cpu_out)
+        elif part.dim == 1:
+            tensor = reader.read_columns(name, part.start, part.stop)
+        else:
+            tensor = reader.read_rows(name, part.start, part.stop, cpu_out)
+        if out is None or tensor is out:
+            return tensor
+        out.copy_(tensor)
+        return out
 
     def fill(self, name: str) -> None:
         config = self.config
@@ -223,28 +241,38 @@ class _Filler:
             return  # FP8 scales are read with their weights
         info = self.index[name].tensors[name]
         is_scale = self.stored_int8 and name.endswith(".weight_scale")
-        target, rows = locate(name.removesuffix("_scale") if is_scale else name, config)
+        weight = name.removesuffix("_scale") if is_scale else name
+        match = _EXPERT.match(weight)
+        if match and int(match.group(2)) >= (config.n_routed_experts or 0):
+            raise CheckpointError(f"checkpoint tensor {name!r} has no place in a {config.model_type} model")
+        if match and not self.shard.holds_expert(int(match.group(2))):
+            return  # another expert rank's
+        target, rows = locate(weight, config, self.shard)
         if target not in (self.scales if is_scale else self.params):
             raise CheckpointError(f"checkpoint tensor {name!r} has no place in a {config.model_type} model")
         whole = self.scales[target] if is_scale else self.params[target].data
         dest = whole if rows is None else whole[rows[0]][rows[1]]
-        shape = info.shape[:1] if is_scale else info.shape  # int8 scales: [out, 1] on disk, one per row
+        part = self.shard.slice_of(name, info.shape)
+        shape = _sliced(info.shape, part)
+        shape = shape[:1] if is_scale else shape  # int8 scales: [out, 1] on disk, one per row
         if tuple(dest.shape) != tuple(shape):
             raise CheckpointError(f"tensor {name!r} has shape {tuple(shape)}, the config implies {tuple(dest.shape)}")
-        if is_scale:
-            dest.copy_(self._read(name).reshape(shape))
+        if part is not None and part.zero:
+            dest.zero_()  # a row-parallel bias: added by tensor rank 0 only
+        elif is_scale:
+            dest.copy_(self._read(name, part=part).reshape(shape))
         elif self._int8_mismatch(whole.dtype, info.dtype):
             raise CheckpointError(
                 f"tensor {name!r} is {info.dtype}, the int8 quantization_config implies {whole.dtype}"
             )
         elif info.dtype == FP8:
-            self._fill_fp8(name, target, rows, dest)
+            self._fill_fp8(name, target, rows, dest, part)
         elif dest.dtype == torch.int8 and info.dtype != torch.int8:  # quantized as it is read
-            self._quantize_into(self._read(name).to(self.dtype), target, rows, dest)
+            self._quantize_into(self._read(name, part=part).to(self.dtype), target, rows, dest)
         elif dest.dtype == info.dtype and dest.is_contiguous():
-            self._read(name, dest)
+            self._read(name, dest, part)
         else:
-            dest.copy_(self._read(name))
+            dest.copy_(self._read(name, part=part))
         self.filled.add(name)
 
     def _int8_mismatch(self, param: torch.dtype, stored: torch.dtype) -> bool:
@@ -253,13 +281,15 @@ class _Filler:
             return False
         return self.stored_int8 or param != torch.int8
 
-    def _fill_fp8(self, name: str, target: str, rows: tuple[int, slice] | None, dest: torch.Tensor) -> None:
+    def _fill_fp8(self, name: str, target: str, rows: tuple[int, slice] | None, dest: torch.Tensor,
+                  part: Slice | None) -> None:
         scale_name = fp8_scale_name(name)
         if scale_name not in self.index or self.config.quantization is None:
             raise _no_fp8_scale(name)
-        scale = self._read(scale_name)
-        if dest.dtype == FP8:
-            self._read(name, dest)
+        scale_shape = self.index[scale_name].tensors[scale_name].shape
+        scale = self._read(scale_name, part=self.shard.slice_of(scale_name, scale_shape))
+        if dest.dtype == FP8:  # kept FP8: the shard's edges are on block boundaries (checked on its local shapes)
+            self._read(name, dest, part)
             slot = self.scales[target]
             if rows is not None:  # an expert's gate/up/down: its rows of the stacked block scales
                 first, step = rows[1].start or 0, self.block[0]
@@ -268,7 +298,15 @@ class _Filler:
                 raise CheckpointError(f"{scale_name!r} has shape {tuple(scale.shape)}, expected {tuple(slot.shape)}")
             slot.copy_(scale)
             return
-        weight = dequantize_named(name, self._read(name), {scale_name: scale}, self.config.quantization)
+        if part is None:
+            weight = dequantize_named(name, self._read(name), {scale_name: scale}, self.config.quantization)
+        else:  # the blocks that hold the slice, dequantized, then cut
+            block = self.config.quantization.block_size[part.dim]
+            total = self.index[name].tensors[name].shape[part.dim]
+            first, stop = part.start // block * block, min(total, -(-part.stop // block) * block)
+            blocks = self._read(name, part=Slice(part.dim, first, stop))
+            weight = dequantize_named(name, blocks, {scale_name: scale}, self.config.quantization)
+            weight = weight.narrow(part.dim, part.start - first, part.stop - part.start)
         if dest.dtype == torch.int8:
             self._quantize_into(weight.to(self.dtype), target, rows, dest)
         else:
@@ -350,12 +388,26 @@ def is_extra_layer(name: str, config: ModelConfig) -> bool:
     return bool(match) and int(match.group(1)) >= config.num_hidden_layers
 
 
-def locate(name: str, config: ModelConfig) -> tuple[str, tuple[int, slice] | None]:
-    """Checkpoint name -> (parameter name, rows inside a stacked expert tensor or None)."""
+def _sliced(shape: tuple[int, ...], part: Slice | None) -> tuple[int, ...]:
+    if part is None:
+        return tuple(shape)
+    out = list(shape)
+    out[part.dim] = part.stop - part.start
+    return tuple(out)
+
+
+def locate(
+    name: str, config: ModelConfig, shard: ModelShard | None = None
+) -> tuple[str, tuple[int, slice] | None]:
+    """Checkpoint name -> (parameter name, rows inside a stacked expert tensor or None), for the single-device
+    model or ``shard``'s (its local expert index, its slice of the intermediate)."""
     match = _EXPERT.match(name)
     if match:
-        prefix, expert, proj = match.group(1), int(match.group(2)), match.group(3)
-        inter = config.moe_intermediate_size
+        shard = shard or ModelShard.whole(config)
+        prefix, proj = match.group(1), match.group(3)
+        expert = int(match.group(2)) - shard.experts[0]
+        first, stop = shard.intermediate(config.moe_intermediate_size)
+        inter = stop - first
         if proj == "down_proj":
             return f"{prefix}.w2", (expert, slice(None))
         rows = slice(0, inter) if proj == "gate_proj" else slice(inter, 2 * inter)
@@ -374,16 +426,17 @@ def scale_slots(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _check_complete(
-    params: dict[str, torch.nn.Parameter], filled: set[str], config: ModelConfig, scales: dict[str, torch.Tensor]
+    params: dict[str, torch.nn.Parameter], filled: set[str], config: ModelConfig, scales: dict[str, torch.Tensor],
+    shard: ModelShard,
 ) -> None:
     missing = []
-    for name, param in params.items():
+    for name in params:
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue
         if name.endswith((".w13", ".w2")):
             prefix = name.rsplit(".", 1)[0]
             projections = ("gate_proj", "up_proj") if name.endswith(".w13") else ("down_proj",)
-            expected = [f"{prefix}.{e}.{p}.weight" for e in range(param.shape[0]) for p in projections]
+            expected = [f"{prefix}.{e}.{p}.weight" for e in range(*shard.experts) for p in projections]
         else:
             expected = [name]
         if name in scales:

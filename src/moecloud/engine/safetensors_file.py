@@ -17,6 +17,9 @@ _DTYPES = {
 }
 
 
+COLUMN_CHUNK_BYTES = 1 << 24  # the most whole rows a column slice reads at once
+
+
 class CheckpointError(ValueError):
     """The checkpoint's tensors do not fit its config."""
 
@@ -46,6 +49,7 @@ class SafetensorsFile:
             self._file.close()
             raise CheckpointError(f"{path.name} is not a safetensors file: {exc}") from exc
         self.tensors: dict[str, TensorInfo] = {}
+        self.bytes_read = 0  # what the reads so far took from the file
         for name, meta in header.items():
             if name == "__metadata__":
                 continue
@@ -58,19 +62,44 @@ class SafetensorsFile:
     def read(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor ``name``, read into ``out`` (a contiguous CPU tensor of its dtype and size) or a new one."""
         info = self.tensors[name]
+        return self.read_rows(name, 0, info.shape[0] if info.shape else 1, out)
+
+    def read_rows(self, name: str, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows ``[start, stop)`` of ``name`` (along its first dimension): one positioned read of their bytes,
+        into ``out`` (contiguous, CPU, of their dtype and size) or a new tensor."""
+        info = self.tensors[name]
+        rows = info.shape[0] if info.shape else 1
+        if not 0 <= start <= stop <= rows:
+            raise CheckpointError(f"rows [{start}, {stop}) are outside tensor {name!r} of {rows} rows")
+        row_bytes = info.nbytes // rows if rows else 0
+        shape = (stop - start, *info.shape[1:]) if info.shape else ()
         if out is None:
-            out = torch.empty(info.shape, dtype=info.dtype)
-        if out.dtype != info.dtype or out.numel() * out.element_size() != info.nbytes or not out.is_contiguous():
+            out = torch.empty(shape, dtype=info.dtype)
+        nbytes = (stop - start) * row_bytes
+        if out.dtype != info.dtype or out.numel() * out.element_size() != nbytes or not out.is_contiguous():
             raise CheckpointError(f"tensor {name!r} cannot be read into a {out.dtype} tensor of {tuple(out.shape)}")
-        if info.nbytes:
+        if nbytes:
             view = memoryview(out.view(-1).view(torch.uint8).numpy())
-            self._file.seek(info.offset)
+            self._file.seek(info.offset + start * row_bytes)
             done = 0
-            while done < info.nbytes:
+            while done < nbytes:
                 n = self._file.readinto(view[done:])
                 if not n:
                     raise CheckpointError(f"{self.path.name} ends inside tensor {name!r}")
                 done += n
+            self.bytes_read += nbytes
+        return out
+
+    def read_columns(self, name: str, start: int, stop: int, chunk_bytes: int = COLUMN_CHUNK_BYTES) -> torch.Tensor:
+        """Columns ``[start, stop)`` of the matrix ``name``: whole rows are read (the columns are not contiguous on
+        disk), at most ``chunk_bytes`` of them at a time, and their columns copied out."""
+        info = self.tensors[name]
+        rows = info.shape[0]
+        out = torch.empty(rows, stop - start, dtype=info.dtype)
+        step = max(1, chunk_bytes // max(1, info.nbytes // max(1, rows)))
+        for first in range(0, rows, step):
+            last = min(rows, first + step)
+            out[first:last] = self.read_rows(name, first, last)[:, start:stop]
         return out
 
     def close(self) -> None:

@@ -15,6 +15,8 @@ from torch import nn
 
 from moecloud.engine.model.layers import Linear, RMSNorm, RotaryEmbedding
 from moecloud.engine.model_config import ModelConfig
+from moecloud.engine.parallel.comm import Comm
+from moecloud.engine.parallel.shard import ModelShard
 
 SCORES_BUDGET = 1 << 26  # the most attention scores (fp32: 256 MiB) one slice of queries computes at once
 
@@ -48,10 +50,17 @@ def attention_mask(context_lens: torch.Tensor, q_len: int, num_keys: int) -> tor
 
 
 class MLA(nn.Module):
-    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding) -> None:
+    """With a ``comm``, this tensor rank's heads only: their rows of ``q_proj`` / ``q_b_proj`` and ``kv_b_proj``, their
+    columns of ``o_proj`` (whose outputs are summed over the TP group). The latent projections are replicated, so
+    every rank's cache holds the whole latent."""
+
+    def __init__(self, config: ModelConfig, rotary: RotaryEmbedding, shard: ModelShard | None = None,
+                 comm: Comm | None = None) -> None:
         super().__init__()
         c = config
-        self.num_heads = c.num_attention_heads
+        first, stop = (shard or ModelShard.whole(c)).heads
+        self.num_heads = stop - first
+        self.comm = comm
         self.nope_dim, self.rope_dim, self.v_dim = c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim
         self.kv_lora_rank = c.kv_lora_rank
         self.softmax_scale = c.softmax_scale
@@ -99,7 +108,8 @@ class MLA(nn.Module):
                     q_latent[group.token_index], q_pe[group.token_index], group, cache
                 )
         out = torch.bmm(out_latent.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1).reshape(tokens, -1)
-        return self.o_proj(out)
+        out = self.o_proj(out)
+        return out if self.comm is None else self.comm.tp_all_reduce(out)
 
     def _attend(
         self, q_latent: torch.Tensor, q_pe: torch.Tensor, group: AttentionGroup, cache: torch.Tensor

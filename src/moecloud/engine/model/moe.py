@@ -8,6 +8,8 @@ from torch.nn import functional as F
 
 from moecloud.engine.model.layers import FP8, Linear, dequantize_fp8_blocks, fp8_linear, int8_matmul, quantize_rows_int8
 from moecloud.engine.model_config import ModelConfig
+from moecloud.engine.parallel.comm import Comm, padded_part
+from moecloud.engine.parallel.shard import ModelShard
 
 # Off the CPU, without a grouped GEMM kernel: the most tokens the every-expert form runs on (a decode batch);
 # a larger step (a prefill chunk) loops over the experts, reading their token counts on the host.
@@ -81,7 +83,7 @@ class Gate(nn.Module):
         return indices, weights
 
     def _limit_to_groups(self, choice: torch.Tensor) -> torch.Tensor:
-        grouped = choice.view(choice.shape[0], self.n_group, -1)
+        grouped = choice.view(choice.shape[0], self.n_group, self.n_experts // self.n_group)  # no -1: 0 tokens
         if self.method == "noaux_tc":
             group_scores = grouped.topk(min(2, grouped.shape[-1]), dim=-1).values.sum(dim=-1)
         else:
@@ -222,15 +224,23 @@ class Experts(nn.Module):
 
 
 class MoE(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+    """Gate, routed experts, shared experts. With a ``comm``: this expert rank's routed experts only and this tensor
+    rank's slice of every expert's intermediate (the gate is replicated), see :meth:`_forward_parallel`."""
+
+    comm: Comm | None = None  # the single-device layer (also one assembled without __init__)
+
+    def __init__(self, config: ModelConfig, shard: ModelShard | None = None, comm: Comm | None = None) -> None:
         super().__init__()
         c = config
         assert c.n_routed_experts
+        shard = shard or ModelShard.whole(c)
+        self.shard, self.comm = shard, comm
+        first, stop = shard.experts
+        inter = shard.intermediate(c.moe_intermediate_size)
         self.gate = Gate(c)
-        self.experts = Experts(c.n_routed_experts, c.hidden_size, c.moe_intermediate_size)
-        self.shared_experts = (
-            MLP(c.hidden_size, c.moe_intermediate_size * c.n_shared_experts) if c.n_shared_experts else None
-        )
+        self.experts = Experts(stop - first, c.hidden_size, inter[1] - inter[0])
+        shared = shard.intermediate(c.moe_intermediate_size * c.n_shared_experts) if c.n_shared_experts else None
+        self.shared_experts = MLP(c.hidden_size, shared[1] - shared[0]) if shared else None
         self.register_buffer("expert_load", torch.zeros(c.n_routed_experts, dtype=torch.long), persistent=False)
 
     def reset_buffers(self, device: torch.device) -> None:
@@ -240,6 +250,8 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
         """``counted`` [T] (1 or 0 per token, default all 1): which tokens count in ``expert_load`` (a CUDA graph's
         padding rows do not)."""
+        if self.comm is not None and self.shard.layout.ep > 1:
+            return self._forward_parallel(x, counted, self.comm)
         indices, weights = self.gate(x)
         flat = indices.flatten()
         ones = torch.ones_like(flat) if counted is None else counted[:, None].expand_as(indices).flatten()
@@ -247,4 +259,42 @@ class MoE(nn.Module):
         out = self.experts(x, indices, weights)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
-        return out
+        return out if self.comm is None else self.comm.tp_all_reduce(out)
+
+    def _forward_parallel(self, x: torch.Tensor, counted: torch.Tensor | None, comm: Comm) -> torch.Tensor:
+        """Expert parallelism: the ``N`` tokens (the same on every rank) are cut into one contiguous chunk per
+        expert rank; each rank gates its chunk and sends each (token, slot) pair's row to its expert's rank by
+        all-to-all (the splits from every rank's per-expert counts, gathered once, which also give the global
+        expert load); the local experts run, the rows come back the same way and are combined into the chunk with
+        the shared experts' part; one all-reduce over the TP group sums the intermediate slices, and the chunks are
+        gathered back into ``[N, hidden]``."""
+        n, ep = x.shape[0], self.shard.layout.ep
+        start, stop = padded_part(n, ep, comm.ep_rank)
+        chunk = x[start:stop]
+        indices, weights = self.gate(chunk)
+        flat, order, token_of = _by_expert(indices)
+        n_experts = self.expert_load.shape[0]
+        pairs = torch.bincount(flat, minlength=n_experts)
+        mine = counted[start:stop, None].expand_as(indices).flatten() if counted is not None else None
+        load = torch.bincount(flat, weights=mine, minlength=n_experts).long() if mine is not None else pairs
+        gathered = comm.ep_all_gather(torch.stack((pairs, load))[None]).cpu()  # [ep, 2, experts]
+        self.expert_load += gathered[:, 1].sum(0).to(self.expert_load.device)
+        ranges = self.shard.expert_ranges()
+        first, last = ranges[comm.ep_rank]
+        send = [int(gathered[comm.ep_rank, 0, a:b].sum()) for a, b in ranges]
+        from_each = gathered[:, 0, first:last]  # [ep, local experts]: the pairs each rank sends here
+        recv = from_each.sum(1).tolist()
+        rows = comm.ep_all_to_all(chunk[token_of], send, recv)  # grouped by source rank, then by expert
+        if rows.shape[0]:
+            local = torch.repeat_interleave(torch.arange(last - first).repeat(ep), from_each.flatten())
+            local = local.to(x.device)[:, None]
+            rows = self.experts(rows, local, torch.ones(local.shape, device=x.device))
+        out = _combine(chunk, comm.ep_all_to_all(rows, recv, send), weights, order, token_of)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(chunk)
+        comm.tp_all_reduce(out)
+        return comm.ep_all_gather(_pad_rows(out, -(-n // ep)))[:n]
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    return x if x.shape[0] == rows else torch.cat((x, x.new_zeros(rows - x.shape[0], *x.shape[1:])))
