@@ -36,7 +36,7 @@ def test_quick_single_rank_is_its_own_peer():
     report = _quick("1")
     peer = _rows(report, "single rank")
     assert sorted(peer) == [1, 32]
-    for batch, row in peer.items():
+    for row in peer.values():
         assert row["tok_s"] > 0 and row["steps"] == report["tokens"] - 1, row
         assert row["speed_up"] == 1.0 and row["same_tokens"] is True, row
         assert row["comm_ms_per_step"] == 0.0 and row["comm_share"] == 0.0, row  # one rank: no collectives
