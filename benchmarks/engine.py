@@ -182,30 +182,57 @@ def prompts(batch: int, length: int = 16) -> list[list[int]]:
     return [torch.randint(3, 1000, (length,), generator=gen).tolist() for _ in range(batch)]
 
 
-def engine(path: Path, dtype: str, **options: object) -> tuple[LLM, float]:
-    """An engine on default settings (on the CPU; no prefix caching, as transformers has none) and the seconds
-    its warm-up took: compiling the decode graphs, or loading them from the compile cache."""
-    llm = LLM(str(path), dtype=dtype, device="cpu", enable_prefix_caching=False, **options)
+def engine(path: Path, dtype: str, device: str = "cpu", **options: object) -> tuple[LLM, float]:
+    """An engine on default settings (no prefix caching, as transformers has none) and the seconds its warm-up
+    took: compiling the decode graphs, or loading them from the compile cache."""
+    llm = LLM(str(path), dtype=dtype, device=device, enable_prefix_caching=False, **options)
     start = time.perf_counter()
     llm.engine.warm_up()
     return llm, time.perf_counter() - start
 
 
-def decode_rate(llm: LLM, batch: int, tokens: int) -> float:
-    """Decode tokens/s: the steps after the first (which prefills every prompt and samples its first token) of a
-    run of ``tokens`` tokens a sequence, after a full-length warm-up run."""
+@dataclass
+class DecodeRun:
+    """One timed decode run: the steps after the first of ``tokens`` tokens a sequence, the seconds they took,
+    rank 0's seconds in collectives during them (0 on one rank), and the warm-up run's greedy tokens (to compare
+    one engine's output with another's)."""
+
+    batch: int
+    tokens: int
+    steps: int
+    seconds: float
+    comm_seconds: float
+    token_ids: list[list[int]]
+
+    @property
+    def rate(self) -> float:
+        return self.batch * (self.tokens - 1) / self.seconds
+
+
+def decode_run(llm: LLM, batch: int, tokens: int) -> DecodeRun:
+    """Time the steps after the first (which prefills every prompt and samples its first token) of a run of
+    ``tokens`` tokens a sequence, after a full-length warm-up run."""
     params = SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)
-    llm.generate(prompts(batch), params)
+    warm = llm.generate(prompts(batch), params)
     engine = llm.engine
     for i, prompt in enumerate(prompts(batch)):
         engine.add_request(f"bench-{batch}-{i}", prompt, params)
     generated = engine.generation_tokens
     engine.step()
     assert engine.generation_tokens - generated == batch, "the first step should prefill every prompt"
+    comm, steps = getattr(engine, "comm_seconds", 0.0), 0
     start = time.perf_counter()
     while engine.has_unfinished_requests():
         engine.step()
-    return batch * (tokens - 1) / (time.perf_counter() - start)
+        steps += 1
+    seconds = time.perf_counter() - start
+    return DecodeRun(batch, tokens, steps, seconds, getattr(engine, "comm_seconds", 0.0) - comm,
+                     [out.outputs[0].token_ids for out in warm])
+
+
+def decode_rate(llm: LLM, batch: int, tokens: int) -> float:
+    """Decode tokens/s of :func:`decode_run`."""
+    return decode_run(llm, batch, tokens).rate
 
 
 def prefill_rate(llm: LLM, length: int) -> float:
