@@ -86,7 +86,13 @@ class EngineSettings(BaseModel):
         "auto", description="torch.distributed backend of the ranks' data collectives; auto: nccl on cuda, gloo on "
                             "cpu (the step plan always travels over gloo)"
     )
-    parallel_master_addr: str = Field("127.0.0.1", description="where rank 0's rendezvous store listens")
+    parallel_launcher: Literal["process", "ray"] = Field(
+        "process", description="process: ranks 1.. are child processes of rank 0 (one machine); ray: Ray actors "
+                               "placed by a placement group (the ray extra; joins the running Ray, else starts one)"
+    )
+    parallel_master_addr: str = Field(
+        "127.0.0.1", description="where rank 0's rendezvous store is reached (launcher ray: this node's Ray address)"
+    )
     parallel_port: int = Field(0, ge=0, le=65535, description="the rendezvous store's port; 0: a free port")
     parallel_timeout_seconds: float = Field(
         300.0, gt=0, description="longest wait for the ranks to start (load included) and for one collective; "

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from devices import DEVICES
+from polling import wait_for
 from processes import alive
 
 from moecloud import LLM
@@ -123,6 +124,22 @@ def test_context_manager_stops_its_ranks(checkpoint: Path) -> None:
         pids = rank_pids(llm)
         assert len(pids) == 1 and alive(pids[0])
     assert not alive(pids[0])
+
+
+def test_ray_launcher_runs_ranks_as_actors(checkpoint: Path, single: LLM) -> None:
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        with LLM(checkpoint, device="cpu", tensor_parallel_size=2, parallel_launcher="ray", **OPTIONS) as llm:
+            assert tokens(llm.generate(PROMPTS, GREEDY)) == tokens(single.generate(PROMPTS, GREEDY))
+            pid = rank_pids(llm)[0]
+            assert pid != os.getpid() and alive(pid)
+        wait_for(lambda: not alive(pid), TIMEOUT)  # the actor ends with the engine
+    finally:
+        if started:
+            ray.shutdown()
 
 
 @pytest.mark.parametrize("device", [p for p in DEVICES if p.id == "cuda"])

@@ -16,6 +16,7 @@ import pickle
 import subprocess
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -119,6 +120,39 @@ def _timeout(config: EngineConfig) -> datetime.timedelta:
     return datetime.timedelta(seconds=config.parallel_timeout_seconds)
 
 
+class RankProcess(Protocol):
+    """One of ranks 1..W-1 as rank 0 holds it: a ``subprocess.Popen``, or a Ray actor (``ray_ranks.py``)."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+def master_addr(config: EngineConfig) -> str:
+    """Where the other ranks reach rank 0's store: this node's address among Ray's nodes."""
+    if config.parallel_launcher == "ray":
+        from moecloud.engine.parallel.ray_ranks import node_address
+
+        return node_address()
+    return config.parallel_master_addr
+
+
+def start_ranks(config: EngineConfig, port: int, device: torch.device) -> list[RankProcess]:
+    """Ranks 1..W-1, each told where rank 0's store listens."""
+    world, addr, timeout = layout_of(config).world, master_addr(config), config.parallel_timeout_seconds
+    if config.parallel_launcher == "ray":
+        from moecloud.engine.parallel.ray_ranks import start_ray_ranks
+
+        return start_ray_ranks(world, device, addr, port, timeout)
+    return [subprocess.Popen(python_call_command("moecloud.engine.parallel.launch", "follower_main", addr, port,
+                                                 rank, os.getpid(), timeout))
+            for rank in range(1, world)]
+
+
 class RankGroup:
     """Rank 0's side of a world of several ranks: the store, the other ranks' processes, the control group and
     this rank's data groups. Built by `start`; ``close()`` stops everything it started."""
@@ -133,16 +167,11 @@ class RankGroup:
         timeout = _timeout(config)
         log.info("starting ranks 1..%d of %d x %d (tensor x expert parallel, data collectives over %s)",
                  self.layout.world - 1, self.layout.tp, self.layout.ep, data_backend(config, device))
-        self._store = dist.TCPStore(config.parallel_master_addr, config.parallel_port, self.layout.world,
+        self._store = dist.TCPStore(master_addr(config), config.parallel_port, self.layout.world,
                                     is_master=True, timeout=timeout, wait_for_workers=False)
         self._store.set("config", pickle.dumps(config))
         self._store.set("threads", str(torch.get_num_threads()))
-        self.processes = [
-            subprocess.Popen(python_call_command(
-                "moecloud.engine.parallel.launch", "follower_main", config.parallel_master_addr, self._store.port,
-                rank, os.getpid(), config.parallel_timeout_seconds))
-            for rank in range(1, self.layout.world)
-        ]
+        self.processes: list[RankProcess] = start_ranks(config, self._store.port, device)
         self._watch = threading.Thread(target=self._watch_ranks, args=(config.parallel_watch_seconds,),
                                        name="rank-watch", daemon=True)
         self._watch.start()
@@ -220,24 +249,32 @@ class RankGroup:
 
 
 def follower_main(master_addr: str, port: int, rank: int, parent: int, timeout_seconds: float) -> None:
-    """A rank's process: join the store, build this rank's part of the engine, follow rank 0 until it stops."""
+    """A rank's process (started by rank 0): ends with rank 0, exits 1 on any failure."""
     exit_with_parent(parent)
     try:
-        store = dist.TCPStore(master_addr, port, is_master=False, timeout=datetime.timedelta(seconds=timeout_seconds))
-        config: EngineConfig = pickle.loads(store.get("config"))
-        torch.set_num_threads(int(store.get("threads")))
-        layout, device, timeout = layout_of(config), rank_device(config, rank), _timeout(config)
-        control = ControlGroup(store, rank, layout.world, timeout)
-        comm = create_comm(layout, rank, store, device, timeout)
-        model_config = load_model_config(config.model)
-        max_model_len = config.context_cap(model_config.max_position_embeddings)
-        model = load_rank_model(config, model_config, config.resolve_dtype(device), device, max_model_len, comm)
-        num_blocks = max(kv_cache_tokens(config, model, device, max_model_len, control) // config.block_size, 1)
-        runner = new_runner(config, model, num_blocks, device, max_model_len)
-        with torch.inference_mode():
-            follow(control, runner, joins_logits=rank in layout.tp_ranks(0))
-        comm.close()
+        run_follower(master_addr, port, rank, timeout_seconds)
     except BaseException:  # noqa: BLE001 - rank 0 sees the exit and fails the engine
         log.exception("rank %d failed", rank)
         os._exit(1)
     os._exit(0)  # no interpreter teardown: torch's can be slow, and nothing is left to flush
+
+
+def run_follower(master_addr: str, port: int, rank: int, timeout_seconds: float,
+                 device: torch.device | None = None) -> None:
+    """Join the store, build this rank's part of the engine, follow rank 0 until it says stop. ``device``: the
+    rank's own (default: ``rank_device``; a Ray actor sees only its GPU, as cuda:0)."""
+    store = dist.TCPStore(master_addr, port, is_master=False, timeout=datetime.timedelta(seconds=timeout_seconds))
+    config: EngineConfig = pickle.loads(store.get("config"))
+    torch.set_num_threads(int(store.get("threads")))
+    layout, timeout = layout_of(config), _timeout(config)
+    device = device or rank_device(config, rank)
+    control = ControlGroup(store, rank, layout.world, timeout)
+    comm = create_comm(layout, rank, store, device, timeout)
+    model_config = load_model_config(config.model)
+    max_model_len = config.context_cap(model_config.max_position_embeddings)
+    model = load_rank_model(config, model_config, config.resolve_dtype(device), device, max_model_len, comm)
+    num_blocks = max(kv_cache_tokens(config, model, device, max_model_len, control) // config.block_size, 1)
+    runner = new_runner(config, model, num_blocks, device, max_model_len)
+    with torch.inference_mode():
+        follow(control, runner, joins_logits=rank in layout.tp_ranks(0))
+    comm.close()
