@@ -15,6 +15,7 @@ import os
 import pickle
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -170,7 +171,7 @@ class RankGroup:
         self._store = dist.TCPStore(master_addr(config), config.parallel_port, self.layout.world,
                                     is_master=True, timeout=timeout, wait_for_workers=False)
         self._store.set("config", pickle.dumps(config))
-        self._store.set("threads", str(torch.get_num_threads()))
+        self._store.set("threads", str(max(1, torch.get_num_threads() // self.layout.world)))
         self.processes: list[RankProcess] = start_ranks(config, self._store.port, device)
         self._watch = threading.Thread(target=self._watch_ranks, args=(config.parallel_watch_seconds,),
                                        name="rank-watch", daemon=True)
@@ -178,11 +179,23 @@ class RankGroup:
         self.control: ControlGroup | None = None
         self.comm: ReplicatedComm | None = None
         try:
+            self._await_ranks(config.parallel_timeout_seconds, config.parallel_watch_seconds)
             self.control = ControlGroup(self._store, 0, self.layout.world, timeout)
             self.comm = create_comm(self.layout, 0, self._store, device, timeout)
         except BaseException:
             self.close()
             raise
+
+    def _await_ranks(self, timeout: float, interval: float) -> None:
+        """Wait until every rank has joined the store; a rank that exits first fails the start at once (the
+        control group's own rendezvous would wait out the whole timeout)."""
+        keys = [f"joined/{rank}" for rank in range(1, self.layout.world)]
+        deadline = time.monotonic() + timeout
+        while not self._store.check(keys):
+            self.check()
+            if time.monotonic() > deadline:
+                raise EngineFailed(f"the ranks did not start within {timeout:g} s")
+            time.sleep(interval)
 
     @property
     def seconds(self) -> float:
@@ -268,6 +281,7 @@ def run_follower(master_addr: str, port: int, rank: int, timeout_seconds: float,
     torch.set_num_threads(int(store.get("threads")))
     layout, timeout = layout_of(config), _timeout(config)
     device = device or rank_device(config, rank)
+    store.set(f"joined/{rank}", "1")
     control = ControlGroup(store, rank, layout.world, timeout)
     comm = create_comm(layout, rank, store, device, timeout)
     model_config = load_model_config(config.model)
