@@ -14,7 +14,7 @@ import pytest
 import torch
 from devices import DEVICES
 from polling import wait_for
-from processes import alive
+from processes import alive, descendants, is_rank
 
 from moecloud import LLM
 from moecloud.engine import SamplingParams
@@ -117,6 +117,29 @@ def test_killed_rank_fails_the_engine_and_the_idle_engine_notices(checkpoint: Pa
         assert time.monotonic() - began < TIMEOUT
     finally:
         closed(llm)
+
+
+def test_a_rank_that_dies_while_starting_fails_the_start_before_the_timeout(checkpoint: Path) -> None:
+    killed: list[int] = []
+    others = set(descendants(os.getpid()))  # the ranks of engines other tests share
+
+    def kill_the_rank() -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while not killed and time.monotonic() < deadline:
+            for pid in set(filter(is_rank, descendants(os.getpid()))) - others:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_the_rank)
+    killer.start()
+    began = time.monotonic()
+    try:
+        with pytest.raises(EngineFailed, match="rank 1"):
+            LLM(checkpoint, device="cpu", tensor_parallel_size=2, **OPTIONS)
+    finally:
+        killer.join()
+    assert killed and time.monotonic() - began < TIMEOUT
 
 
 def test_context_manager_stops_its_ranks(checkpoint: Path) -> None:
