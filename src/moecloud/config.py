@@ -77,6 +77,29 @@ class EngineSettings(BaseModel):
         100_000, ge=1000, description="llguidance's budget for building a grammar's lexer: a regex or schema that "
                                       "needs more is refused (400) instead of stalling the engine's step"
     )
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="ranks that split attention heads, dense MLPs and the vocabulary (one engine over "
+                             "tensor_parallel_size x expert_parallel_size processes, one device each on CUDA)"
+    )
+    expert_parallel_size: int = Field(1, ge=1, description="ranks that split the routed experts between them")
+    parallel_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend of the ranks' data collectives; auto: nccl on cuda, gloo on "
+                            "cpu (the step plan always travels over gloo)"
+    )
+    parallel_launcher: Literal["process", "ray"] = Field(
+        "process", description="process: ranks 1.. are child processes of rank 0 (one machine); ray: Ray actors "
+                               "placed by a placement group (the ray extra; joins the running Ray, else starts one)"
+    )
+    parallel_master_addr: str = Field(
+        "127.0.0.1", description="where rank 0's rendezvous store is reached (launcher ray: this node's Ray address)"
+    )
+    parallel_port: int = Field(0, ge=0, le=65535, description="the rendezvous store's port; 0: a free port")
+    parallel_timeout_seconds: float = Field(
+        300.0, gt=0, description="longest wait for the ranks to start (load included) and for one collective; "
+                                 "past it the engine is failed"
+    )
+    parallel_watch_seconds: float = Field(0.2, gt=0, description="how often rank 0 checks its ranks' processes")
+    parallel_stop_seconds: float = Field(10.0, ge=0, description="on close: wait for the ranks to exit, then kill")
     structured_mask_threads: int = Field(
         0, ge=0, description="0: structured-output masks are computed on the engine thread (best on a few cores); "
                              "N: on a pool of N threads (many cores, large batches of constrained requests)"

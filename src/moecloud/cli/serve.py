@@ -23,6 +23,11 @@ def worker(
     host: Annotated[str | None, typer.Option(help="default: settings.serving.host")] = None,
     port: Annotated[int | None, typer.Option(min=0, max=65535, help="default: settings.serving.port")] = None,
     served_model_name: Annotated[str | None, typer.Option(help="model id clients send; default: the dir name")] = None,
+    tensor_parallel: Annotated[int | None, typer.Option(
+        min=1, help="ranks that split heads, dense MLPs and the vocabulary; default: engine.tensor_parallel_size")
+    ] = None,
+    expert_parallel: Annotated[int | None, typer.Option(
+        min=1, help="ranks that split the routed experts; default: engine.expert_parallel_size")] = None,
     settings_json: Annotated[str | None, typer.Option(
         help="settings handed down by the process that starts this worker (JSON); then the environment is not read",
         hidden=True)] = None,
@@ -33,6 +38,10 @@ def worker(
     from moecloud.serving.worker import run_worker
 
     settings = settings_from_parent(settings_json) if settings_json is not None else load_settings()
+    if tensor_parallel is not None:
+        settings.engine.tensor_parallel_size = tensor_parallel
+    if expert_parallel is not None:
+        settings.engine.expert_parallel_size = expert_parallel
     configure_logging(settings.log)
     status = run_worker(model, settings, host=host, port=port, served_model_name=served_model_name)
     if status:

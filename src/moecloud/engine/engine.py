@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,16 +13,19 @@ import torch
 from moecloud.engine.engine_config import EngineConfig, PromptTooLong
 from moecloud.engine.failures import FORWARD, EngineFailed, FaultInjector, is_fatal
 from moecloud.engine.kv_cache import BlockManager
-from moecloud.engine.loader import load_model
 from moecloud.engine.model_config import load_model_config
-from moecloud.engine.model_runner import (
-    ModelRunner,
-    RunOutput,
-    ScheduledSeq,
-    kv_bytes_per_token,
-    kv_cache_tokens_from_memory,
-)
+from moecloud.engine.model_runner import ModelRunner, RunOutput, ScheduledSeq, kv_bytes_per_token
 from moecloud.engine.outputs import EngineStats, Logprob, RequestMetrics, RequestOutput
+from moecloud.engine.parallel.control import ParallelRunner
+from moecloud.engine.parallel.launch import (
+    RankGroup,
+    for_ranks,
+    kv_cache_tokens,
+    layout_of,
+    load_rank_model,
+    new_runner,
+    rank_device,
+)
 from moecloud.engine.requests import RequestState, SampleState
 from moecloud.engine.sampler import Sampler, SamplingRow, TokenChoice, finite_log_softmax, top_logprobs
 from moecloud.engine.sampling_params import InvalidParameter, SamplingParams
@@ -42,40 +46,25 @@ class LLMEngine:
     """
 
     def __init__(self, config: EngineConfig, faults: FaultInjector | None = None) -> None:
+        config = for_ranks(config)
         self.config = config
-        self.device = config.resolve_device()
+        self.layout = layout_of(config)
+        self.device = rank_device(config, 0)
         self.dtype = config.resolve_dtype(self.device)
         self.model_config = load_model_config(config.model)
         self.model_name = Path(config.model).resolve().name
         self.tokenizer = Tokenizer(config.model)
-        self.max_model_len = min(self.model_config.max_position_embeddings, config.max_model_len or 1 << 62)
+        self.max_model_len = config.context_cap(self.model_config.max_position_embeddings)
         if config.quantization not in (None, "int8"):
             raise ValueError(f"quantization {config.quantization!r} is not supported (supported: int8)")
-        self.model = load_model(config.model, self.model_config, self.dtype, self.device, self.max_model_len,
-                                quantization=config.quantization, fp8_compute=config.fp8_compute)
-        self.load_seconds = self.model.load_report.seconds  # built and filled in place, int8 quantized as read
-        kv_tokens = config.kv_cache_tokens
-        if kv_tokens is None:
-            kv_tokens = kv_cache_tokens_from_memory(self.model, self.device, config.block_size,
-                                                    config.max_num_batched_tokens, config.memory_utilization,
-                                                    self.max_model_len)
-        num_blocks = max(kv_tokens // config.block_size, 1)
-        log.info("KV cache: %d tokens (%.2f GiB)", num_blocks * config.block_size,
-                 num_blocks * config.block_size * kv_bytes_per_token(self.model) / 2**30)
-        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
-        self.runner = ModelRunner(
-            self.model,
-            num_blocks,
-            config.block_size,
-            self.device,
-            compile_decode=config.compile,
-            compile_max_batch=config.compile_max_batch,
-            graph_max_batch=min(config.cuda_graph_max_batch, config.max_num_seqs) if config.cuda_graphs else 0,
-            graph_max_context=config.cuda_graph_max_context,
-            max_model_len=self.max_model_len,
-            compile_cache_dir=config.compile_cache_dir,
-        )
+        # ranks 1.. start first: they load while this rank does
+        self.ranks = RankGroup(config, self.device) if self.layout.world > 1 else None
+        self._finalizer = weakref.finalize(self, self.ranks.close) if self.ranks else None
+        try:
+            self._build(config)
+        except BaseException:
+            self.close()
+            raise
         self.faults = faults
         self.sampler = Sampler(config.seed, faults, config.structured_mask_threads, self.device)
         self.requests: dict[str, RequestState] = {}
@@ -87,6 +76,23 @@ class LLMEngine:
         self._failed: list[RequestState] = []  # failed during this step, reported by it
         self._failures_in_a_row = 0
         self._schedule_failed = False
+
+    def _build(self, config: EngineConfig) -> None:
+        control = self.ranks.control if self.ranks else None
+        self.model = load_rank_model(config, self.model_config, self.dtype, self.device, self.max_model_len,
+                                     self.ranks.comm if self.ranks else None)
+        self.load_seconds = self.model.load_report.seconds  # built and filled in place, int8 quantized as read
+        num_blocks = max(kv_cache_tokens(config, self.model, self.device, self.max_model_len, control)
+                         // config.block_size, 1)
+        log.info("KV cache: %d tokens (%.2f GiB)", num_blocks * config.block_size,
+                 num_blocks * config.block_size * kv_bytes_per_token(self.model) / 2**30)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        runner = new_runner(config, self.model, num_blocks, self.device, self.max_model_len)
+        self.runner: ModelRunner | ParallelRunner = runner
+        if self.ranks is not None:
+            assert control is not None
+            self.runner = ParallelRunner(runner, control, self.ranks.check, self.ranks.fail)
 
     # ---- requests in -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> None:
@@ -167,6 +173,8 @@ class LLMEngine:
 
     # ---- one step ----------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if self.ranks is not None:
+            self.ranks.check()  # a rank died: the engine is gone, even with nothing to run
         plan = self._schedule()
         touched: list[RequestState] = []
         if plan is not None and plan.scheduled:
@@ -403,4 +411,24 @@ class LLMEngine:
             prompt_tokens=self.prompt_tokens,
             generation_tokens=self.generation_tokens,
             expert_load=self.expert_load(),
+            tensor_parallel_size=self.layout.tp,
+            expert_parallel_size=self.layout.ep,
+            comm_seconds=self.comm_seconds,
         )
+
+    @property
+    def comm_seconds(self) -> float:
+        """Rank 0's time in collectives and in sending the step plan (0 on one rank)."""
+        return self.ranks.seconds if self.ranks is not None else 0.0
+
+    # ---- across ranks ------------------------------------------------------------------------
+    def on_failure(self, callback: Callable[[EngineFailed], None]) -> None:
+        """``callback(failure)`` once the engine fails outside a step (another rank died), on another thread:
+        an idle engine has no step to raise it from. Never called on one rank."""
+        if self.ranks is not None:
+            self.ranks.on_failure(callback)
+
+    def close(self) -> None:
+        """Stop the other ranks (their processes exit); the engine is unusable afterwards. Idempotent."""
+        if self._finalizer is not None:
+            self._finalizer()

@@ -25,6 +25,10 @@ class EngineConfig(EngineSettings):
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
+    def context_cap(self, model_max_positions: int) -> int:
+        """The longest sequence the engine holds: ``max_model_len``, at most the model's own."""
+        return min(model_max_positions, self.max_model_len or 1 << 62)
+
     def resolve_dtype(self, device: torch.device) -> torch.dtype:
         if self.dtype == "auto":
             return torch.bfloat16 if device.type == "cuda" else torch.float32

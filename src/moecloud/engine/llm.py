@@ -20,6 +20,16 @@ class LLM:
         self.engine = LLMEngine(EngineConfig(model=str(model), **engine_options))
         self._ids = itertools.count()
 
+    def close(self) -> None:
+        """Stop the engine's other ranks (one rank: nothing to stop); also done when the LLM is collected."""
+        self.engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @property
     def tokenizer(self):  # noqa: ANN201 - the engine's Tokenizer
         return self.engine.tokenizer

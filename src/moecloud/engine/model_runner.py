@@ -10,6 +10,7 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -30,6 +31,22 @@ class ScheduledSeq:
     num_tokens: int  # tokens computed this step, starting at seq.num_computed_tokens
 
 
+class StepSeq(NamedTuple):
+    """What a forward needs of one scheduled sequence; the step plan other ranks follow is a list of these."""
+
+    token_ids: list[int]  # this step's tokens, at positions start .. start + len - 1
+    start: int
+    block_table: list[int]
+
+
+def step_seqs(batch: list[ScheduledSeq]) -> list[StepSeq]:
+    steps = []
+    for item in batch:
+        seq, start = item.seq, item.seq.num_computed_tokens
+        steps.append(StepSeq(seq.token_ids[start:start + item.num_tokens], start, seq.block_table))
+    return steps
+
+
 @dataclass
 class RunOutput:
     hidden: torch.Tensor  # [T, hidden]
@@ -43,12 +60,12 @@ class RunOutput:
         return model.compute_logits(self.hidden if rows is None else self.hidden[rows])
 
 
-def cache_slot(seq: Sequence, position: int, block_size: int) -> int:
+def cache_slot(seq: Sequence | StepSeq, position: int, block_size: int) -> int:
     """The flat KV-cache slot the latent of ``seq``'s token at ``position`` is written to."""
     return seq.block_table[position // block_size] * block_size + position % block_size
 
 
-def padded_tables(seqs: list[Sequence], width: int, pad: int) -> list[list[int]]:
+def padded_tables(seqs: list[Sequence] | list[StepSeq], width: int, pad: int) -> list[list[int]]:
     """Each sequence's block table cut or padded (with block ``pad``) to ``width`` columns."""
     return [s.block_table[:width] + [pad] * (width - min(width, len(s.block_table))) for s in seqs]
 
@@ -226,6 +243,10 @@ class ModelRunner:
             out = self.graphs.run([item.seq for item in batch])
             if out is not None:
                 return out
+        return self.execute(step_seqs(batch))
+
+    def execute(self, batch: list[StepSeq]) -> RunOutput:
+        """The forward of one step's sequences (eager or compiled; never a CUDA graph)."""
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -233,24 +254,24 @@ class ModelRunner:
         decodes: list[int] = []
         groups: list[AttentionGroup] = []
         for i, item in enumerate(batch):
-            seq, start = item.seq, item.seq.num_computed_tokens
-            end = start + item.num_tokens
+            start, num_tokens = item.start, len(item.token_ids)
+            end = start + num_tokens
             starts.append(len(ids))
-            ids += seq.token_ids[start:end]
+            ids += item.token_ids
             positions += range(start, end)
-            slots += [cache_slot(seq, p, self.block_size) for p in range(start, end)]
-            if item.num_tokens == 1:
+            slots += [cache_slot(item, p, self.block_size) for p in range(start, end)]
+            if num_tokens == 1:
                 decodes.append(i)
             else:
-                groups.append(self._group([starts[i]], item.num_tokens, [seq], [end]))
+                groups.append(self._group([starts[i]], num_tokens, [item], [end]))
         compiled = self._decode is not None and len(decodes) == len(batch) <= self.compile_max_batch
         if decodes:
             groups.append(
                 self._group(
                     [starts[i] for i in decodes],
                     1,
-                    [batch[i].seq for i in decodes],
-                    [batch[i].seq.num_computed_tokens + 1 for i in decodes],
+                    [batch[i] for i in decodes],
+                    [batch[i].start + 1 for i in decodes],
                     # at least 2 columns, so the compiled graph never specialises on a one-block table
                     min_width=2 if compiled else 1,
                 )
@@ -284,7 +305,7 @@ class ModelRunner:
         return out
 
     def _group(
-        self, starts: list[int], q_len: int, seqs: list[Sequence], context_lens: list[int], min_width: int = 1
+        self, starts: list[int], q_len: int, seqs: list[StepSeq], context_lens: list[int], min_width: int = 1
     ) -> AttentionGroup:
         width = max(min_width, *(-(-n // self.block_size) for n in context_lens))
         token_index = torch.tensor(starts, dtype=torch.long)[:, None] + torch.arange(q_len)[None, :]

@@ -65,3 +65,6 @@ class EngineStats:
     generation_tokens: int
     expert_load: dict[int, list[int]] = field(default_factory=dict)  # layer -> tokens routed per expert
     kv_cache_tokens: int = 0  # the KV cache's capacity, in tokens
+    tensor_parallel_size: int = 1
+    expert_parallel_size: int = 1
+    comm_seconds: float = 0.0  # rank 0's time in collectives and sending step plans, since the start

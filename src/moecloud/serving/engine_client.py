@@ -142,10 +142,13 @@ class ThreadEngineClient:
         self.max_model_len = engine.max_model_len
         self.faults = engine.faults
         self._handlers: dict[str, Callable[..., None]] = {
-            "add": self._add, "abort": self._abort, "abort_all": self._abort_all, "stats": self._stats}
+            "add": self._add, "abort": self._abort, "abort_all": self._abort_all, "stats": self._stats,
+            "failed": self._failed}
 
     def start(self) -> None:
         self._thread.start()
+        # another rank died: the loop, perhaps waiting for work, fails as if its step had raised
+        self._engine.on_failure(lambda failure: self._commands.put(("failed", failure)))
 
     def shutdown(self) -> None:
         if self._thread.is_alive():
@@ -240,6 +243,9 @@ class ThreadEngineClient:
             if command[0] == "stop":
                 return False
             self._handlers[command[0]](*command[1:])
+
+    def _failed(self, failure: BaseException) -> None:
+        raise failure
 
     def _abort_all(self) -> None:
         for request_id in list(self._streams):

@@ -26,7 +26,6 @@ import os
 import pickle
 import signal
 import struct
-import sys
 import tempfile
 import threading
 import time
@@ -42,6 +41,7 @@ from moecloud.config import Settings, settings_from_parent
 from moecloud.engine import EngineConfig, EngineStats, LLMEngine, PromptTooLong, RequestOutput, SamplingParams
 from moecloud.engine.failures import FaultInjector, is_fatal
 from moecloud.engine.outputs import CompletionOutput, PositionLogprobs, RequestMetrics
+from moecloud.engine.processes import exit_with_parent, python_call_command
 from moecloud.engine.sampling_params import InvalidParameter
 from moecloud.logs import configure_logging
 from moecloud.serving.errors import QueueFull, RequestFailed
@@ -383,23 +383,8 @@ class BusyClock:
 
 
 def core_command(commands_fd: int, batches_fd: int, clock_fd: int) -> list[str]:
-    """The command line of a core process (``subprocess``, not ``multiprocessing``: nothing of the parent's
-    ``__main__`` is imported again), with the parent's import path."""
-    code = (f"import sys; sys.path[:0] = {[p for p in sys.path if p]!r}; "
-            f"from moecloud.serving.engine_core import engine_core_main; "
-            f"engine_core_main({commands_fd}, {batches_fd}, {clock_fd})")
-    return [sys.executable, "-c", code]
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A thread of the core: end the process once its parent is gone (reparented), even mid-step."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    """The command line of a core process."""
+    return python_call_command("moecloud.serving.engine_core", "engine_core_main", commands_fd, batches_fd, clock_fd)
 
 
 def engine_core_main(commands_fd: int, batches_fd: int, clock_fd: int) -> None:
@@ -413,7 +398,7 @@ def engine_core_main(commands_fd: int, batches_fd: int, clock_fd: int) -> None:
         model, handed_down, parent = commands.recv()
     except EOFError:
         os._exit(0)
-    _exit_with_parent(parent)
+    exit_with_parent(parent)
     settings = settings_from_parent(handed_down)
     configure_logging(settings.log)
     try:
@@ -429,13 +414,19 @@ def engine_core_main(commands_fd: int, batches_fd: int, clock_fd: int) -> None:
             "pid": os.getpid()}
     batches.send(("ready", info))
     core = EngineCore(engine, commands, batches, settings.engine.max_waiting_requests, BusyClock(clock_fd))
+    engine.on_failure(lambda failure: _end_core(core, failure))  # a rank that dies while the loop waits for work
     try:
         core.run()
     except BaseException as exc:  # noqa: BLE001 - any engine failure ends the core; the parent ends every stream
         log.exception("engine loop failed")
-        _send_quietly(core.send, ("fatal", repr(exc)))
-        os._exit(1)
+        _end_core(core, exc)
     os._exit(0)  # no interpreter teardown: nothing is left to flush, and torch's can be slow
+
+
+def _end_core(core: EngineCore, failure: BaseException) -> None:
+    """The engine has failed: tell the parent (it ends every stream) and exit 1, from any thread."""
+    _send_quietly(core.send, ("fatal", repr(failure)))
+    os._exit(1)
 
 
 def _send_quietly(send: Callable[[tuple[Any, ...]], None], message: tuple[Any, ...]) -> None:

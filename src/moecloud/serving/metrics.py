@@ -9,6 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from moecloud.engine import EngineStats
+from moecloud.engine.parallel import rank_load
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -44,6 +45,15 @@ class EngineStatsCollector(Collector):
             for expert, count in enumerate(counts):
                 experts.add_metric([str(layer), str(expert)], count)
         yield experts
+        ranks = CounterMetricFamily("moecloud_expert_rank_tokens",
+                                    "Tokens routed to the experts each expert-parallel rank holds (imbalance)",
+                                    labels=["layer", "rank"])
+        for layer, counts in sorted(stats.expert_load.items()):
+            for rank, count in enumerate(rank_load(counts, stats.expert_parallel_size)):
+                ranks.add_metric([str(layer), str(rank)], count)
+        yield ranks
+        yield CounterMetricFamily("moecloud_comm_seconds", "Rank 0's time in collectives and step plans",
+                                  value=stats.comm_seconds)
 
 
 class ServingMetrics:

@@ -48,3 +48,11 @@ def expert_owners(n_experts: int, ep: int) -> list[int]:
     for rank in range(ep):
         owners += [rank] * (base + (rank < extra))
     return owners
+
+
+def rank_load(expert_counts: list[int], ep: int) -> list[int]:
+    """The tokens routed to each expert rank's experts, from the per-expert counts."""
+    load = [0] * ep
+    for owner, count in zip(expert_owners(len(expert_counts), ep), expert_counts, strict=True):
+        load[owner] += count
+    return load
