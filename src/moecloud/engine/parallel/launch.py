@@ -28,6 +28,7 @@ from moecloud.engine.loader import load_model
 from moecloud.engine.model.deepseek import DeepseekForCausalLM
 from moecloud.engine.model_config import ModelConfig, load_model_config
 from moecloud.engine.model_runner import ModelRunner, kv_cache_tokens_from_memory
+from moecloud.engine.parallel.comm import Comm
 from moecloud.engine.parallel.control import ControlGroup, follow
 from moecloud.engine.parallel.layout import ParallelLayout
 from moecloud.engine.processes import exit_with_parent, python_call_command
@@ -35,30 +36,17 @@ from moecloud.engine.processes import exit_with_parent, python_call_command
 log = logging.getLogger(__name__)
 
 
-class ReplicatedComm:
-    """Stands in for the data groups' `Comm` while every rank holds the whole model: no collectives, no time."""
-
-    seconds = 0.0
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
 def create_comm(layout: ParallelLayout, rank: int, store: dist.Store, device: torch.device,
-                timeout: datetime.timedelta) -> ReplicatedComm:
-    """This rank's data groups (tensor- and expert-parallel).
-
-    integration: ``return Comm.create(layout, rank, dist.PrefixStore("comm", store), device, timeout)``
-    """
-    return ReplicatedComm()
+                timeout: datetime.timedelta) -> Comm:
+    """This rank's data groups (tensor- and expert-parallel), on their own prefix of the rendezvous store."""
+    return Comm.create(layout, rank, dist.PrefixStore("comm", store), device, timeout)
 
 
 def load_rank_model(config: EngineConfig, model_config: ModelConfig, dtype: torch.dtype, device: torch.device,
-                    max_positions: int, comm: ReplicatedComm | None) -> DeepseekForCausalLM:
+                    max_positions: int, comm: Comm | None) -> DeepseekForCausalLM:
     """This rank's model: its shard of the checkpoint (the whole model on one rank)."""
-    # integration: pass comm=comm
     return load_model(config.model, model_config, dtype, device, max_positions,
-                      quantization=config.quantization, fp8_compute=config.fp8_compute)
+                      quantization=config.quantization, fp8_compute=config.fp8_compute, comm=comm)
 
 
 def kv_cache_tokens(config: EngineConfig, model: DeepseekForCausalLM, device: torch.device, max_model_len: int,
@@ -177,7 +165,7 @@ class RankGroup:
                                        name="rank-watch", daemon=True)
         self._watch.start()
         self.control: ControlGroup | None = None
-        self.comm: ReplicatedComm | None = None
+        self.comm: Comm | None = None
         try:
             self._await_ranks(config.parallel_timeout_seconds, config.parallel_watch_seconds)
             self.control = ControlGroup(self._store, 0, self.layout.world, timeout)
