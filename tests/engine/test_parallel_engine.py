@@ -21,6 +21,7 @@ from moecloud.engine import SamplingParams
 from moecloud.engine.failures import EngineFailed
 
 TIMEOUT = 30.0  # parallel_timeout_seconds of these engines: start-up and any one collective
+RAY_TIMEOUT = 240.0  # the Ray launcher's: its actors' start-up (a Ray worker process each) included
 OPTIONS = {"compile": False, "dtype": "float32", "kv_cache_tokens": 4096, "max_model_len": 512,
            "max_num_batched_tokens": 32, "parallel_timeout_seconds": TIMEOUT}
 GREEDY = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
@@ -155,7 +156,10 @@ def test_ray_launcher_runs_ranks_as_actors(checkpoint: Path, single: LLM) -> Non
     if started:
         ray.init(num_cpus=2, include_dashboard=False)
     try:
-        with LLM(checkpoint, device="cpu", tensor_parallel_size=2, parallel_launcher="ray", **OPTIONS) as llm:
+        # a Ray worker imports torch before it answers: on a loaded 2-core machine that alone can take longer than
+        # the other tests' start-up timeout, so this engine gets its own, generous one
+        options = {**OPTIONS, "parallel_timeout_seconds": RAY_TIMEOUT}
+        with LLM(checkpoint, device="cpu", tensor_parallel_size=2, parallel_launcher="ray", **options) as llm:
             assert tokens(llm.generate(PROMPTS, GREEDY)) == tokens(single.generate(PROMPTS, GREEDY))
             pid = rank_pids(llm)[0]
             assert pid != os.getpid() and alive(pid)
