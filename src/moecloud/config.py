@@ -294,6 +294,58 @@ class LogSettings(BaseModel):
     json_lines: bool = Field(False, alias="json", description="one JSON object per line instead of text")
 
 
+class ScreeningSettings(BaseModel):
+    """Input and output screening in the gateway (``moecloud.security``); a tenant's or key's stored policy
+    replaces ``default_policy`` for its requests."""
+
+    enabled: bool = Field(True, description="screen every prompt and response; false: no screening at all")
+    default_policy: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the policy of a tenant and key that have none, as the JSON of moecloud.security.Policy "
+                    "(fields given replace the default's: injection and jailbreak blocked, PII redacted on input; "
+                    "secrets blocked, PII redacted on output)",
+    )
+    stream_window_chars: int = Field(
+        256, ge=16, description="a streamed answer is screened in windows: text is held back until a line or "
+                                "sentence ends, or this many characters are waiting"
+    )
+    stream_tail_chars: int = Field(
+        48, ge=0, description="characters of already screened text screened again with the next window, so a "
+                              "secret or number split across two windows is still found"
+    )
+
+
+class RetentionSettings(BaseModel):
+    """How long usage and audit data are kept; older rows are purged (the ledger, which is money, never is)."""
+
+    usage_days: int | None = Field(400, ge=1, description="usage records older than this are deleted; None: kept")
+    audit_days: int | None = Field(
+        365, ge=180, description="audit rows older than this are deleted, leaving a signed anchor so the rest of "
+                                 "the chain still verifies (level 3 asks for at least 180 days); None: kept"
+    )
+    purge_interval_seconds: float = Field(3600.0, gt=0, description="how often the gateway purges")
+
+
+class BackupSettings(BaseModel):
+    """``moecloud backup create|restore``: logical archives of the database."""
+
+    dir: Path | None = Field(None, description="where archives are written; default <home>/backups")
+    keep: int = Field(7, ge=1, description="archives kept in dir; older ones are deleted after a new one")
+    max_age_hours: float = Field(
+        26.0, gt=0, description="the compliance report fails backup and recovery when the newest archive is older"
+    )
+
+
+class ComplianceSettings(BaseModel):
+    """``moecloud compliance report``: the level-3 technical controls checked against the running platform."""
+
+    out_dir: Path | None = Field(None, description="where reports are written; default <home>/compliance")
+    tls_terminated: bool = Field(
+        False, description="a TLS proxy terminates client connections in front of this gateway (the report "
+                           "cannot see it from inside; say so here)"
+    )
+
+
 class _ProviderKeys(PydanticBaseSettingsSource):
     """``MOECLOUD_PROVIDER_KEY_<NAME>`` variables as ``provider_keys[NAME]``: the only variables whose values
     the gateway sends to a deployment (its other settings, e.g. the audit key, never leave it)."""
@@ -329,6 +381,10 @@ class Settings(BaseSettings):
     scaling: ScalingSettings = ScalingSettings()
     ray: RaySettings = RaySettings()
     log: LogSettings = LogSettings()
+    screening: ScreeningSettings = ScreeningSettings()
+    retention: RetentionSettings = RetentionSettings()
+    backup: BackupSettings = BackupSettings()
+    compliance: ComplianceSettings = ComplianceSettings()
     provider_keys: dict[str, SecretStr] = Field(
         default_factory=dict, description="external providers' keys by NAME, from MOECLOUD_PROVIDER_KEY_<NAME>"
     )

@@ -25,6 +25,7 @@ class Tenant(Base):
     rpm: Mapped[int | None] = mapped_column(Integer)
     tpm: Mapped[int | None] = mapped_column(Integer)
     weight: Mapped[int] = mapped_column(Integer, default=1)  # share of busy capacity against other tenants
+    screening_policy: Mapped[str | None] = mapped_column(Text)  # moecloud.security.Policy as JSON; NULL: default
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -43,6 +44,7 @@ class ApiKey(Base):
     tpm: Mapped[int | None] = mapped_column(Integer)
     max_concurrency: Mapped[int | None] = mapped_column(Integer)
     priority: Mapped[int | None] = mapped_column(Integer)  # admission tier, lower first; NULL: the default
+    screening_policy: Mapped[str | None] = mapped_column(Text)  # replaces the tenant's policy; NULL: the tenant's
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -185,4 +187,16 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(200))
     details: Mapped[str] = mapped_column(Text)  # canonical JSON
     prev_digest: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(64))
+
+
+class AuditAnchor(Base):
+    """Where the audit chain starts after old rows were purged: the last purged row's id and digest, signed
+    (``digest`` = HMAC(audit key, canonical anchor)) so that a forged anchor does not verify. One row at most."""
+
+    __tablename__ = "audit_anchor"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    through_id: Mapped[int] = mapped_column(Integer)
+    through_digest: Mapped[str] = mapped_column(String(64))
+    purged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     digest: Mapped[str] = mapped_column(String(64))
