@@ -45,3 +45,12 @@ def test_a_changed_copy_of_a_policy_is_screened_by_its_own_actions() -> None:
     relaxed = blocking.model_copy(update={"input": Actions(pii="off")})
     assert not verify_input("call 13812345678", relaxed).flagged
     assert verify_input("call 13812345678", Policy(input=Actions(pii="block"))).blocked
+
+
+def test_overrides_merge_per_category_and_refuse_unknown_actions() -> None:
+    policy = Policy.with_overrides({"input": {"pii": "block"}, "keep_prompt": True})
+    assert policy.input.pii == "block" and policy.input.prompt_injection == "block"  # the rest stays default
+    assert policy.output == Policy.default().output and policy.keep_prompt
+    assert Policy.with_overrides({}) == Policy.default()
+    with pytest.raises(ValidationError, match="input.pii"):
+        Policy.with_overrides({"input": {"pii": "nope"}})

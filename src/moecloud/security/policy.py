@@ -6,7 +6,8 @@ Plain JSON (``Policy.model_validate_json(policy.model_dump_json())``) so it can 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -60,6 +61,19 @@ class Policy(BaseModel):
         """Injection and jailbreak blocked and PII redacted on input; secrets blocked and PII redacted on output;
         everything else logged."""
         return cls()
+
+    @classmethod
+    def with_overrides(cls, overrides: Mapping[str, Any]) -> Policy:
+        """The default with the fields given replaced; ``input`` and ``output`` are merged per category, so
+        ``{"input": {"pii": "block"}}`` changes only that action. Raises pydantic's ValidationError."""
+        base = cls.default().model_dump()
+        for side in ("input", "output"):
+            given = overrides.get(side)
+            if isinstance(given, Mapping):
+                base[side] = {**base[side], **given}
+        rest = {name: value for name, value in overrides.items() if name not in ("input", "output")
+                or not isinstance(value, Mapping)}
+        return cls.model_validate({**base, **rest})
 
     @field_validator("banned_topics")
     @classmethod
