@@ -1,0 +1,215 @@
+"""The controls over data: integrity, confidentiality, backup and recovery, residual information and personal
+information, each a pure function of the gathered ``Facts`` (the others are in ``controls``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import datetime, timedelta
+
+from moecloud.config import CHILD_SECTIONS
+from moecloud.toolkit.compliance.controls import (
+    PII_FALSE_POSITIVES,
+    PII_TARGET,
+    PII_UNIT,
+    chain,
+    day,
+    listed,
+    measured,
+    policy_evidence,
+    weakened,
+)
+from moecloud.toolkit.compliance.facts import Facts
+from moecloud.toolkit.compliance.model import Control, Evidence, Text
+
+PURGE_SLACK = timedelta(days=1)  # rows may outlive their retention by up to a purge interval; a day is generous
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def transport(facts: Facts) -> Evidence:
+    """TLS in front of the gateway: declared in the settings, seen in the gateway's URL, or moot on loopback."""
+    host = facts.settings.gateway.host
+    what = Text("TLS in front of the gateway", "网关前端的 TLS 加密")
+    if facts.settings.compliance.tls_terminated:
+        return Evidence(what, Text("a TLS proxy terminates client connections (compliance.tls_terminated)",
+                                   "由 TLS 代理终结客户端连接（compliance.tls_terminated）"), True)
+    if facts.gateway is not None and facts.gateway.url.startswith("https://"):
+        return Evidence(what, Text(f"the gateway is reached at {facts.gateway.url}",
+                                   f"网关通过 {facts.gateway.url} 访问"), True)
+    if _loopback(host):
+        return Evidence(what, Text(f"not applicable: the gateway listens on {host} only, no client connection leaves "
+                                   "this machine", f"不适用：网关仅监听 {host}，客户端连接不离开本机"))
+    return Evidence(
+        what, Text(f"the gateway listens on {host} in plain HTTP and no TLS proxy is declared",
+                   f"网关以明文 HTTP 监听 {host}，且未声明 TLS 代理"), False,
+        Text("Put a TLS-terminating proxy (nginx, Caddy, a cloud load balancer) in front of the gateway and set "
+             "MOECLOUD_COMPLIANCE__TLS_TERMINATED=true, or bind the gateway to 127.0.0.1.",
+             "在网关前部署终结 TLS 的代理（nginx、Caddy 或云负载均衡），"
+             "并设置 MOECLOUD_COMPLIANCE__TLS_TERMINATED=true，或将网关绑定到 127.0.0.1。"),
+    )
+
+
+def data_integrity(facts: Facts) -> Control:
+    ledger = facts.ledger
+    return Control(
+        "data_integrity", Text("Data integrity", "数据完整性"),
+        Text("Important data (authentication data, audit records, business data) is protected by cryptographic or "
+             "other checks against tampering, in storage and in transit.",
+             "应采用校验技术或密码技术保证鉴别数据、审计数据和重要业务数据在传输和存储过程中的完整性。"),
+        [
+            chain(facts),
+            Evidence(Text("Ledger: one entry per request id", "账本：每个请求 ID 只记账一次"),
+                     Text(f"{ledger.entries} entries, {ledger.duplicate_request_ids} request ids twice, database "
+                          f"unique constraint {'present' if ledger.request_id_unique else 'missing'}",
+                          f"{ledger.entries} 条记录，重复请求 ID {ledger.duplicate_request_ids} 个，数据库唯一约束"
+                          f"{'存在' if ledger.request_id_unique else '缺失'}"),
+                     ledger.request_id_unique and not ledger.duplicate_request_ids,
+                     Text("Run the store's migrations (moecloud serve upgrades the database) and investigate the "
+                          "duplicated request ids.",
+                          "执行数据库迁移（moecloud serve 会升级数据库），并排查重复的请求 ID。")),
+            Evidence(Text("Balances equal credits minus settled usage minus open holds",
+                          "余额 = 充值 − 已结算用量 − 未结冻结"),
+                     Text(f"{len(ledger.balance_mismatches)} tenants differ" + (
+                         f": {listed(ledger.balance_mismatches)}" if ledger.balance_mismatches else ""),
+                          f"{len(ledger.balance_mismatches)} 个租户不一致" + (
+                         f"：{listed(ledger.balance_mismatches)}" if ledger.balance_mismatches else "")),
+                     not ledger.balance_mismatches,
+                     Text("Compare the listed tenants' balances with their ledger entries and the audit log.",
+                          "核对所列租户的余额、账本记录与审计日志。")),
+            transport(facts),
+        ],
+    )
+
+
+def data_confidentiality(facts: Facts) -> Control:
+    modes = facts.secret_modes
+    open_files = [path for path, mode in modes.items() if mode & 0o077]
+    handed = sorted(CHILD_SECTIONS & {"gateway", "provider_keys"})
+    return Control(
+        "data_confidentiality", Text("Data confidentiality", "数据保密性"),
+        Text("Authentication data and other important data are protected by encryption or access restriction in "
+             "transit and in storage.",
+             "应采用密码技术或访问限制保证鉴别数据和重要数据在传输和存储过程中的保密性。"),
+        [
+            transport(facts),
+            Evidence(Text("Secret files under <home>/secrets", "<home>/secrets 下的密钥文件"),
+                     Text(", ".join(f"{path} {mode:04o}" for path, mode in modes.items()) or "none (secrets from the "
+                          "settings)", ", ".join(f"{path} {mode:04o}" for path, mode in modes.items())
+                          or "无（密钥来自配置）"),
+                     not open_files if modes else None,
+                     Text(f"chmod 600 {' '.join(open_files)}", f"执行 chmod 600 {' '.join(open_files)}")),
+            Evidence(Text("Settings handed to engine workers (config.CHILD_SECTIONS)",
+                          "传给推理进程的配置段（config.CHILD_SECTIONS）"),
+                     ", ".join(sorted(CHILD_SECTIONS)), not handed,
+                     Text(f"Remove {', '.join(handed)} from CHILD_SECTIONS: keys must not leave the gateway.",
+                          f"从 CHILD_SECTIONS 中移除 {', '.join(handed)}：密钥不得离开网关。")),
+        ],
+    )
+
+
+def backup_recovery(facts: Facts) -> Control:
+    backup, max_age = facts.backup, facts.settings.backup.max_age_hours
+    what = Text("Newest backup archive", "最新备份")
+    if backup is None:
+        evidence = [Evidence(what, Text("not checked: backup module missing", "未检查：缺少备份模块"))]
+    elif backup.latest is None:
+        evidence = [Evidence(what, Text("none", "无"), False,
+                             Text("Run moecloud backup create, and schedule it at least daily.",
+                                  "执行 moecloud backup create，并至少每天定时执行。"))]
+    else:
+        age = backup.age_hours or 0.0
+        evidence = [
+            Evidence(what, Text(f"{backup.latest}, made {day(backup.created_at)}, {age:.1f} h old "
+                                f"(at most {max_age:g})",
+                                f"{backup.latest}，生成于 {day(backup.created_at)}，已 {age:.1f} 小时"
+                                f"（上限 {max_age:g}）"),
+                     age <= max_age, Text("Run moecloud backup create, and schedule it at least daily.",
+                                          "执行 moecloud backup create，并至少每天定时执行。")),
+            Evidence(Text("Restore test into an empty database", "恢复到空数据库的测试"),
+                     Text(f"{'restored' if backup.restore_ok else 'failed'}: {backup.rows_restored} rows, "
+                          f"{backup.audit_problems} audit problems, {backup.restore_seconds or 0:.1f} s"
+                          + (f" ({backup.restore_detail})" if backup.restore_detail else ""),
+                          f"{'恢复成功' if backup.restore_ok else '恢复失败'}：{backup.rows_restored} 行，审计问题 "
+                          f"{backup.audit_problems} 处，用时 {backup.restore_seconds or 0:.1f} 秒"
+                          + (f"（{backup.restore_detail}）" if backup.restore_detail else "")),
+                     bool(backup.restore_ok),
+                     Text("Make a new backup and test it with moecloud backup restore into an empty database.",
+                          "重新备份，并用 moecloud backup restore 恢复到空数据库进行验证。")),
+        ]
+    return Control(
+        "backup_recovery", Text("Data backup and recovery", "数据备份恢复"),
+        Text("Important data is backed up regularly and the backups are shown to restore.",
+             "应提供重要数据的本地备份与恢复功能，定期备份并验证备份可恢复。"),
+        evidence,
+    )
+
+
+def _retained(what: Text, days: int | None, setting: str, oldest: datetime | None, now: datetime) -> list[Evidence]:
+    if days is None:
+        return [Evidence(what, Text("kept indefinitely", "永久保存"), False,
+                         Text(f"Set {setting} so that old rows are purged.", f"设置 {setting}，使过期数据被清除。"))]
+    evidence = [Evidence(what, Text(f"{days} days", f"{days} 天"), True)]
+    if oldest is not None:
+        overdue = now - oldest > timedelta(days=days) + PURGE_SLACK
+        evidence.append(Evidence(
+            Text(f"Oldest row under {setting}", f"{setting} 所管数据中最早的一行"), day(oldest), not overdue,
+            Text(f"Rows older than {setting} remain: check that the gateway's purge runs.",
+                 f"存在超过 {setting} 的数据：检查网关的定期清除是否运行。")))
+    return evidence
+
+
+def _keep_prompt(facts: Facts) -> Evidence:
+    keep = facts.default_policy is not None and facts.default_policy.keep_prompt
+    return Evidence(Text("Raw prompts kept in the audit log (keep_prompt of the default policy)",
+                         "审计日志保留原始提示词（默认策略 keep_prompt）"),
+                    "on" if keep else "off", not keep,
+                    Text("Set keep_prompt false in screening.default_policy.",
+                         "在 screening.default_policy 中将 keep_prompt 设为 false。"))
+
+
+def residual_information(facts: Facts) -> Control:
+    retention, ages = facts.settings.retention, facts.ages
+    return Control(
+        "residual_information", Text("Residual information protection", "剩余信息保护"),
+        Text("Storage holding authentication or personal data is cleared when released, and data is not kept "
+             "longer than needed.",
+             "应保证鉴别信息和敏感数据所在的存储空间被释放或重新分配前得到完全清除，数据不超期留存。"),
+        _retained(Text("Usage retention (retention.usage_days)", "用量记录保存期（retention.usage_days）"),
+                  retention.usage_days, "retention.usage_days", ages.oldest_usage, facts.now)
+        + _retained(Text("Audit retention (retention.audit_days)", "审计记录保存期（retention.audit_days）"),
+                    retention.audit_days, "retention.audit_days", ages.oldest_audit, facts.now)
+        + [_keep_prompt(facts)],
+    )
+
+
+def personal_information(facts: Facts) -> Control:
+    policy = facts.default_policy
+    evidence = [policy_evidence(facts)] if policy is None else [
+        Evidence(Text("PII in the default policy", "默认策略中的个人信息处理"),
+                 f"input={policy.input.pii}, output={policy.output.pii}",
+                 policy.input.pii in ("block", "redact") and policy.output.pii in ("block", "redact"),
+                 Text("Set pii to redact on input and output in screening.default_policy.",
+                      "在 screening.default_policy 中将输入、输出的 pii 设为 redact。")),
+        *measured(facts, PII_UNIT, PII_TARGET, PII_FALSE_POSITIVES,
+                  Text("PII found on the held-out set", "留出集个人信息识别实测")),
+    ]
+    weak = weakened(facts, ("pii",), ("block", "redact"))
+    evidence += [
+        Evidence(Text("Tenants and keys whose stored policy lets PII through", "存储策略放行个人信息的租户和密钥"),
+                 listed(weak) or Text("none", "无"), not weak,
+                 Text("Set pii to redact in the listed policies, or record each as an approved exception.",
+                      "将所列策略的 pii 设为 redact，或将其逐一登记为经批准的例外。")),
+        _keep_prompt(facts),
+    ]
+    return Control(
+        "personal_information", Text("Personal information protection", "个人信息保护"),
+        Text("Only the personal information the service needs is collected, and unauthorised access to and use of "
+             "it is prevented.",
+             "应仅采集和保存业务必需的用户个人信息，并禁止未授权访问和非法使用。"),
+        evidence,
+    )

@@ -1,0 +1,139 @@
+"""Everything the controls judge, gathered live from the settings, the secret files, the database, the screening
+library's measured rates, the newest backup and (when given) the running gateway. Nothing here decides a verdict."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+
+from moecloud.config import Settings
+from moecloud.secret_files import SecretFiles, admin_key
+from moecloud.security import Policy
+from moecloud.security.dataset import load_items
+from moecloud.security.evaluation import Rate, rates
+from moecloud.store import Database, audit, inspection
+
+
+@dataclass(frozen=True)
+class BackupFacts:
+    latest: Path | None
+    created_at: datetime | None
+    age_hours: float | None
+    restore_ok: bool | None = None
+    rows_restored: int | None = None
+    audit_problems: int | None = None
+    restore_seconds: float | None = None
+    restore_detail: str = ""
+
+
+@dataclass(frozen=True)
+class GatewayProbe:
+    url: str
+    status: int | None  # GET /health's status; None: not reached
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Facts:
+    settings: Settings
+    now: datetime
+    database: str  # its URL, password hidden
+    admin_key: str | None
+    admin_key_source: str  # "setting gateway.admin_key" or the file it is kept in
+    admin_is_audit_key: bool
+    secret_modes: dict[str, int]  # each file under <home>/secrets: its permission bits
+    keys: inspection.KeyStorage
+    policies: list[inspection.StoredPolicy]
+    ledger: inspection.LedgerFacts
+    ages: inspection.Ages
+    audit_rows: int
+    audit_problems: list[str]
+    default_policy: Policy | None  # None: settings.screening.default_policy does not validate
+    default_policy_error: str
+    rates: list[Rate]  # empty: the labelled set is not in this installation
+    backup: BackupFacts | None  # None: the backup module is not installed
+    gateway: GatewayProbe | None
+
+
+def gather(settings: Settings, database: Database, *, audit_key: bytes, now: datetime,
+           gateway_url: str | None = None) -> Facts:
+    policy, policy_error = default_policy(settings)
+    with database.read() as session:
+        keys = inspection.key_storage(session, now=now)
+        policies = inspection.stored_policies(session)
+        ledger = inspection.ledger_facts(session)
+        ages = inspection.ages(session)
+        problems = [str(problem) for problem in audit.verify(session, audit_key)]
+        rows = audit.count(session)
+    files = SecretFiles.of(settings)
+    return Facts(
+        settings=settings, now=now, database=make_url(database.url).render_as_string(hide_password=True),
+        admin_key=admin_key(settings),
+        admin_key_source="setting gateway.admin_key" if settings.gateway.admin_key else str(files.admin_key),
+        admin_is_audit_key=(admin_key(settings) or "").encode() == audit_key,
+        secret_modes={str(path): path.stat().st_mode & 0o777
+                      for path in sorted(files.folder.rglob("*")) if path.is_file()},
+        keys=keys, policies=policies, ledger=ledger, ages=ages, audit_rows=rows, audit_problems=problems,
+        default_policy=policy, default_policy_error=policy_error,
+        rates=rates(load_items("test"), policy) if policy else [],
+        backup=backup_facts(settings, audit_key, now),
+        gateway=probe(gateway_url) if gateway_url else None,
+    )
+
+
+def default_policy(settings: Settings) -> tuple[Policy | None, str]:
+    try:
+        return Policy.with_overrides(settings.screening.default_policy), ""
+    except ValidationError as error:
+        return None, str(error).splitlines()[0]
+
+
+def stored_policy(text: str) -> Policy | None:
+    """A tenant's or key's stored policy as the gateway applies it (None: it does not parse)."""
+    try:
+        overrides = json.loads(text)
+        return Policy.with_overrides(overrides) if isinstance(overrides, dict) else None
+    except (ValueError, ValidationError):
+        return None
+
+
+def shannon_bits(value: str) -> float:
+    """An estimate of a secret's strength: its length times the Shannon entropy of its characters."""
+    if not value:
+        return 0.0
+    counts = Counter(value)
+    return -len(value) * sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
+
+
+def backup_facts(settings: Settings, audit_key: bytes, now: datetime) -> BackupFacts | None:
+    """The newest archive and a restore test of it into an empty database."""
+    try:
+        from moecloud.toolkit import backup  # type: ignore[attr-defined]  # lands with the backup branch
+    except ImportError:
+        return None
+    manifest = backup.latest_backup(settings)
+    if manifest is None:
+        return BackupFacts(latest=None, created_at=None, age_hours=None)
+    check = backup.restore_check(manifest.path, audit_key)
+    return BackupFacts(
+        latest=manifest.path, created_at=manifest.created_at,
+        age_hours=(now - manifest.created_at).total_seconds() / 3600,
+        restore_ok=check.ok, rows_restored=check.rows_restored, audit_problems=len(check.audit_problems),
+        restore_seconds=check.seconds, restore_detail=check.detail,
+    )
+
+
+def probe(url: str) -> GatewayProbe:
+    try:
+        response = httpx.get(url.rstrip("/") + "/health", timeout=5)
+    except httpx.HTTPError as error:
+        return GatewayProbe(url, None, f"{type(error).__name__}: {error}")
+    return GatewayProbe(url, response.status_code)
