@@ -16,6 +16,7 @@ from typer.core import TyperGroup
 from moecloud.cli import (
     aliases,
     audit,
+    compliance,
     credits,
     deployments,
     keys,
@@ -59,6 +60,6 @@ class OneLineErrors(TyperGroup):
 
 app = typer.Typer(cls=OneLineErrors, help="moecloud: a self-hosted MoE model cloud in one package.",
                   no_args_is_help=True)
-for commands in (serve, tenants, keys, credits, usage, prices, deployments, aliases, audit, train, quantize, evaluate,
-                 tasks):
+for commands in (serve, tenants, keys, credits, usage, prices, deployments, aliases, audit, compliance, train, quantize,
+                 evaluate, tasks):
     commands.register(app)

@@ -133,23 +133,32 @@ def settings_for(ctx: typer.Context) -> Settings:
 
 
 @contextmanager
-def admin_for(ctx: typer.Context) -> Iterator[Admin]:
-    """The ``Admin`` of the command's database; what it refuses becomes a one-line error (exit status 1)."""
+def database_for(ctx: typer.Context) -> Iterator[tuple[Settings, Database, bytes]]:
+    """The command's settings, its database (migrated) and the audit-chain key; what the database refuses becomes
+    a one-line error (exit status 1)."""
     settings = settings_for(ctx)
     try:
         database = Database.open(settings.database_url())
     except SQLAlchemyError as error:
         raise ClickException(f"cannot open the database: {_first_line(error)}") from error
     try:
-        yield Admin(database, settings, load_secrets(settings).audit_key, actor="cli")
-    except ValidationError as error:
-        raise _bad_parameter(ctx, error) from error
-    except (StoreError, ValueError) as error:
-        raise ClickException(str(error)) from error
+        yield settings, database, load_secrets(settings).audit_key
     except SQLAlchemyError as error:
         raise ClickException(f"the database refused: {_first_line(error)}") from error
     finally:
         database.dispose()
+
+
+@contextmanager
+def admin_for(ctx: typer.Context) -> Iterator[Admin]:
+    """The ``Admin`` of the command's database; what it refuses becomes a one-line error (exit status 1)."""
+    with database_for(ctx) as (settings, database, audit_key):
+        try:
+            yield Admin(database, settings, audit_key, actor="cli")
+        except ValidationError as error:
+            raise _bad_parameter(ctx, error) from error
+        except (StoreError, ValueError) as error:
+            raise ClickException(str(error)) from error
 
 
 def _bad_parameter(ctx: typer.Context, error: ValidationError) -> typer.BadParameter:
