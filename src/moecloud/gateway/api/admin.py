@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from moecloud.config import Settings
 from moecloud.gateway.admin import evaluations
@@ -46,6 +46,7 @@ from moecloud.gateway.admin.schemas import (
 from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.api.deps import AdminDep, State
 from moecloud.gateway.errors import InvalidRequest
+from moecloud.toolkit.compliance import render_html, render_pdf
 
 router = APIRouter(prefix="/admin")
 
@@ -196,6 +197,21 @@ def audit_entries(admin: AdminOps, limit: Annotated[int, Query(ge=1, le=10_000)]
 @router.get("/audit/verify")
 def verify_audit(admin: AdminOps) -> AuditVerifyOut:
     return admin.verify_audit()
+
+
+@router.get("/compliance")
+def compliance_report(admin: AdminOps, lang: Literal["en", "zh"] = "en",
+                      output: Annotated[Literal["html", "pdf", "json"], Query(alias="format")] = "html") -> Response:
+    """`moecloud compliance report` over HTTP: one language, one format (a plain route: FastAPI runs the
+    collection, about a second, in its thread pool)."""
+    report = admin.compliance_report()
+    if output == "json":
+        return JSONResponse(report.to_json())
+    if output == "pdf":
+        name = f"compliance-{report.created_at:%Y%m%dT%H%M%SZ}.{lang}.pdf"
+        return Response(render_pdf(report, lang), media_type="application/pdf",
+                        headers={"content-disposition": f'inline; filename="{name}"'})
+    return HTMLResponse(render_html(report, lang))
 
 
 @router.post("/evaluations", status_code=202)

@@ -1,0 +1,36 @@
+"""GET /admin/compliance against a running gateway: each format with its content type, the admin key required, and
+a bad language or format refused naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+from harness import Gateway
+
+
+def test_the_report_in_each_format_and_language(make_gateway: Callable[..., Gateway]) -> None:
+    gateway = make_gateway({"auth_failure_limit": 20})
+    data = gateway.call("GET", "/admin/compliance", params={"format": "json"})
+    assert len(data["controls"]) == 10 and data["summary"]["fail"] == 0
+    audit = next(c for c in data["controls"] if c["id"] == "security_audit")
+    assert audit["verdict"] == "pass" and audit["evidence"][0]["value"]["en"] == "2 rows, chain intact"
+    html = gateway.admin.get("/admin/compliance", params={"lang": "zh"})
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+    assert "身份鉴别" in html.text and "数据备份恢复" in html.text
+    pdf = gateway.admin.get("/admin/compliance", params={"lang": "zh", "format": "pdf"})
+    assert pdf.headers["content-type"] == "application/pdf" and pdf.content.startswith(b"%PDF")
+    assert b"STSong-Light" in pdf.content and pdf.headers["content-disposition"].endswith('.zh.pdf"')
+
+
+def test_the_report_needs_the_admin_key_and_refuses_bad_options(gateway: Gateway) -> None:
+    # the harness allows 10,000 failed authentications a minute: the report says that is too many
+    data = gateway.call("GET", "/admin/compliance", params={"format": "json"})
+    assert [c["id"] for c in data["controls"] if c["verdict"] == "fail"] == ["identification", "intrusion_prevention"]
+    anonymous = httpx.get(gateway.url + "/admin/compliance")
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["type"]
+    for params, field in (({"lang": "fr"}, "lang"), ({"format": "docx"}, "format")):
+        refused = gateway.admin.get("/admin/compliance", params=params)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["param"] == field and error["type"] == "invalid_request_error" and field in error["message"]
