@@ -3,6 +3,9 @@
 Each row's digest is HMAC-SHA256(audit key, previous digest + canonical JSON of the row, id included).
 Without the key nobody can write a row that verifies, so an edited or forged row, a gap left by a deleted
 row, and a row moved out of order are all found. Deleting the newest rows leaves no trace in the chain.
+
+Retention purges the oldest rows and leaves a signed anchor (the last purged row's id and digest): the walk
+starts after it, so the rows kept still verify, and a forged or edited anchor is itself a problem.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from moecloud.store.tables import AuditEntry
+from moecloud.store.tables import AuditAnchor, AuditEntry
 from moecloud.store.types import utcnow
 
 GENESIS = "0" * 64
@@ -25,7 +28,7 @@ GENESIS = "0" * 64
 @dataclass(frozen=True)
 class AuditProblem:
     row_id: int
-    problem: str  # edited | deleted | reordered
+    problem: str  # edited | deleted | reordered | anchor
 
     def __str__(self) -> str:
         return f"audit row {self.row_id}: {self.problem}"
@@ -34,23 +37,37 @@ class AuditProblem:
 def append(
     session: Session, key: bytes, *, actor: str, action: str, target: str, details: dict[str, Any]
 ) -> AuditEntry:
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))  # one writer extends the chain
+    lock(session)
     newest = select(AuditEntry.id, AuditEntry.digest).order_by(AuditEntry.id.desc()).limit(1)
-    last = session.execute(newest).first()
+    last = session.execute(newest).first() or _chain_start(session)
     entry = AuditEntry(
-        id=(last[0] + 1) if last else 1,
+        id=last[0] + 1,
         at=utcnow(),
         actor=actor,
         action=action,
         target=target,
         details=json.dumps(details, sort_keys=True, separators=(",", ":"), default=str),
-        prev_digest=last[1] if last else GENESIS,
+        prev_digest=last[1],
     )
     entry.digest = _digest(key, entry)
     session.add(entry)
     session.flush()
     return entry
+
+
+def lock(session: Session) -> None:
+    """One writer extends (or trims) the chain at a time: on PostgreSQL a table lock held to commit; SQLite's
+    write transaction already holds its database-wide lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))
+
+
+def anchor(session: Session) -> AuditAnchor | None:
+    return session.scalars(select(AuditAnchor).order_by(AuditAnchor.id).limit(1)).first()
+
+
+def anchor_digest(key: bytes, anchor: AuditAnchor) -> str:
+    return _sign(key, "anchor" + _canonical([anchor.through_id, anchor.through_digest, anchor.purged_at.isoformat()]))
 
 
 def entries(session: Session, *, limit: int = 100) -> list[AuditEntry]:
@@ -64,8 +81,14 @@ def count(session: Session) -> int:
 def verify(session: Session, key: bytes) -> list[AuditProblem]:
     """Walk the chain in id order; an empty list means every row is as moecloud wrote it."""
     problems: list[AuditProblem] = []
-    expected_prev, expected_id = GENESIS, 1
-    for entry in session.scalars(select(AuditEntry).order_by(AuditEntry.id)):
+    through_id, expected_prev = _chain_start(session)
+    start = anchor(session)
+    if start is not None and not hmac.compare_digest(start.digest, anchor_digest(key, start)):
+        # not trusted: walk from the genesis, so the rows it claims were purged show as deleted
+        problems.append(AuditProblem(start.through_id, "anchor forged or edited (its digest does not verify)"))
+        through_id, expected_prev = 0, GENESIS
+    expected_id = through_id + 1
+    for entry in session.scalars(select(AuditEntry).where(AuditEntry.id >= expected_id).order_by(AuditEntry.id)):
         if entry.id > expected_id:
             problems.extend(AuditProblem(missing, "deleted") for missing in range(expected_id, entry.id))
         if not hmac.compare_digest(entry.digest, _digest(key, entry)):
@@ -76,9 +99,20 @@ def verify(session: Session, key: bytes) -> list[AuditProblem]:
     return problems
 
 
+def _chain_start(session: Session) -> tuple[int, str]:
+    """The (id, digest) the first row kept follows: the anchor's, or the genesis before row 1."""
+    start = anchor(session)
+    return (start.through_id, start.through_digest) if start is not None else (0, GENESIS)
+
+
 def _digest(key: bytes, entry: AuditEntry) -> str:
-    body = json.dumps(
-        [entry.id, entry.at.isoformat(), entry.actor, entry.action, entry.target, entry.details],
-        separators=(",", ":"),
-    )
-    return hmac.new(key, (entry.prev_digest + body).encode(), hashlib.sha256).hexdigest()
+    body = _canonical([entry.id, entry.at.isoformat(), entry.actor, entry.action, entry.target, entry.details])
+    return _sign(key, entry.prev_digest + body)
+
+
+def _canonical(values: list[Any]) -> str:
+    return json.dumps(values, separators=(",", ":"))
+
+
+def _sign(key: bytes, message: str) -> str:
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()

@@ -31,6 +31,10 @@ class AlreadyExists(StoreError):
         self.kind = kind
 
 
+class AuditChainBroken(StoreError):
+    """Audit rows due for purging do not verify: they are kept, as evidence, until someone looks."""
+
+
 class InsufficientCredit(StoreError):
     def __init__(self, needed: Decimal, available: Decimal) -> None:
         super().__init__(
