@@ -22,7 +22,7 @@ from moecloud.config import Settings, load_settings
 from moecloud.gateway.admin.schemas import KeyIn, TenantIn
 from moecloud.gateway.admin.service import Admin
 from moecloud.secret_files import SecretFiles, write_secret
-from moecloud.store import Database
+from moecloud.store import Database, retention
 from moecloud.store.tables import ApiKey, AuditEntry, Tenant, UsageRecord
 from moecloud.store.types import utcnow
 from moecloud.toolkit.compliance import Report, collect, judge, render_html, render_pdf, write_report
@@ -119,6 +119,19 @@ def test_usage_past_its_retention_fails_residual_information(platform: Platform)
     assert verdicts(platform.report(retention={"usage_days": 60}))["residual_information"] == "pass"
     failed = control(platform.report(retention={"usage_days": 30}), "residual_information")
     assert failed.verdict == "fail" and "purge" in failed.fix.en  # type: ignore[union-attr]
+
+
+def test_purged_audit_rows_leave_a_verified_chain_and_the_anchor_is_shown(platform: Platform) -> None:
+    settings = platform.settings()
+    # as if a year and more had passed: the fixture's two audit rows are past retention.audit_days (365)
+    purged = retention.purge(platform.database, settings.retention, AUDIT_KEY.encode(),
+                             now=utcnow() + timedelta(days=400))
+    assert purged.audit_deleted == 2
+    report = platform.report()
+    assert verdicts(report)["security_audit"] == verdicts(report)["data_integrity"] == "pass"
+    audit = control(report, "security_audit").evidence
+    assert audit[0].value.en == "1 rows, chain intact"  # type: ignore[union-attr]
+    assert audit[-1].value.en.startswith("rows 1..2, purged ")  # type: ignore[union-attr]
 
 
 def test_tls_in_front_or_loopback_only(platform: Platform) -> None:

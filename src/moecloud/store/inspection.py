@@ -11,7 +11,8 @@ from decimal import Decimal
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
-from moecloud.store.tables import ApiKey, AuditAnchor, AuditEntry, Hold, LedgerEntry, Tenant, UsageRecord
+from moecloud.store.audit import anchor as audit_anchor
+from moecloud.store.tables import ApiKey, AuditEntry, Hold, LedgerEntry, Tenant, UsageRecord
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -90,7 +91,7 @@ def ledger_facts(session: Session) -> LedgerFacts:
 
 
 def ages(session: Session) -> Ages:
-    anchor = session.scalars(select(AuditAnchor).limit(1)).first()
+    anchor = audit_anchor(session)
     return Ages(
         oldest_usage=session.scalar(select(func.min(UsageRecord.created_at))),
         oldest_audit=session.scalar(select(func.min(AuditEntry.at))),
