@@ -16,11 +16,13 @@ from typer.core import TyperGroup
 from moecloud.cli import (
     aliases,
     audit,
+    backup,
     credits,
     deployments,
     keys,
     prices,
     quantize,
+    retention,
     serve,
     tasks,
     tenants,
@@ -59,6 +61,6 @@ class OneLineErrors(TyperGroup):
 
 app = typer.Typer(cls=OneLineErrors, help="moecloud: a self-hosted MoE model cloud in one package.",
                   no_args_is_help=True)
-for commands in (serve, tenants, keys, credits, usage, prices, deployments, aliases, audit, train, quantize, evaluate,
-                 tasks):
+for commands in (serve, tenants, keys, credits, usage, prices, deployments, aliases, audit, retention, backup, train,
+                 quantize, evaluate, tasks):
     commands.register(app)
