@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from databases import database_url  # noqa: F401  (the sqlite/postgresql fixture, for the backup tests)
 
 from moecloud.toolkit.tasks import builtin_suite, write_jsonl
 from moecloud.toolkit.train import TrainConfig, Trainer

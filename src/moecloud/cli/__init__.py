@@ -16,12 +16,14 @@ from typer.core import TyperGroup
 from moecloud.cli import (
     aliases,
     audit,
+    backup,
     compliance,
     credits,
     deployments,
     keys,
     prices,
     quantize,
+    retention,
     serve,
     tasks,
     tenants,
@@ -60,6 +62,6 @@ class OneLineErrors(TyperGroup):
 
 app = typer.Typer(cls=OneLineErrors, help="moecloud: a self-hosted MoE model cloud in one package.",
                   no_args_is_help=True)
-for commands in (serve, tenants, keys, credits, usage, prices, deployments, aliases, audit, compliance, train, quantize,
-                 evaluate, tasks):
+for commands in (serve, tenants, keys, credits, usage, prices, deployments, aliases, audit, retention, backup,
+                 compliance, train, quantize, evaluate, tasks):
     commands.register(app)

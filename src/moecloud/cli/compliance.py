@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Column, Table
 
-from moecloud.cli.options import JsonOption, console, database_for, group
+from moecloud.cli.options import JsonOption, console, group, store_for
 
 app = group("Compliance reports: the MLPS 2.0 level-3 technical controls, checked live.")
 _COLOURS = {"pass": "green", "fail": "red", "not_applicable": "dim"}
@@ -36,9 +36,10 @@ def report(
     from moecloud.toolkit.compliance import LANGS, collect, write_report
 
     out_console = console()
-    with database_for(ctx) as (settings, database, audit_key):
+    with store_for(ctx) as store:
+        settings = store.settings
         with out_console.status("collecting evidence: settings, keys, audit chain, screening rates, backups"):
-            result = collect(settings, database, audit_key=audit_key, gateway_url=gateway_url)
+            result = collect(settings, store.database, audit_key=store.audit_key, gateway_url=gateway_url)
         folder = out or settings.compliance.out_dir or settings.home / "compliance"
         langs = LANGS if lang is Languages.both else (lang.value,)
         paths = write_report(result, folder, langs)  # type: ignore[arg-type]

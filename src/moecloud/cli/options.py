@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
@@ -132,17 +133,30 @@ def settings_for(ctx: typer.Context) -> Settings:
     return settings
 
 
+@dataclass(frozen=True)
+class Store:
+    """What a command that works on the store itself (not through ``Admin``) needs."""
+
+    settings: Settings
+    database: Database
+    audit_key: bytes
+
+
 @contextmanager
-def database_for(ctx: typer.Context) -> Iterator[tuple[Settings, Database, bytes]]:
-    """The command's settings, its database (migrated) and the audit-chain key; what the database refuses becomes
-    a one-line error (exit status 1)."""
+def store_for(ctx: typer.Context) -> Iterator[Store]:
+    """The command's settings, database and audit key; what the store refuses becomes a one-line error (exit
+    status 1)."""
     settings = settings_for(ctx)
     try:
         database = Database.open(settings.database_url())
     except SQLAlchemyError as error:
         raise ClickException(f"cannot open the database: {_first_line(error)}") from error
     try:
-        yield settings, database, load_secrets(settings).audit_key
+        yield Store(settings, database, load_secrets(settings).audit_key)
+    except ValidationError as error:
+        raise _bad_parameter(ctx, error) from error
+    except (StoreError, ValueError) as error:
+        raise ClickException(str(error)) from error
     except SQLAlchemyError as error:
         raise ClickException(f"the database refused: {_first_line(error)}") from error
     finally:
@@ -151,14 +165,9 @@ def database_for(ctx: typer.Context) -> Iterator[tuple[Settings, Database, bytes
 
 @contextmanager
 def admin_for(ctx: typer.Context) -> Iterator[Admin]:
-    """The ``Admin`` of the command's database; what it refuses becomes a one-line error (exit status 1)."""
-    with database_for(ctx) as (settings, database, audit_key):
-        try:
-            yield Admin(database, settings, audit_key, actor="cli")
-        except ValidationError as error:
-            raise _bad_parameter(ctx, error) from error
-        except (StoreError, ValueError) as error:
-            raise ClickException(str(error)) from error
+    """The ``Admin`` of the command's database, refusals handled as ``store_for`` does."""
+    with store_for(ctx) as store:
+        yield Admin(store.database, store.settings, store.audit_key, actor="cli")
 
 
 def _bad_parameter(ctx: typer.Context, error: ValidationError) -> typer.BadParameter:

@@ -1,11 +1,13 @@
-"""Building the gateway app: state, routes, error handling, and the expired-hold reconciler."""
+"""Building the gateway app: state, routes, error handling, and the background chores (the expired-hold
+reconciler, the retention purge)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import anyio
 from fastapi import FastAPI
@@ -37,6 +39,7 @@ from moecloud.gateway.traffic.metrics import GatewayMetrics, count_requests
 from moecloud.gateway.traffic.upstream import Upstream
 from moecloud.store import Database
 from moecloud.store.ledger import release_expired_holds, release_gateway_holds
+from moecloud.store.retention import purge
 from moecloud.web.errors import APIError
 
 log = logging.getLogger(__name__)
@@ -68,7 +71,10 @@ def create_app(settings: Settings, database: Database | None = None, *, launcher
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(_reconcile_forever, state)
+                group.start_soon(_every, settings.billing.reconcile_interval_seconds, partial(_release_expired, state),
+                                 "could not release expired holds")
+                group.start_soon(_every, settings.retention.purge_interval_seconds, partial(_purge, state),
+                                 "could not purge usage and audit data past their retention")
                 group.start_soon(state.control.run_forever)
                 try:
                     yield
@@ -158,19 +164,26 @@ def _release_holds_left_behind(database: Database, gateway: str) -> int:
         return release_gateway_holds(session, gateway)
 
 
-async def _reconcile_forever(state: GatewayState) -> None:
-    """Holds left by a crashed request are given back once they expire."""
-
-    def release() -> int:
-        with state.database.write() as session:
-            return release_expired_holds(session)
-
+async def _every(seconds: float, chore: Callable[[], None], failure: str) -> None:
+    """``chore`` every ``seconds``, in a worker thread (it blocks on the database); a failure is logged and the
+    next round comes as usual."""
     while True:
-        await anyio.sleep(state.settings.billing.reconcile_interval_seconds)
+        await anyio.sleep(seconds)
         try:
-            released = await anyio.to_thread.run_sync(release)
+            await anyio.to_thread.run_sync(chore)
         except Exception:
-            log.exception("could not release expired holds")
-            continue
-        if released:
-            log.warning("released %d expired holds", released)
+            log.exception(failure)
+
+
+def _release_expired(state: GatewayState) -> None:
+    """Holds left by a crashed request are given back once they expire."""
+    with state.database.write() as session:
+        released = release_expired_holds(session)
+    if released:
+        log.warning("released %d expired holds", released)
+
+
+def _purge(state: GatewayState) -> None:
+    result = purge(state.database, state.settings.retention, state.secrets.audit_key, actor="gateway")
+    if result.usage_deleted or result.audit_deleted:
+        log.info("retention: deleted %d usage records and %d audit rows", result.usage_deleted, result.audit_deleted)

@@ -113,34 +113,31 @@ def data_confidentiality(facts: Facts) -> Control:
 
 
 def backup_recovery(facts: Facts) -> Control:
-    backup, max_age = facts.backup, facts.settings.backup.max_age_hours
+    backup, check, max_age = facts.backup, facts.restore, facts.settings.backup.max_age_hours
+    fix = Text("Run moecloud backup create, and schedule it at least daily.",
+               "执行 moecloud backup create，并至少每天定时执行。")
     what = Text("Newest backup archive", "最新备份")
     if backup is None:
-        evidence = [Evidence(what, Text("not checked: backup module missing", "未检查：缺少备份模块"))]
-    elif backup.latest is None:
-        evidence = [Evidence(what, Text("none", "无"), False,
-                             Text("Run moecloud backup create, and schedule it at least daily.",
-                                  "执行 moecloud backup create，并至少每天定时执行。"))]
+        found = f"none in {facts.backup_dir}" + (f" ({facts.backup_error})" if facts.backup_error else "")
+        evidence = [Evidence(what, Text(found, f"{facts.backup_dir} 中没有可读的备份"
+                                        + (f"（{facts.backup_error}）" if facts.backup_error else "")), False, fix)]
     else:
-        age = backup.age_hours or 0.0
-        evidence = [
-            Evidence(what, Text(f"{backup.latest}, made {day(backup.created_at)}, {age:.1f} h old "
-                                f"(at most {max_age:g})",
-                                f"{backup.latest}，生成于 {day(backup.created_at)}，已 {age:.1f} 小时"
-                                f"（上限 {max_age:g}）"),
-                     age <= max_age, Text("Run moecloud backup create, and schedule it at least daily.",
-                                          "执行 moecloud backup create，并至少每天定时执行。")),
-            Evidence(Text("Restore test into an empty database", "恢复到空数据库的测试"),
-                     Text(f"{'restored' if backup.restore_ok else 'failed'}: {backup.rows_restored} rows, "
-                          f"{backup.audit_problems} audit problems, {backup.restore_seconds or 0:.1f} s"
-                          + (f" ({backup.restore_detail})" if backup.restore_detail else ""),
-                          f"{'恢复成功' if backup.restore_ok else '恢复失败'}：{backup.rows_restored} 行，审计问题 "
-                          f"{backup.audit_problems} 处，用时 {backup.restore_seconds or 0:.1f} 秒"
-                          + (f"（{backup.restore_detail}）" if backup.restore_detail else "")),
-                     bool(backup.restore_ok),
-                     Text("Make a new backup and test it with moecloud backup restore into an empty database.",
-                          "重新备份，并用 moecloud backup restore 恢复到空数据库进行验证。")),
-        ]
+        age = backup.age(facts.now).total_seconds() / 3600
+        evidence = [Evidence(what, Text(f"{backup.path}, made {day(backup.created_at)}, {backup.rows} rows, "
+                                        f"{age:.1f} h old (at most {max_age:g})",
+                                        f"{backup.path}，生成于 {day(backup.created_at)}，{backup.rows} 行，"
+                                        f"已 {age:.1f} 小时（上限 {max_age:g}）"),
+                             age <= max_age, fix)]
+    if check is not None:
+        evidence.append(Evidence(
+            Text("Restore test of it into an empty database, run for this report",
+                 "本次报告对其执行的空库恢复测试"),
+            Text(f"{'restored' if check.ok else 'failed'} in {check.seconds:.1f} s: {check.detail}",
+                 f"{'恢复成功' if check.ok else '恢复失败'}，用时 {check.seconds:.1f} 秒：{check.detail}"),
+            check.ok,
+            Text("Make a new backup (moecloud backup create) and find why this one does not restore "
+                 "(moecloud backup check).",
+                 "重新备份（moecloud backup create），并排查该备份无法恢复的原因（moecloud backup check）。")))
     return Control(
         "backup_recovery", Text("Data backup and recovery", "数据备份恢复"),
         Text("Important data is backed up regularly and the backups are shown to restore.",

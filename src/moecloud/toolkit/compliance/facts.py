@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,18 +21,7 @@ from moecloud.security import Policy
 from moecloud.security.dataset import load_items
 from moecloud.security.evaluation import Rate, rates
 from moecloud.store import Database, audit, inspection
-
-
-@dataclass(frozen=True)
-class BackupFacts:
-    latest: Path | None
-    created_at: datetime | None
-    age_hours: float | None
-    restore_ok: bool | None = None
-    rows_restored: int | None = None
-    audit_problems: int | None = None
-    restore_seconds: float | None = None
-    restore_detail: str = ""
+from moecloud.toolkit.backup import Manifest, RestoreCheck, backup_dir, latest_backup, restore_check
 
 
 @dataclass(frozen=True)
@@ -59,13 +49,17 @@ class Facts:
     default_policy: Policy | None  # None: settings.screening.default_policy does not validate
     default_policy_error: str
     rates: list[Rate]  # empty: the labelled set is not in this installation
-    backup: BackupFacts | None  # None: the backup module is not installed
+    backup_dir: Path
+    backup: Manifest | None  # the newest archive; None: there is none
+    backup_error: str  # why the backup folder could not be read
+    restore: RestoreCheck | None  # the newest archive restored into a scratch database now
     gateway: GatewayProbe | None
 
 
 def gather(settings: Settings, database: Database, *, audit_key: bytes, now: datetime,
            gateway_url: str | None = None) -> Facts:
     policy, policy_error = default_policy(settings)
+    newest, backup_error = newest_backup(settings)
     with database.read() as session:
         keys = inspection.key_storage(session, now=now)
         policies = inspection.stored_policies(session)
@@ -84,7 +78,8 @@ def gather(settings: Settings, database: Database, *, audit_key: bytes, now: dat
         keys=keys, policies=policies, ledger=ledger, ages=ages, audit_rows=rows, audit_problems=problems,
         default_policy=policy, default_policy_error=policy_error,
         rates=rates(load_items("test"), policy) if policy else [],
-        backup=backup_facts(settings, audit_key, now),
+        backup_dir=backup_dir(settings), backup=newest, backup_error=backup_error,
+        restore=restore_test(newest.path, audit_key) if newest and newest.path else None,
         gateway=probe(gateway_url) if gateway_url else None,
     )
 
@@ -113,22 +108,20 @@ def shannon_bits(value: str) -> float:
     return -len(value) * sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
 
 
-def backup_facts(settings: Settings, audit_key: bytes, now: datetime) -> BackupFacts | None:
-    """The newest archive and a restore test of it into an empty database."""
+def newest_backup(settings: Settings) -> tuple[Manifest | None, str]:
     try:
-        from moecloud.toolkit import backup  # type: ignore[attr-defined]  # lands with the backup branch
-    except ImportError:
-        return None
-    manifest = backup.latest_backup(settings)
-    if manifest is None:
-        return BackupFacts(latest=None, created_at=None, age_hours=None)
-    check = backup.restore_check(manifest.path, audit_key)
-    return BackupFacts(
-        latest=manifest.path, created_at=manifest.created_at,
-        age_hours=(now - manifest.created_at).total_seconds() / 3600,
-        restore_ok=check.ok, rows_restored=check.rows_restored, audit_problems=len(check.audit_problems),
-        restore_seconds=check.seconds, restore_detail=check.detail,
-    )
+        return latest_backup(settings), ""
+    except Exception as error:  # noqa: BLE001  (a damaged archive is a finding of the report, not its failure)
+        return None, f"{type(error).__name__}: {error}"
+
+
+def restore_test(path: Path, audit_key: bytes) -> RestoreCheck:
+    """``restore_check`` of the archive; whatever damage stops it is the test's result."""
+    started = time.perf_counter()
+    try:
+        return restore_check(path, audit_key)
+    except Exception as error:  # noqa: BLE001  (any damage: the restore failed, and the report says how)
+        return RestoreCheck(False, 0, 0, time.perf_counter() - started, f"{type(error).__name__}: {error}")
 
 
 def probe(url: str) -> GatewayProbe:
