@@ -9,6 +9,7 @@ from datetime import datetime
 from moecloud.security.evaluation import Rate
 from moecloud.toolkit.compliance.facts import Facts, shannon_bits, stored_policy
 from moecloud.toolkit.compliance.model import Control, Evidence, Text
+from moecloud.toolkit.compliance.requirements import control
 
 ADMIN_KEY_BITS = 128  # the least estimated strength of the admin key
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -63,13 +64,7 @@ def identification(facts: Facts) -> Control:
         Text("Unset gateway.admin_key to use the generated 256-bit key, or set one of at least 32 random characters.",
              "取消 gateway.admin_key 以使用自动生成的 256 位密钥，或设置至少 32 个随机字符的密钥。"),
     )
-    return Control(
-        "identification", Text("Identification and authentication", "身份鉴别"),
-        Text("Every user is identified and authenticated, credentials are strong and stored protected, and repeated "
-             "authentication failures are limited.",
-             "应对登录用户进行身份标识和鉴别，鉴别信息具有复杂度要求并加密存储，并具有登录失败处理功能。"),
-        [_keys_hashed(facts), admin, _auth_failures(facts)],
-    )
+    return control("identification", [_keys_hashed(facts), admin, _auth_failures(facts)])
 
 
 def access_control(facts: Facts) -> Control:
@@ -80,28 +75,22 @@ def access_control(facts: Facts) -> Control:
     unscoped = facts.keys.unscoped_active
     admin_hash = hashlib.sha256((facts.admin_key or "").encode()).hexdigest()
     shared = bool(facts.admin_key) and (admin_hash in facts.keys.hashes or facts.admin_is_audit_key)
-    return Control(
-        "access_control", Text("Access control", "访问控制"),
-        Text("Accounts get only the rights their role needs, administration is separated from use, and access to "
-             "files is limited to what is configured.",
-             "应授予账户所需的最小权限，实现管理用户与业务用户的权限分离，并限制对文件等客体的访问。"),
-        [
-            Evidence(Text("Active API keys limited to named models", "限定可调用模型的有效 API 密钥"),
-                     Text(f"{facts.keys.active} active keys, {len(unscoped)} may call every model"
-                          + (f": {listed(unscoped)}" if unscoped else ""),
-                          f"{facts.keys.active} 个有效密钥，其中 {len(unscoped)} 个可调用全部模型"
-                          + (f"：{listed(unscoped)}" if unscoped else ""))),
-            Evidence(Text("Admin key separate from tenant keys and the audit key", "管理密钥与租户密钥、审计密钥分离"),
-                     Text("shared" if shared else "separate", "存在共用" if shared else "相互独立"), not shared,
-                     Text("Give /admin its own key (gateway.admin_key) that no tenant key or audit key equals.",
-                          "为 /admin 配置独立的管理密钥，不与任何租户密钥或审计密钥相同。")),
-            Evidence(Text("Host paths the admin API may read (gateway.admin_path_roots)",
-                          "管理接口可读取的主机路径（gateway.admin_path_roots）"),
-                     ", ".join(map(str, roots)), not exposing,
-                     Text(f"Remove {', '.join(exposing)} from gateway.admin_path_roots: it contains the secret files.",
-                          f"从 gateway.admin_path_roots 中删除 {', '.join(exposing)}：其中包含密钥文件。")),
-        ],
-    )
+    return control("access_control", [
+        Evidence(Text("Active API keys limited to named models", "限定可调用模型的有效 API 密钥"),
+                 Text(f"{facts.keys.active} active keys, {len(unscoped)} may call every model"
+                      + (f": {listed(unscoped)}" if unscoped else ""),
+                      f"{facts.keys.active} 个有效密钥，其中 {len(unscoped)} 个可调用全部模型"
+                      + (f"：{listed(unscoped)}" if unscoped else ""))),
+        Evidence(Text("Admin key separate from tenant keys and the audit key", "管理密钥与租户密钥、审计密钥分离"),
+                 Text("shared" if shared else "separate", "存在共用" if shared else "相互独立"), not shared,
+                 Text("Give /admin its own key (gateway.admin_key) that no tenant key or audit key equals.",
+                      "为 /admin 配置独立的管理密钥，不与任何租户密钥或审计密钥相同。")),
+        Evidence(Text("Host paths the admin API may read (gateway.admin_path_roots)",
+                      "管理接口可读取的主机路径（gateway.admin_path_roots）"),
+                 ", ".join(map(str, roots)), not exposing,
+                 Text(f"Remove {', '.join(exposing)} from gateway.admin_path_roots: it contains the secret files.",
+                      f"从 gateway.admin_path_roots 中删除 {', '.join(exposing)}：其中包含密钥文件。")),
+    ])
 
 
 def chain(facts: Facts) -> Evidence:
@@ -137,14 +126,7 @@ def security_audit(facts: Facts) -> Control:
         evidence.append(Evidence(Text("Purged audit rows (signed anchor)", "已清理的审计记录（签名锚点）"),
                                  Text(f"rows 1..{ages.anchor_through}, purged {day(ages.anchor_purged_at)}",
                                       f"第 1..{ages.anchor_through} 行，清理于 {day(ages.anchor_purged_at)}")))
-    return Control(
-        "security_audit", Text("Security audit", "安全审计"),
-        Text("Security-relevant events of every user are recorded with date, actor and outcome, and the records are "
-             "protected from deletion, alteration and overwriting and kept at least six months.",
-             "应对每个用户的重要安全事件进行审计，记录日期、主体和结果，并保护审计记录不被删除、修改或覆盖，"
-             "留存不少于六个月。"),
-        evidence,
-    )
+    return control("security_audit", evidence)
 
 
 def intrusion_prevention(facts: Facts) -> Control:
@@ -152,34 +134,28 @@ def intrusion_prevention(facts: Facts) -> Control:
     limits = {name: getattr(gateway, name)
               for name in ("key_rpm", "key_tpm", "key_max_concurrency", "tenant_rpm", "tenant_tpm")}
     unlimited = [name for name, value in limits.items() if value is None]
-    return Control(
-        "intrusion_prevention", Text("Intrusion prevention", "入侵防范"),
-        Text("Only the needed services are exposed, input is bounded, and abuse such as floods and password guessing "
-             "is detected and limited.",
-             "应关闭不需要的服务，对输入数据进行有效性检验，并能检测和限制暴力破解、流量攻击等入侵行为。"),
-        [
-            Evidence(Text("Default rate limits (gateway.*)", "默认速率限制（gateway.*）"),
-                     ", ".join(f"{name}={'unlimited' if value is None else value}" for name, value in limits.items()),
-                     not unlimited,
-                     Text(f"Set {', '.join(unlimited)} in the gateway settings.",
-                          f"在网关配置中设置 {', '.join(unlimited)}。")),
-            _auth_failures(facts),
-            Evidence(Text("Largest accepted request body (gateway.max_body_bytes)",
-                          "允许的最大请求体（gateway.max_body_bytes）"),
-                     f"{gateway.max_body_bytes} bytes", gateway.max_body_bytes <= MAX_BODY_BYTES,
-                     Text(f"Lower gateway.max_body_bytes to at most {MAX_BODY_BYTES}.",
-                          f"将 gateway.max_body_bytes 降至不超过 {MAX_BODY_BYTES}。")),
-            Evidence(Text("Fault injection header (serving.fault_injection)",
-                          "故障注入请求头（serving.fault_injection）"),
-                     "on" if facts.settings.serving.fault_injection else "off",
-                     not facts.settings.serving.fault_injection,
-                     Text("Turn serving.fault_injection off: it is for tests only.",
-                          "关闭 serving.fault_injection：该功能仅用于测试。")),
-            Evidence(Text("Requests allowed to wait per model (admission.queue_limit)",
-                          "每个模型的排队上限（admission.queue_limit）"),
-                     str(facts.settings.admission.queue_limit)),
-        ],
-    )
+    return control("intrusion_prevention", [
+        Evidence(Text("Default rate limits (gateway.*)", "默认速率限制（gateway.*）"),
+                 ", ".join(f"{name}={'unlimited' if value is None else value}" for name, value in limits.items()),
+                 not unlimited,
+                 Text(f"Set {', '.join(unlimited)} in the gateway settings.",
+                      f"在网关配置中设置 {', '.join(unlimited)}。")),
+        _auth_failures(facts),
+        Evidence(Text("Largest accepted request body (gateway.max_body_bytes)",
+                      "允许的最大请求体（gateway.max_body_bytes）"),
+                 f"{gateway.max_body_bytes} bytes", gateway.max_body_bytes <= MAX_BODY_BYTES,
+                 Text(f"Lower gateway.max_body_bytes to at most {MAX_BODY_BYTES}.",
+                      f"将 gateway.max_body_bytes 降至不超过 {MAX_BODY_BYTES}。")),
+        Evidence(Text("Fault injection header (serving.fault_injection)",
+                      "故障注入请求头（serving.fault_injection）"),
+                 "on" if facts.settings.serving.fault_injection else "off",
+                 not facts.settings.serving.fault_injection,
+                 Text("Turn serving.fault_injection off: it is for tests only.",
+                      "关闭 serving.fault_injection：该功能仅用于测试。")),
+        Evidence(Text("Requests allowed to wait per model (admission.queue_limit)",
+                      "每个模型的排队上限（admission.queue_limit）"),
+                 str(facts.settings.admission.queue_limit)),
+    ])
 
 
 def measured(facts: Facts, unit: str, target: float, false_positives: float, what: Text) -> list[Evidence]:
@@ -248,10 +224,4 @@ def malicious_input(facts: Facts) -> Control:
         listed(lax) or Text("none", "无"), not lax,
         Text("Restore blocking in the listed policies, or record each as an approved exception.",
              "恢复所列策略的拦截动作，或将其逐一登记为经批准的例外。")))
-    return Control(
-        "malicious_input", Text("Malicious input prevention", "恶意代码防范（恶意输入防范）"),
-        Text("Malicious code and attacks are detected and blocked where they enter, and the protection is kept "
-             "effective and up to date.",
-             "应在关键节点对恶意代码和攻击进行检测和清除，并保持防范机制的有效性与及时更新。"),
-        evidence,
-    )
+    return control("malicious_input", evidence)

@@ -20,6 +20,7 @@ from moecloud.toolkit.compliance.controls import (
 )
 from moecloud.toolkit.compliance.facts import Facts
 from moecloud.toolkit.compliance.model import Control, Evidence, Text
+from moecloud.toolkit.compliance.requirements import control
 
 PURGE_SLACK = timedelta(days=1)  # rows may outlive their retention by up to a purge interval; a day is generous
 
@@ -56,60 +57,48 @@ def transport(facts: Facts) -> Evidence:
 
 def data_integrity(facts: Facts) -> Control:
     ledger = facts.ledger
-    return Control(
-        "data_integrity", Text("Data integrity", "数据完整性"),
-        Text("Important data (authentication data, audit records, business data) is protected by cryptographic or "
-             "other checks against tampering, in storage and in transit.",
-             "应采用校验技术或密码技术保证鉴别数据、审计数据和重要业务数据在传输和存储过程中的完整性。"),
-        [
-            chain(facts),
-            Evidence(Text("Ledger: one entry per request id", "账本：每个请求 ID 只记账一次"),
-                     Text(f"{ledger.entries} entries, {ledger.duplicate_request_ids} request ids twice, database "
-                          f"unique constraint {'present' if ledger.request_id_unique else 'missing'}",
-                          f"{ledger.entries} 条记录，重复请求 ID {ledger.duplicate_request_ids} 个，数据库唯一约束"
-                          f"{'存在' if ledger.request_id_unique else '缺失'}"),
-                     ledger.request_id_unique and not ledger.duplicate_request_ids,
-                     Text("Run the store's migrations (moecloud serve upgrades the database) and investigate the "
-                          "duplicated request ids.",
-                          "执行数据库迁移（moecloud serve 会升级数据库），并排查重复的请求 ID。")),
-            Evidence(Text("Balances equal credits minus settled usage minus open holds",
-                          "余额 = 充值 − 已结算用量 − 未结冻结"),
-                     Text(f"{len(ledger.balance_mismatches)} tenants differ" + (
-                         f": {listed(ledger.balance_mismatches)}" if ledger.balance_mismatches else ""),
-                          f"{len(ledger.balance_mismatches)} 个租户不一致" + (
-                         f"：{listed(ledger.balance_mismatches)}" if ledger.balance_mismatches else "")),
-                     not ledger.balance_mismatches,
-                     Text("Compare the listed tenants' balances with their ledger entries and the audit log.",
-                          "核对所列租户的余额、账本记录与审计日志。")),
-            transport(facts),
-        ],
-    )
+    return control("data_integrity", [
+        chain(facts),
+        Evidence(Text("Ledger: one entry per request id", "账本：每个请求 ID 只记账一次"),
+                 Text(f"{ledger.entries} entries, {ledger.duplicate_request_ids} request ids twice, database "
+                      f"unique constraint {'present' if ledger.request_id_unique else 'missing'}",
+                      f"{ledger.entries} 条记录，重复请求 ID {ledger.duplicate_request_ids} 个，数据库唯一约束"
+                      f"{'存在' if ledger.request_id_unique else '缺失'}"),
+                 ledger.request_id_unique and not ledger.duplicate_request_ids,
+                 Text("Run the store's migrations (moecloud serve upgrades the database) and investigate the "
+                      "duplicated request ids.",
+                      "执行数据库迁移（moecloud serve 会升级数据库），并排查重复的请求 ID。")),
+        Evidence(Text("Balances equal credits minus settled usage minus open holds",
+                      "余额 = 充值 − 已结算用量 − 未结冻结"),
+                 Text(f"{len(ledger.balance_mismatches)} tenants differ" + (
+                     f": {listed(ledger.balance_mismatches)}" if ledger.balance_mismatches else ""),
+                      f"{len(ledger.balance_mismatches)} 个租户不一致" + (
+                     f"：{listed(ledger.balance_mismatches)}" if ledger.balance_mismatches else "")),
+                 not ledger.balance_mismatches,
+                 Text("Compare the listed tenants' balances with their ledger entries and the audit log.",
+                      "核对所列租户的余额、账本记录与审计日志。")),
+        transport(facts),
+    ])
 
 
 def data_confidentiality(facts: Facts) -> Control:
     modes = facts.secret_modes
     open_files = [path for path, mode in modes.items() if mode & 0o077]
     handed = sorted(CHILD_SECTIONS & {"gateway", "provider_keys"})
-    return Control(
-        "data_confidentiality", Text("Data confidentiality", "数据保密性"),
-        Text("Authentication data and other important data are protected by encryption or access restriction in "
-             "transit and in storage.",
-             "应采用密码技术或访问限制保证鉴别数据和重要数据在传输和存储过程中的保密性。"),
-        [
-            transport(facts),
-            Evidence(Text("Secret files under <home>/secrets", "<home>/secrets 下的密钥文件"),
-                     Text(", ".join(f"{path} {mode:04o}" for path, mode in modes.items()) or "none (secrets from the "
-                          "settings)", ", ".join(f"{path} {mode:04o}" for path, mode in modes.items())
-                          or "无（密钥来自配置）"),
-                     not open_files if modes else None,
-                     Text(f"chmod 600 {' '.join(open_files)}", f"执行 chmod 600 {' '.join(open_files)}")),
-            Evidence(Text("Settings handed to engine workers (config.CHILD_SECTIONS)",
-                          "传给推理进程的配置段（config.CHILD_SECTIONS）"),
-                     ", ".join(sorted(CHILD_SECTIONS)), not handed,
-                     Text(f"Remove {', '.join(handed)} from CHILD_SECTIONS: keys must not leave the gateway.",
-                          f"从 CHILD_SECTIONS 中移除 {', '.join(handed)}：密钥不得离开网关。")),
-        ],
-    )
+    return control("data_confidentiality", [
+        transport(facts),
+        Evidence(Text("Secret files under <home>/secrets", "<home>/secrets 下的密钥文件"),
+                 Text(", ".join(f"{path} {mode:04o}" for path, mode in modes.items()) or "none (secrets from the "
+                      "settings)", ", ".join(f"{path} {mode:04o}" for path, mode in modes.items())
+                      or "无（密钥来自配置）"),
+                 not open_files if modes else None,
+                 Text(f"chmod 600 {' '.join(open_files)}", f"执行 chmod 600 {' '.join(open_files)}")),
+        Evidence(Text("Settings handed to engine workers (config.CHILD_SECTIONS)",
+                      "传给推理进程的配置段（config.CHILD_SECTIONS）"),
+                 ", ".join(sorted(CHILD_SECTIONS)), not handed,
+                 Text(f"Remove {', '.join(handed)} from CHILD_SECTIONS: keys must not leave the gateway.",
+                      f"从 CHILD_SECTIONS 中移除 {', '.join(handed)}：密钥不得离开网关。")),
+    ])
 
 
 def backup_recovery(facts: Facts) -> Control:
@@ -138,12 +127,7 @@ def backup_recovery(facts: Facts) -> Control:
             Text("Make a new backup (moecloud backup create) and find why this one does not restore "
                  "(moecloud backup check).",
                  "重新备份（moecloud backup create），并排查该备份无法恢复的原因（moecloud backup check）。")))
-    return Control(
-        "backup_recovery", Text("Data backup and recovery", "数据备份恢复"),
-        Text("Important data is backed up regularly and the backups are shown to restore.",
-             "应提供重要数据的本地备份与恢复功能，定期备份并验证备份可恢复。"),
-        evidence,
-    )
+    return control("backup_recovery", evidence)
 
 
 def _retained(what: Text, days: int | None, setting: str, oldest: datetime | None, now: datetime) -> list[Evidence]:
@@ -171,17 +155,11 @@ def _keep_prompt(facts: Facts) -> Evidence:
 
 def residual_information(facts: Facts) -> Control:
     retention, ages = facts.settings.retention, facts.ages
-    return Control(
-        "residual_information", Text("Residual information protection", "剩余信息保护"),
-        Text("Storage holding authentication or personal data is cleared when released, and data is not kept "
-             "longer than needed.",
-             "应保证鉴别信息和敏感数据所在的存储空间被释放或重新分配前得到完全清除，数据不超期留存。"),
-        _retained(Text("Usage retention (retention.usage_days)", "用量记录保存期（retention.usage_days）"),
-                  retention.usage_days, "retention.usage_days", ages.oldest_usage, facts.now)
-        + _retained(Text("Audit retention (retention.audit_days)", "审计记录保存期（retention.audit_days）"),
-                    retention.audit_days, "retention.audit_days", ages.oldest_audit, facts.now)
-        + [_keep_prompt(facts)],
-    )
+    evidence = _retained(Text("Usage retention (retention.usage_days)", "用量记录保存期（retention.usage_days）"),
+                         retention.usage_days, "retention.usage_days", ages.oldest_usage, facts.now)
+    evidence += _retained(Text("Audit retention (retention.audit_days)", "审计记录保存期（retention.audit_days）"),
+                          retention.audit_days, "retention.audit_days", ages.oldest_audit, facts.now)
+    return control("residual_information", [*evidence, _keep_prompt(facts)])
 
 
 def personal_information(facts: Facts) -> Control:
@@ -203,10 +181,4 @@ def personal_information(facts: Facts) -> Control:
                       "将所列策略的 pii 设为 redact，或将其逐一登记为经批准的例外。")),
         _keep_prompt(facts),
     ]
-    return Control(
-        "personal_information", Text("Personal information protection", "个人信息保护"),
-        Text("Only the personal information the service needs is collected, and unauthorised access to and use of "
-             "it is prevented.",
-             "应仅采集和保存业务必需的用户个人信息，并禁止未授权访问和非法使用。"),
-        evidence,
-    )
+    return control("personal_information", evidence)
