@@ -41,8 +41,7 @@ def report(
         with out_console.status("collecting evidence: settings, keys, audit chain, screening rates, backups"):
             result = collect(settings, store.database, audit_key=store.audit_key, gateway_url=gateway_url)
         folder = out or settings.compliance.out_dir or settings.home / "compliance"
-        langs = LANGS if lang is Languages.both else (lang.value,)
-        paths = write_report(result, folder, langs)  # type: ignore[arg-type]
+        paths = write_report(result, folder, [code for code in LANGS if lang.value in (code, "both")])
     if as_json:
         typer.echo(json.dumps({**result.to_json(), "files": [str(path) for path in paths]}, ensure_ascii=False,
                               indent=2))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
+from moecloud.security import Action, Category
 from moecloud.security.evaluation import Rate
 from moecloud.toolkit.compliance.facts import Facts, shannon_bits, stored_policy
 from moecloud.toolkit.compliance.model import Control, Evidence, Text
@@ -179,14 +180,14 @@ def measured(facts: Facts, unit: str, target: float, false_positives: float, wha
     ]
 
 
-def weakened(facts: Facts, categories: tuple[str, ...], allowed: tuple[str, ...]) -> list[str]:
+def weakened(facts: Facts, categories: tuple[Category, ...], allowed: tuple[Action, ...]) -> list[str]:
     """Stored policies that act on one of ``categories`` of the input with an action outside ``allowed``."""
     weakened = []
     for stored in facts.policies:
         policy = stored_policy(stored.policy)
         if policy is None:
             weakened.append(f"{stored.kind} {stored.name} (unreadable)")
-        elif any(policy.input.of(category) not in allowed for category in categories):  # type: ignore[arg-type]
+        elif any(policy.input.of(category) not in allowed for category in categories):
             weakened.append(f"{stored.kind} {stored.name}")
     return weakened
 

@@ -16,7 +16,7 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.cidfonts import UnicodeCIDFont
-from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+from reportlab.platypus import Flowable, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from moecloud.toolkit.compliance.model import LANGS, Lang, Report, Text, words
 
@@ -95,7 +95,6 @@ def render_html(report: Report, lang: Lang) -> str:
 
 
 def render_pdf(report: Report, lang: Lang) -> bytes:
-    view = _view(report, lang)
     font = "Helvetica"
     if lang == "zh":
         pdfmetrics.registerFont(UnicodeCIDFont(CHINESE_FONT))
@@ -104,38 +103,37 @@ def render_pdf(report: Report, lang: Lang) -> bytes:
     body = ParagraphStyle("body", parent=base["BodyText"], fontName=font, fontSize=9, leading=12,
                           wordWrap="CJK" if lang == "zh" else None)
     heading = ParagraphStyle("heading", parent=base["Heading2"], fontName=font)
-    title = ParagraphStyle("title", parent=base["Title"], fontName=font)
-    label: dict[str, str] = view["label"]  # type: ignore[assignment]
+
+    def label(name: str) -> str:
+        return LABELS[name](lang)
 
     def cell(text: str, colour: str | None = None) -> Paragraph:
-        text = escape(text)
-        return Paragraph(f'<font color="{colour}">{text}</font>' if colour else text, body)
+        return Paragraph(f'<font color="{colour}">{escape(text)}</font>' if colour else escape(text), body)
 
     grid = TableStyle([("GRID", (0, 0), (-1, -1), 0.5, colors.HexColor("#d0d7de")),
                        ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f6f8fa")),
                        ("VALIGN", (0, 0), (-1, -1), "TOP")])
-    story: list[object] = [Paragraph(escape(label["title"]), title),
-                           Paragraph(escape(f"{label['created']}: {view['created']}"), body)]
-    platform: dict[str, str] = view["platform"]  # type: ignore[assignment]
-    story.append(Table([[cell(name), cell(value)] for name, value in platform.items()], colWidths=[35 * mm, 135 * mm],
-                       style=TableStyle([("GRID", (0, 0), (-1, -1), 0.5, colors.HexColor("#d0d7de"))])))
-    controls: list[dict[str, object]] = view["controls"]  # type: ignore[assignment]
-    story += [Paragraph(escape(label["summary"]), heading),
-              Table([[cell(label["control"]), cell(label["verdict"])]]
-                    + [[cell(str(c["name"])), cell(str(c["verdict_label"]), _COLOURS[str(c["verdict"])])]
-                       for c in controls], colWidths=[120 * mm, 50 * mm], style=grid)]
-    for control in controls:
-        story += [Paragraph(escape(f"{control['name']} — {control['verdict_label']}"), heading),
-                  Paragraph(escape(f"{label['requirement']}: {control['requirement']}"), body), Spacer(1, 2 * mm)]
-        rows = [[cell(""), cell(label["evidence"]), cell(label["found"])]] + [
-            [cell(item["mark"]), cell(item["what"]), cell(item["value"])]
-            for item in control["evidence"]  # type: ignore[attr-defined]
-        ]
-        story.append(Table(rows, colWidths=[8 * mm, 62 * mm, 100 * mm], style=grid, repeatRows=1))
-        if control["fix"]:
-            story.append(Paragraph(escape(f"{label['fix']}: {control['fix']}"), body))
+    story: list[Flowable] = [
+        Paragraph(escape(label("title")), ParagraphStyle("title", parent=base["Title"], fontName=font)),
+        cell(f"{label('created')}: {report.created_at:%Y-%m-%d %H:%M:%S} UTC"),
+        Table([[cell(name), cell(value)] for name, value in report.platform.items()], colWidths=[35 * mm, 135 * mm],
+              style=TableStyle([("GRID", (0, 0), (-1, -1), 0.5, colors.HexColor("#d0d7de"))])),
+        Paragraph(escape(label("summary")), heading),
+        Table([[cell(label("control")), cell(label("verdict"))]]
+              + [[cell(control.name(lang)), cell(label(control.verdict), _COLOURS[control.verdict])]
+                 for control in report.controls], colWidths=[120 * mm, 50 * mm], style=grid),
+    ]
+    for control in report.controls:
+        story += [Paragraph(escape(f"{control.name(lang)} — {label(control.verdict)}"), heading),
+                  cell(f"{label('requirement')}: {control.requirement(lang)}"), Spacer(1, 2 * mm),
+                  Table([[cell(""), cell(label("evidence")), cell(label("found"))]]
+                        + [[cell(_MARK[item.ok]), cell(item.what(lang)), cell(words(item.value, lang))]
+                           for item in control.evidence],
+                        colWidths=[8 * mm, 62 * mm, 100 * mm], style=grid, repeatRows=1)]
+        if control.fix:
+            story.append(cell(f"{label('fix')}: {control.fix(lang)}"))
     out = BytesIO()
-    SimpleDocTemplate(out, pagesize=A4, title=label["title"], leftMargin=20 * mm, rightMargin=20 * mm).build(story)
+    SimpleDocTemplate(out, pagesize=A4, title=label("title"), leftMargin=20 * mm, rightMargin=20 * mm).build(story)
     return out.getvalue()
 
 
