@@ -24,6 +24,10 @@ def day(when: datetime | None) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC") if when else "-"
 
 
+def switch(on: bool) -> Text:
+    return Text("on", "开启") if on else Text("off", "关闭")
+
+
 def listed(names: list[str], limit: int = 20) -> str:
     return ", ".join(names[:limit]) + (f" (+{len(names) - limit})" if len(names) > limit else "")
 
@@ -144,12 +148,13 @@ def intrusion_prevention(facts: Facts) -> Control:
         _auth_failures(facts),
         Evidence(Text("Largest accepted request body (gateway.max_body_bytes)",
                       "允许的最大请求体（gateway.max_body_bytes）"),
-                 f"{gateway.max_body_bytes} bytes", gateway.max_body_bytes <= MAX_BODY_BYTES,
+                 Text(f"{gateway.max_body_bytes} bytes", f"{gateway.max_body_bytes} 字节"),
+                 gateway.max_body_bytes <= MAX_BODY_BYTES,
                  Text(f"Lower gateway.max_body_bytes to at most {MAX_BODY_BYTES}.",
                       f"将 gateway.max_body_bytes 降至不超过 {MAX_BODY_BYTES}。")),
         Evidence(Text("Fault injection header (serving.fault_injection)",
                       "故障注入请求头（serving.fault_injection）"),
-                 "on" if facts.settings.serving.fault_injection else "off",
+                 switch(facts.settings.serving.fault_injection),
                  not facts.settings.serving.fault_injection,
                  Text("Turn serving.fault_injection off: it is for tests only.",
                       "关闭 serving.fault_injection：该功能仅用于测试。")),
@@ -204,7 +209,7 @@ def malicious_input(facts: Facts) -> Control:
     policy = facts.default_policy
     evidence = [Evidence(Text("Screening of prompts and responses (screening.enabled)",
                               "输入输出筛查（screening.enabled）"),
-                         "on" if facts.settings.screening.enabled else "off", facts.settings.screening.enabled,
+                         switch(facts.settings.screening.enabled), facts.settings.screening.enabled,
                          Text("Set screening.enabled to true.", "将 screening.enabled 设为 true。"))]
     if policy is None:
         evidence.append(policy_evidence(facts))

@@ -16,6 +16,7 @@ from moecloud.toolkit.compliance.controls import (
     listed,
     measured,
     policy_evidence,
+    switch,
     weakened,
 )
 from moecloud.toolkit.compliance.facts import Facts
@@ -148,7 +149,7 @@ def _keep_prompt(facts: Facts) -> Evidence:
     keep = facts.default_policy is not None and facts.default_policy.keep_prompt
     return Evidence(Text("Raw prompts kept in the audit log (keep_prompt of the default policy)",
                          "审计日志保留原始提示词（默认策略 keep_prompt）"),
-                    "on" if keep else "off", not keep,
+                    switch(keep), not keep,
                     Text("Set keep_prompt false in screening.default_policy.",
                          "在 screening.default_policy 中将 keep_prompt 设为 false。"))
 
