@@ -22,6 +22,7 @@ from moecloud.config import Settings, load_settings
 from moecloud.gateway.admin.schemas import KeyIn, TenantIn
 from moecloud.gateway.admin.service import Admin
 from moecloud.secret_files import SecretFiles, write_secret
+from moecloud.security import Policy
 from moecloud.store import Database, retention
 from moecloud.store.tables import ApiKey, AuditEntry, Tenant, UsageRecord
 from moecloud.store.types import utcnow
@@ -173,13 +174,21 @@ def test_weak_admin_key_and_plaintext_api_key_fail_identification(platform: Plat
 
 def test_stored_policies_that_turn_protection_off_are_listed(platform: Platform) -> None:
     with platform.database.write() as session:
-        session.execute(update(Tenant).values(screening_policy=json.dumps({"input": {"jailbreak": "log"}})))
-        session.execute(update(ApiKey).values(screening_policy=json.dumps({"input": {"pii": "off"}})))
+        # as the admin API stores them: the whole policy's JSON
+        session.execute(update(Tenant).values(
+            screening_policy=Policy.with_overrides({"input": {"jailbreak": "log"}}).model_dump_json()))
+        session.execute(update(ApiKey).values(
+            screening_policy=Policy.with_overrides({"input": {"pii": "off"}}).model_dump_json()))
     report = platform.report()
     malicious, personal = control(report, "malicious_input"), control(report, "personal_information")
     assert malicious.verdict == personal.verdict == "fail"
     assert malicious.evidence[-1].value == "tenant acme"
     assert personal.evidence[-2].value == f"key {platform.key_id}"
+    with platform.database.write() as session:
+        session.execute(update(Tenant).values(screening_policy=Policy.default().model_dump_json()))
+        session.execute(update(ApiKey).values(screening_policy=json.dumps({"input": "block everything"})))
+    report = platform.report()
+    assert control(report, "malicious_input").evidence[-1].value == f"key {platform.key_id} (unreadable)"
 
 
 def test_pii_let_through_by_default_fails_personal_information(platform: Platform) -> None:

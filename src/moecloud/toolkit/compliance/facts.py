@@ -3,7 +3,6 @@ library's measured rates, the newest backup and (when given) the running gateway
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
@@ -92,11 +91,11 @@ def default_policy(settings: Settings) -> tuple[Policy | None, str]:
 
 
 def stored_policy(text: str) -> Policy | None:
-    """A tenant's or key's stored policy as the gateway applies it (None: it does not parse)."""
+    """A tenant's or key's stored policy as the gateway reads it: a whole policy's JSON, as the admin API stores
+    it (None: it does not parse, and the gateway skips it for the next level)."""
     try:
-        overrides = json.loads(text)
-        return Policy.with_overrides(overrides) if isinstance(overrides, dict) else None
-    except (ValueError, ValidationError):
+        return Policy.model_validate_json(text)
+    except ValidationError:
         return None
 
 
