@@ -3,11 +3,14 @@ a bad language or format refused naming the field."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import httpx
-from harness import AUDIT_KEY, Gateway
+from harness import ADMIN_KEY, AUDIT_KEY, Gateway
+from typer.testing import CliRunner
 
+from moecloud.cli import app
 from moecloud.toolkit.backup import create_backup
 
 
@@ -38,3 +41,13 @@ def test_the_report_needs_the_admin_key_and_refuses_bad_options(gateway: Gateway
         assert refused.status_code == 400, refused.text
         error = refused.json()["error"]
         assert error["param"] == field and error["type"] == "invalid_request_error" and field in error["message"]
+
+
+def test_the_cli_report_probes_a_running_gateway(gateway: Gateway, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    for name, value in (("HOME", str(gateway.settings.home)), ("GATEWAY__DB_URL", gateway.settings.database_url()),
+                        ("GATEWAY__ADMIN_KEY", ADMIN_KEY), ("GATEWAY__AUDIT_KEY", AUDIT_KEY)):
+        monkeypatch.setenv(f"MOECLOUD_{name}", value)
+    result = CliRunner().invoke(app, ["compliance", "report", "--json", "--lang", "en", "--gateway-url", gateway.url])
+    assert result.exit_code == 0, result.output
+    platform = json.loads(result.output)["platform"]
+    assert platform["gateway_url"] == gateway.url and platform["gateway_health"] == "200"

@@ -36,6 +36,12 @@ LABELS = {
     "not_applicable": Text("not applicable", "不适用"),
     "platform": Text("Platform checked", "被检查平台"),
 }
+PLATFORM = {
+    "home": Text("Home", "主目录"), "database": Text("Database", "数据库"),
+    "gateway": Text("Gateway listens on", "网关监听地址"), "version": Text("moecloud version", "moecloud 版本"),
+    "gateway_url": Text("Gateway probed at", "探测的网关地址"),
+    "gateway_health": Text("Its /health", "其 /health 状态"),
+}
 _MARK = {True: "✓", False: "✗", None: "·"}
 _COLOURS = {"pass": "#1a7f37", "fail": "#cf222e", "not_applicable": "#6e7781"}
 
@@ -76,7 +82,7 @@ def _view(report: Report, lang: Lang) -> dict[str, object]:
         "lang": "zh-CN" if lang == "zh" else "en",
         "label": {name: text(lang) for name, text in LABELS.items()},
         "created": report.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "platform": report.platform,
+        "platform": _platform(report, lang),
         "controls": [
             {
                 "id": control.id, "name": control.name(lang), "requirement": control.requirement(lang),
@@ -88,6 +94,10 @@ def _view(report: Report, lang: Lang) -> dict[str, object]:
             for control in report.controls
         ],
     }
+
+
+def _platform(report: Report, lang: Lang) -> dict[str, str]:
+    return {PLATFORM[name](lang) if name in PLATFORM else name: value for name, value in report.platform.items()}
 
 
 def render_html(report: Report, lang: Lang) -> str:
@@ -116,7 +126,8 @@ def render_pdf(report: Report, lang: Lang) -> bytes:
     story: list[Flowable] = [
         Paragraph(escape(label("title")), ParagraphStyle("title", parent=base["Title"], fontName=font)),
         cell(f"{label('created')}: {report.created_at:%Y-%m-%d %H:%M:%S} UTC"),
-        Table([[cell(name), cell(value)] for name, value in report.platform.items()], colWidths=[35 * mm, 135 * mm],
+        Table([[cell(name), cell(value)] for name, value in _platform(report, lang).items()],
+              colWidths=[35 * mm, 135 * mm],
               style=TableStyle([("GRID", (0, 0), (-1, -1), 0.5, colors.HexColor("#d0d7de"))])),
         Paragraph(escape(label("summary")), heading),
         Table([[cell(label("control")), cell(label("verdict"))]]
