@@ -196,6 +196,13 @@ def test_pii_let_through_by_default_fails_personal_information(platform: Platfor
     assert failed.verdict == "fail" and failed.evidence[0].value == "input=log, output=redact"
 
 
+def test_a_default_policy_that_does_not_validate_fails_both_screening_controls(platform: Platform) -> None:
+    report = platform.report(screening={"default_policy": {"input": {"jailbreak": "redact"}}})
+    assert verdicts(report)["malicious_input"] == verdicts(report)["personal_information"] == "fail"
+    refused = control(report, "malicious_input").evidence[1]
+    assert refused.ok is False and "redact applies to" in refused.value  # type: ignore[operator]
+
+
 def test_secret_files_readable_by_others_fail_confidentiality(platform: Platform) -> None:
     path = SecretFiles.of(platform.settings()).provider_key("openai")
     write_secret(path, "sk-test")

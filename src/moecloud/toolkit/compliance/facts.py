@@ -66,12 +66,12 @@ def gather(settings: Settings, database: Database, *, audit_key: bytes, now: dat
         ages = inspection.ages(session)
         problems = [str(problem) for problem in audit.verify(session, audit_key)]
         rows = audit.count(session)
-    files = SecretFiles.of(settings)
+    files, admin = SecretFiles.of(settings), admin_key(settings)
     return Facts(
         settings=settings, now=now, database=make_url(database.url).render_as_string(hide_password=True),
-        admin_key=admin_key(settings),
+        admin_key=admin,
         admin_key_source="setting gateway.admin_key" if settings.gateway.admin_key else str(files.admin_key),
-        admin_is_audit_key=(admin_key(settings) or "").encode() == audit_key,
+        admin_is_audit_key=admin is not None and admin.encode() == audit_key,
         secret_modes={str(path): path.stat().st_mode & 0o777
                       for path in sorted(files.folder.rglob("*")) if path.is_file()},
         keys=keys, policies=policies, ledger=ledger, ages=ages, audit_rows=rows, audit_problems=problems,
@@ -87,7 +87,8 @@ def default_policy(settings: Settings) -> tuple[Policy | None, str]:
     try:
         return Policy.with_overrides(settings.screening.default_policy), ""
     except ValidationError as error:
-        return None, str(error).splitlines()[0]
+        first = error.errors()[0]
+        return None, f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
 
 
 def stored_policy(text: str) -> Policy | None:
