@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, select
 
-from moecloud.config import Settings
+from moecloud.config import RetentionSettings, Settings
 from moecloud.store import Database, audit, catalog, dump
 from moecloud.store.ledger import RequestOutcome, add_credit, finish_request, place_hold
+from moecloud.store.retention import purge
 from moecloud.store.tables import ApiKey, AuditEntry, Deployment, Evaluation, Tenant
 from moecloud.store.tenants import add_key, create_tenant, get_tenant
+from moecloud.store.types import utcnow
 from moecloud.toolkit.backup import (
     BackupError,
     create_backup,
@@ -217,3 +219,13 @@ def test_a_wrong_audit_key_fails_the_check(source: Database, tmp_path: Path) -> 
     manifest = create_backup(settings_for(tmp_path), source, audit_key=KEY)
     check = restore_check(manifest.path, b"b" * 32)
     assert not check.ok and check.audit_problems > 0
+
+
+def test_a_purged_chain_restores_with_its_anchor(source: Database, tmp_path: Path) -> None:
+    purge(source, RetentionSettings(usage_days=None, audit_days=180), KEY, now=utcnow() + timedelta(days=400))
+    with source.read() as session:
+        assert audit.anchor(session) is not None and audit.verify(session, KEY) == []
+    manifest = create_backup(settings_for(tmp_path), source, audit_key=KEY)
+    assert manifest.tables["audit_anchor"].rows == 1
+    check = restore_check(manifest.path, KEY)
+    assert check.ok, check.detail
