@@ -229,3 +229,30 @@ def test_a_purged_chain_restores_with_its_anchor(source: Database, tmp_path: Pat
     assert manifest.tables["audit_anchor"].rows == 1
     check = restore_check(manifest.path, KEY)
     assert check.ok, check.detail
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not an archive"])
+def test_an_unreadable_file_is_refused(source: Database, tmp_path: Path, damage: str) -> None:
+    settings = settings_for(tmp_path)
+    manifest = create_backup(settings, source, audit_key=KEY)
+    data = manifest.path.read_bytes()
+    manifest.path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"hello")
+    target_url = sqlite_url(tmp_path, "target.db")
+    with pytest.raises(BackupError):
+        restore_backup(manifest.path, target_url)
+    assert not restore_check(manifest.path, KEY).ok
+    assert latest_backup(settings) is None or damage == "truncated"  # a truncated archive may keep its manifest
+    target = Database(target_url)
+    assert inspect(target.engine).get_table_names() == []
+    target.dispose()
+
+
+def test_restoring_with_another_audit_key_says_so(source: Database, tmp_path: Path) -> None:
+    manifest = create_backup(settings_for(tmp_path), source, audit_key=KEY)
+    target_url = sqlite_url(tmp_path, "target.db")
+    with pytest.raises(BackupError, match="does not verify with this audit key"):
+        restore_backup(manifest.path, target_url, audit_key=b"b" * 32)
+    target = Database(target_url)
+    with target.read() as session:
+        assert audit.count(session) == 5 and get_tenant(session, "acme")  # restored, nothing appended
+    target.dispose()
