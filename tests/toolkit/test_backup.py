@@ -18,7 +18,7 @@ from moecloud.config import RetentionSettings, Settings
 from moecloud.store import Database, audit, catalog, dump
 from moecloud.store.ledger import RequestOutcome, add_credit, finish_request, place_hold
 from moecloud.store.retention import purge
-from moecloud.store.tables import ApiKey, AuditEntry, Deployment, Evaluation, Tenant
+from moecloud.store.tables import ApiKey, AuditEntry, Deployment, Evaluation, LedgerEntry, Tenant
 from moecloud.store.tenants import add_key, create_tenant, get_tenant
 from moecloud.store.types import utcnow
 from moecloud.toolkit.backup import (
@@ -256,3 +256,18 @@ def test_restoring_with_another_audit_key_says_so(source: Database, tmp_path: Pa
     with target.read() as session:
         assert audit.count(session) == 5 and get_tenant(session, "acme")  # restored, nothing appended
     target.dispose()
+
+
+def test_every_table_is_read_from_one_snapshot(database_url: str) -> None:
+    database = Database.open(database_url)
+    populate(database)
+    before = dumps(database)
+    with dump.snapshot(database) as snapshot:
+        tenants = list(snapshot.rows(Tenant.__table__))
+        with database.write() as session:  # committed while the backup is half way through
+            tenant = create_tenant(session, "late", trial_credit=Decimal(1))
+            add_credit(session, 1, Decimal(5))
+        ledger = list(snapshot.rows(LedgerEntry.__table__))
+    assert (tenants, ledger) == (before["tenants"], before["ledger"])  # neither the tenant nor the +5 credit
+    assert tenant.id == 4
+    database.dispose()
