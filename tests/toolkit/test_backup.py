@@ -271,3 +271,12 @@ def test_every_table_is_read_from_one_snapshot(database_url: str) -> None:
     assert (tenants, ledger) == (before["tenants"], before["ledger"])  # neither the tenant nor the +5 credit
     assert tenant.id == 4
     database.dispose()
+
+
+def test_a_database_behind_this_code_is_not_backed_up(tmp_path: Path) -> None:
+    database = Database(sqlite_url(tmp_path, "old.db"))
+    database.upgrade("0006")
+    with pytest.raises(BackupError, match="migration 0006"):
+        create_backup(settings_for(tmp_path), database, audit_key=KEY)
+    assert list_backups(tmp_path / "home" / "backups") == []
+    database.dispose()

@@ -109,6 +109,9 @@ def create_backup(settings: Settings, database: Database, *, audit_key: bytes, o
     with tempfile.TemporaryDirectory(dir=directory, prefix=".partial-") as scratch:
         entries: dict[str, TableEntry] = {}
         with dump.snapshot(database) as snapshot:
+            if snapshot.revision != dump.head_revision():
+                raise BackupError(f"the database is at migration {snapshot.revision}, not this moecloud's "
+                                  f"{dump.head_revision()}: open it once (any command migrates it), then back up")
             for table in dump.tables():
                 entries[table.name] = _write_jsonl(Path(scratch) / f"{table.name}.jsonl",
                                                    snapshot.rows(table), table.name, progress)
