@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -183,3 +184,20 @@ def test_none_keeps_everything(database: Database) -> None:
     result = purge(database, RetentionSettings(usage_days=None, audit_days=None), KEY)
     assert (result.usage_deleted, result.audit_deleted, result.anchor_through_id) == (0, 0, None)
     assert ids(database) == [1, 2]
+
+
+def test_purges_and_appends_at_once_leave_one_chain(database: Database) -> None:
+    log(database, 20, days_ago=200)
+    appended: list[int] = []
+
+    def append_many() -> None:
+        for n in range(40):
+            with database.write() as session:
+                appended.append(audit.append(session, KEY, actor="t", action="busy", target=str(n), details={}).id)
+
+    writer = threading.Thread(target=append_many)
+    writer.start()
+    results = [purge(database, RETENTION, KEY, now=utcnow() + timedelta(days=180 + n)) for n in range(5)]
+    writer.join()
+    assert len(appended) == 40 and sum(r.audit_deleted for r in results) >= 20
+    assert problems(database) == []

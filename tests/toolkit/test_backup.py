@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, select
 
-from moecloud.config import Settings
+from moecloud.config import RetentionSettings, Settings
 from moecloud.store import Database, audit, catalog, dump
 from moecloud.store.ledger import RequestOutcome, add_credit, finish_request, place_hold
-from moecloud.store.tables import ApiKey, AuditEntry, Deployment, Evaluation, Tenant
+from moecloud.store.retention import purge
+from moecloud.store.tables import ApiKey, AuditEntry, Deployment, Evaluation, LedgerEntry, Tenant
 from moecloud.store.tenants import add_key, create_tenant, get_tenant
+from moecloud.store.types import utcnow
 from moecloud.toolkit.backup import (
     BackupError,
     create_backup,
@@ -217,3 +219,64 @@ def test_a_wrong_audit_key_fails_the_check(source: Database, tmp_path: Path) -> 
     manifest = create_backup(settings_for(tmp_path), source, audit_key=KEY)
     check = restore_check(manifest.path, b"b" * 32)
     assert not check.ok and check.audit_problems > 0
+
+
+def test_a_purged_chain_restores_with_its_anchor(source: Database, tmp_path: Path) -> None:
+    purge(source, RetentionSettings(usage_days=None, audit_days=180), KEY, now=utcnow() + timedelta(days=400))
+    with source.read() as session:
+        assert audit.anchor(session) is not None and audit.verify(session, KEY) == []
+    manifest = create_backup(settings_for(tmp_path), source, audit_key=KEY)
+    assert manifest.tables["audit_anchor"].rows == 1
+    check = restore_check(manifest.path, KEY)
+    assert check.ok, check.detail
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not an archive"])
+def test_an_unreadable_file_is_refused(source: Database, tmp_path: Path, damage: str) -> None:
+    settings = settings_for(tmp_path)
+    manifest = create_backup(settings, source, audit_key=KEY)
+    data = manifest.path.read_bytes()
+    manifest.path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"hello")
+    target_url = sqlite_url(tmp_path, "target.db")
+    with pytest.raises(BackupError):
+        restore_backup(manifest.path, target_url)
+    assert not restore_check(manifest.path, KEY).ok
+    assert latest_backup(settings) is None or damage == "truncated"  # a truncated archive may keep its manifest
+    target = Database(target_url)
+    assert inspect(target.engine).get_table_names() == []
+    target.dispose()
+
+
+def test_restoring_with_another_audit_key_says_so(source: Database, tmp_path: Path) -> None:
+    manifest = create_backup(settings_for(tmp_path), source, audit_key=KEY)
+    target_url = sqlite_url(tmp_path, "target.db")
+    with pytest.raises(BackupError, match="does not verify with this audit key"):
+        restore_backup(manifest.path, target_url, audit_key=b"b" * 32)
+    target = Database(target_url)
+    with target.read() as session:
+        assert audit.count(session) == 5 and get_tenant(session, "acme")  # restored, nothing appended
+    target.dispose()
+
+
+def test_every_table_is_read_from_one_snapshot(database_url: str) -> None:
+    database = Database.open(database_url)
+    populate(database)
+    before = dumps(database)
+    with dump.snapshot(database) as snapshot:
+        tenants = list(snapshot.rows(Tenant.__table__))
+        with database.write() as session:  # committed while the backup is half way through
+            tenant = create_tenant(session, "late", trial_credit=Decimal(1))
+            add_credit(session, 1, Decimal(5))
+        ledger = list(snapshot.rows(LedgerEntry.__table__))
+    assert (tenants, ledger) == (before["tenants"], before["ledger"])  # neither the tenant nor the +5 credit
+    assert tenant.id == 4
+    database.dispose()
+
+
+def test_a_database_behind_this_code_is_not_backed_up(tmp_path: Path) -> None:
+    database = Database(sqlite_url(tmp_path, "old.db"))
+    database.upgrade("0006")
+    with pytest.raises(BackupError, match="migration 0006"):
+        create_backup(settings_for(tmp_path), database, audit_key=KEY)
+    assert list_backups(tmp_path / "home" / "backups") == []
+    database.dispose()

@@ -10,13 +10,9 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-# typer (0.29) vendors click and does not re-export its ClickException.
-from typer._click.exceptions import ClickException
-
-from moecloud.cli.options import JsonOption, console, group, settings_for, store_for
+from moecloud.cli.options import JsonOption, console, group, refusals, settings_for, store_for
 from moecloud.gateway.tenancy.credentials import load_secrets
 from moecloud.toolkit.backup import (
-    BackupError,
     Manifest,
     backup_dir,
     create_backup,
@@ -48,21 +44,13 @@ def _advance(bar: Progress) -> Callable[[str, int], None]:
     return progress
 
 
-@contextmanager
-def _refused() -> Iterator[None]:
-    try:
-        yield
-    except BackupError as error:
-        raise ClickException(str(error)) from error
-
-
 @app.command("create")
 def backup_create(
     ctx: typer.Context,
     out: Path | None = typer.Option(None, "--out", file_okay=False, help="directory (default: backup.dir)"),
 ) -> None:
     """Archive every table from one consistent snapshot; keeps the newest backup.keep archives."""
-    with store_for(ctx) as store, _refused(), _bar("snapshot", None) as bar:
+    with store_for(ctx) as store, _bar("snapshot", None) as bar:
         manifest = create_backup(store.settings, store.database, audit_key=store.audit_key, out=out,
                                  progress=_advance(bar), actor="cli")
     console().print(f"{manifest.path}: {manifest.rows} rows in {len(manifest.tables)} tables "
@@ -77,7 +65,7 @@ def backup_restore(
 ) -> None:
     """Restore an archive into an empty database (any row in any table refuses it), SQLite or PostgreSQL."""
     audit_key = load_secrets(settings_for(ctx)).audit_key
-    with _refused():
+    with refusals(ctx):
         total = read_manifest(archive).rows
         with _bar("restoring", total) as bar:
             manifest = restore_backup(archive, db_url, audit_key=audit_key, progress=_advance(bar), actor="cli")

@@ -143,22 +143,30 @@ class Store:
 
 
 @contextmanager
-def store_for(ctx: typer.Context) -> Iterator[Store]:
-    """The command's settings, database and audit key; what the store refuses becomes a one-line error (exit
-    status 1)."""
-    settings = settings_for(ctx)
+def refusals(ctx: typer.Context) -> Iterator[None]:
+    """What the store or a library refuses, as a one-line error: bad input names its option (exit status 2),
+    a refused action or a database error says why (exit status 1)."""
     try:
-        database = Database.open(settings.database_url())
-    except SQLAlchemyError as error:
-        raise ClickException(f"cannot open the database: {_first_line(error)}") from error
-    try:
-        yield Store(settings, database, load_secrets(settings).audit_key)
+        yield
     except ValidationError as error:
         raise _bad_parameter(ctx, error) from error
     except (StoreError, ValueError) as error:
         raise ClickException(str(error)) from error
     except SQLAlchemyError as error:
         raise ClickException(f"the database refused: {_first_line(error)}") from error
+
+
+@contextmanager
+def store_for(ctx: typer.Context) -> Iterator[Store]:
+    """The command's settings, database and audit key, refusals handled as ``refusals`` does."""
+    settings = settings_for(ctx)
+    try:
+        database = Database.open(settings.database_url())
+    except SQLAlchemyError as error:
+        raise ClickException(f"cannot open the database: {_first_line(error)}") from error
+    try:
+        with refusals(ctx):
+            yield Store(settings, database, load_secrets(settings).audit_key)
     finally:
         database.dispose()
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -39,8 +40,11 @@ INSERT_ROWS = 1_000
 Progress = Callable[[str, int], None]  # (table, rows just done): for a progress bar
 
 
-class BackupError(Exception):
+class BackupError(ValueError):
     """An archive refused (corrupt, from a newer moecloud) or a target refused (not empty)."""
+
+
+_UNREADABLE = (OSError, EOFError, zlib.error, tarfile.TarError)  # what a truncated or foreign file raises
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,9 @@ def create_backup(settings: Settings, database: Database, *, audit_key: bytes, o
     with tempfile.TemporaryDirectory(dir=directory, prefix=".partial-") as scratch:
         entries: dict[str, TableEntry] = {}
         with dump.snapshot(database) as snapshot:
+            if snapshot.revision != dump.head_revision():
+                raise BackupError(f"the database is at migration {snapshot.revision}, not this moecloud's "
+                                  f"{dump.head_revision()}: open it once (any command migrates it), then back up")
             for table in dump.tables():
                 entries[table.name] = _write_jsonl(Path(scratch) / f"{table.name}.jsonl",
                                                    snapshot.rows(table), table.name, progress)
@@ -129,7 +136,7 @@ def list_backups(directory: Path) -> list[Manifest]:
     for path in sorted(directory.glob(f"{PREFIX}*{SUFFIX}"), reverse=True):
         try:
             found.append(read_manifest(path))
-        except (BackupError, OSError, tarfile.TarError, KeyError, ValueError):
+        except BackupError:
             continue
     return found
 
@@ -141,8 +148,11 @@ def latest_backup(settings: Settings) -> Manifest | None:
 
 
 def read_manifest(path: Path) -> Manifest:
-    with tarfile.open(path, "r:gz") as archive:
-        return Manifest.from_json(json.load(_member(archive, MANIFEST)), path)
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            return _manifest(archive, path)
+    except _UNREADABLE as error:
+        raise BackupError(f"{path.name} is not a readable moecloud archive: {error}") from error
 
 
 def restore_backup(path: Path, url: str, *, audit_key: bytes | None = None, progress: Progress | None = None,
@@ -150,11 +160,12 @@ def restore_backup(path: Path, url: str, *, audit_key: bytes | None = None, prog
     """Restore ``path`` into the empty database at ``url``, migrated to the archive's revision, then to this
     code's head. Nothing is written unless every table's digest matches; the rows go in one transaction. With
     ``audit_key``, ``backup.restored`` is appended to the restored chain."""
-    try:
-        with tarfile.open(path, "r:gz") as archive:
-            return _restore(archive, path, url, audit_key=audit_key, progress=progress, actor=actor)
-    except (OSError, EOFError, zlib.error, tarfile.TarError) as error:
-        raise BackupError(f"{path.name} is not a readable moecloud archive: {error}") from error
+    with ExitStack() as opened:
+        try:
+            archive = opened.enter_context(tarfile.open(path, "r:gz"))
+        except _UNREADABLE as error:
+            raise BackupError(f"{path.name} is not a readable moecloud archive: {error}") from error
+        return _restore(archive, path, url, audit_key=audit_key, progress=progress, actor=actor)
 
 
 def _restore(archive: tarfile.TarFile, path: Path, url: str, *, audit_key: bytes | None, progress: Progress | None,
@@ -175,6 +186,11 @@ def _restore(archive: tarfile.TarFile, path: Path, url: str, *, audit_key: bytes
         database.upgrade()
         if audit_key is not None:
             with database.write() as session:
+                if problems := audit.verify(session, audit_key):
+                    raise BackupError(
+                        f"restored, but its audit chain does not verify with this audit key ({problems[0]}; "
+                        f"{len(problems)} problems): set MOECLOUD_GATEWAY__AUDIT_KEY to the key of the database "
+                        "the archive came from; backup.restored was not recorded")
                 audit.append(session, audit_key, actor=actor, action="backup.restored", target=path.name,
                              details={"rows": manifest.rows, "revision": manifest.revision,
                                       "created_at": manifest.created_at.isoformat()})
@@ -254,10 +270,7 @@ def _decode(table: Table, row: dict[str, Any]) -> dict[str, Any]:
 
 def _verified(archive: tarfile.TarFile, path: Path) -> Manifest:
     """The manifest, once every table it lists is present with its digest and row count."""
-    try:
-        manifest = Manifest.from_json(json.load(_member(archive, MANIFEST)), path)
-    except (KeyError, ValueError, TypeError) as error:
-        raise BackupError(f"{path.name} has no readable manifest: {error}") from error
+    manifest = _manifest(archive, path)
     if manifest.revision is not None and not dump.known_revision(manifest.revision):
         raise BackupError(f"{path.name} is at migration {manifest.revision}, which this moecloud ({__version__}) "
                           f"does not have: restore it with moecloud {manifest.version} or newer")
@@ -267,7 +280,7 @@ def _verified(archive: tarfile.TarFile, path: Path) -> Manifest:
             for line in _member(archive, f"{name}.jsonl"):
                 digest.update(line)
                 rows += 1
-        except (KeyError, OSError, EOFError, tarfile.TarError) as error:
+        except (KeyError, *_UNREADABLE) as error:
             raise BackupError(f"{path.name}: table {name} is missing or unreadable: {error}") from error
         if digest.hexdigest() != entry.sha256 or rows != entry.rows:
             raise BackupError(f"{path.name}: table {name} does not match its manifest digest: the archive is "
@@ -287,6 +300,15 @@ def _prepare_target(database: Database, manifest: Manifest) -> None:
         raise BackupError(f"the target is migrated to {current}, past the archive's {manifest.revision}: restore "
                           "into a database with no tables, which is migrated to the archive's revision first")
     database.upgrade(manifest.revision)
+
+
+def _manifest(archive: tarfile.TarFile, path: Path) -> Manifest:
+    try:
+        return Manifest.from_json(json.load(_member(archive, MANIFEST)), path)
+    except BackupError:
+        raise
+    except (KeyError, ValueError, TypeError, *_UNREADABLE) as error:
+        raise BackupError(f"{path.name} has no readable manifest: {error}") from error
 
 
 def _member(archive: tarfile.TarFile, name: str) -> IO[bytes]:
