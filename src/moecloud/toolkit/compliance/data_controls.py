@@ -108,9 +108,10 @@ def backup_recovery(facts: Facts) -> Control:
                "执行 moecloud backup create，并至少每天定时执行。")
     what = Text("Newest backup archive", "最新备份")
     if backup is None:
-        found = f"none in {facts.backup_dir}" + (f" ({facts.backup_error})" if facts.backup_error else "")
-        evidence = [Evidence(what, Text(found, f"{facts.backup_dir} 中没有可读的备份"
-                                        + (f"（{facts.backup_error}）" if facts.backup_error else "")), False, fix)]
+        reason = facts.backup_error
+        found = Text(f"no readable archive in {facts.backup_dir}" + (f" ({reason})" if reason else ""),
+                     f"{facts.backup_dir} 中没有可读的备份" + (f"（{reason}）" if reason else ""))
+        evidence = [Evidence(what, found, False, fix)]
     else:
         age = backup.age(facts.now).total_seconds() / 3600
         evidence = [Evidence(what, Text(f"{backup.path}, made {day(backup.created_at)}, {backup.rows} rows, "
