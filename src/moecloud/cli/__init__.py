@@ -22,6 +22,7 @@ from moecloud.cli import (
     prices,
     quantize,
     serve,
+    sql,
     tasks,
     tenants,
     train,
@@ -60,5 +61,5 @@ class OneLineErrors(TyperGroup):
 app = typer.Typer(cls=OneLineErrors, help="moecloud: a self-hosted MoE model cloud in one package.",
                   no_args_is_help=True)
 for commands in (serve, tenants, keys, credits, usage, prices, deployments, aliases, audit, train, quantize, evaluate,
-                 tasks):
+                 tasks, sql):
     commands.register(app)

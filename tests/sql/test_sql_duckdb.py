@@ -1,0 +1,157 @@
+"""DuckDB's moe_* functions against a real gateway in front of a real worker (the tiny random checkpoint),
+one platform for the module: order, NULLs, duplicates sent once, constrained classify/extract, the cost limit,
+per-row errors, try_ variants, cancellation, billing per row, and the CLI over a CSV file."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import jsonschema
+import pytest
+from fake_upstream import create_fake_upstream
+from harness import Gateway, running_gateway, serve
+from real_worker import deploy, feature_worker
+from typer.testing import CliRunner
+
+import moecloud.sql as moesql
+from moecloud.cli import app
+from moecloud.serving.worker import RunningWorker
+
+MODEL = "tiny-sql"
+_tenants = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_checkpoint: Path) -> Iterator[RunningWorker]:
+    with feature_worker(tiny_checkpoint) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, worker: RunningWorker) -> Iterator[Gateway]:
+    home, fake = tmp_path_factory.mktemp("sql"), create_fake_upstream()
+    with serve(fake) as fake_url, running_gateway(f"sqlite:///{home / 'moecloud.db'}", (fake_url, fake),
+                                                  home) as gateway:
+        deploy(gateway, MODEL, worker)
+        gateway.call("PUT", f"/admin/prices/{MODEL}",
+                     json={"input_miss": "1", "input_hit": "0.5", "output": "2"})
+        yield gateway
+
+
+def tenant_key(gateway: Gateway) -> tuple[str, str]:
+    """A tenant of its own per test, so its usage is the test's alone."""
+    name = gateway.tenant(f"t{next(_tenants)}", credit="1000")
+    return name, gateway.key(name)
+
+
+def usage_requests(gateway: Gateway, tenant: str) -> int:
+    return sum(row["requests"] for row in gateway.call("GET", "/admin/usage", params={"tenant": tenant})["data"])
+
+
+@pytest.fixture
+def db(gateway: Gateway) -> Iterator[tuple[moesql.Functions, str]]:
+    tenant, key = tenant_key(gateway)
+    with moesql.connect(base_url=gateway.url + "/v1", api_key=key, max_tokens=3) as functions:
+        yield functions, tenant
+
+
+def test_order_nulls_and_duplicates_sent_once_billed_per_row(gateway: Gateway, db: tuple[Any, str]) -> None:
+    functions, tenant = db
+    functions.execute("CREATE TABLE t AS SELECT * FROM (VALUES (1, 'a b'), (2, NULL), (3, 'c d'), (4, 'a b'),"
+                      " (5, 'e f'), (6, 'c d')) v(id, prompt)")
+    rows = functions.sql(f"SELECT id, prompt, moe_complete('{MODEL}', prompt) AS answer FROM t ORDER BY id"
+                         ).fetchall()
+    assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[1][2] is None and all(isinstance(r[2], str) for i, r in enumerate(rows) if i != 1)
+    assert rows[0][2] == rows[3][2] and rows[2][2] == rows[5][2]  # the same answer: sent once
+    assert usage_requests(gateway, tenant) == functions.requests == 3
+    billed = gateway.call("GET", "/admin/usage", params={"tenant": tenant})["data"]
+    assert sum(Decimal(row["cost"]) for row in billed) == functions.cost > 0
+
+
+def test_classify_always_answers_a_label(db: tuple[Any, str]) -> None:
+    functions, _ = db
+    labels = ["positive", "negative", "neutral"]
+    rows = functions.sql(f"SELECT moe_classify('{MODEL}', 'text number ' || i, {labels!r}) FROM range(12) r(i)"
+                         ).fetchall()
+    assert len(rows) == 12 and {r[0] for r in rows} <= set(labels)
+
+
+def test_extract_is_always_valid_against_its_schema(gateway: Gateway) -> None:
+    _, key = tenant_key(gateway)
+    schema = {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]},
+                                               "age": {"type": "integer", "minimum": 0, "maximum": 30}},
+              "required": ["kind", "age"], "additionalProperties": False}
+    with moesql.connect(base_url=gateway.url + "/v1", api_key=key, max_tokens=64) as functions:
+        rows = functions.sql(f"SELECT moe_extract('{MODEL}', 'pet ' || i, ?) FROM range(6) r(i)",
+                             params=[json.dumps(schema)]).fetchall()
+    assert len(rows) == 6
+    for (value,) in rows:
+        jsonschema.validate(json.loads(value), schema)
+
+
+def test_score_is_a_log_likelihood(db: tuple[Any, str]) -> None:
+    functions, _ = db
+    [(short, long, none)] = functions.sql(
+        f"SELECT moe_score('{MODEL}', 'one two', ' three'), moe_score('{MODEL}', 'one two', ' three four five'),"
+        f" moe_score('{MODEL}', 'one', NULL)").fetchall()
+    assert short < 0 and long < short and none is None
+
+
+def test_max_cost_refuses_before_any_request(gateway: Gateway) -> None:
+    tenant, key = tenant_key(gateway)
+    with (moesql.connect(base_url=gateway.url + "/v1", api_key=key, max_cost="0.0001", max_tokens=50) as functions,
+          pytest.raises(moesql.CostLimitExceeded, match="nothing was sent")):
+        functions.sql(f"SELECT moe_complete('{MODEL}', 'row ' || i) FROM range(10) r(i)")
+    assert usage_requests(gateway, tenant) == 0
+
+
+def test_errors_name_the_row_and_the_reason_and_try_gives_null(gateway: Gateway, db: tuple[Any, str]) -> None:
+    functions, _ = db
+    with pytest.raises(duckdb.Error, match=r"moe_complete: row 1 \('hello'\): HTTP 404: .*no-such-model"):
+        functions.sql("SELECT moe_complete('no-such-model', 'hello')").fetchall()
+    assert functions.sql("SELECT try_moe_complete('no-such-model', 'hello')").fetchall() == [(None,)]
+    with moesql.connect(base_url=gateway.url + "/v1", api_key="sk-wrong") as wrong:
+        with pytest.raises(duckdb.Error, match=r"row 1 \('hello'\): HTTP 401: "):
+            wrong.sql(f"SELECT moe_complete('{MODEL}', 'hello')").fetchall()
+        assert wrong.sql(f"SELECT try_moe_classify('{MODEL}', 'x', ['a', 'b'])").fetchall() == [(None,)]
+
+
+def test_cancel_stops_what_is_in_flight(gateway: Gateway) -> None:
+    tenant, key = tenant_key(gateway)
+    rows = 60
+    with moesql.connect(base_url=gateway.url + "/v1", api_key=key, max_concurrency=2, max_tokens=64,
+                        ignore_eos=True) as functions:
+        def cancel_once_billing_began() -> None:
+            while usage_requests(gateway, tenant) == 0:
+                time.sleep(0.02)
+            functions.cancel()
+
+        canceller = threading.Thread(target=cancel_once_billing_began, daemon=True)
+        canceller.start()
+        with pytest.raises(moesql.Cancelled):
+            functions.sql(f"SELECT moe_complete('{MODEL}', 'row ' || i) FROM range({rows}) r(i)")
+        canceller.join(30)
+    assert usage_requests(gateway, tenant) < rows
+
+
+def test_cli_over_a_csv_file_writes_parquet(gateway: Gateway, tmp_path: Path) -> None:
+    tenant, key = tenant_key(gateway)
+    source, out = tmp_path / "rows.csv", tmp_path / "answers.parquet"
+    source.write_text("id,nums\n1,3 1 2\n2,5 4\n3,3 1 2\n")
+    query = f"SELECT id, moe_complete('{MODEL}', 'sort ' || nums, '{{\"max_tokens\": 3}}') AS answer FROM '{source}'"
+    result = CliRunner().invoke(app, ["sql", query, "--out", str(out), "--base-url", gateway.url + "/v1",
+                                      "--api-key", key, "--max-cost", "1"])
+    assert result.exit_code == 0, result.output
+    assert "cost" in result.output
+    written = duckdb.sql(f"SELECT id, answer FROM '{out}' ORDER BY id").fetchall()
+    assert [r[0] for r in written] == [1, 2, 3] and written[0][1] == written[2][1]
+    assert usage_requests(gateway, tenant) == 2
