@@ -4,6 +4,7 @@ per-row errors, try_ variants, cancellation, billing per row, and the CLI over a
 
 from __future__ import annotations
 
+import _thread
 import itertools
 import json
 import threading
@@ -75,6 +76,18 @@ def test_order_nulls_and_duplicates_sent_once_billed_per_row(gateway: Gateway, d
     assert usage_requests(gateway, tenant) == functions.requests == 3
     billed = gateway.call("GET", "/admin/usage", params={"tenant": tenant})["data"]
     assert sum(Decimal(row["cost"]) for row in billed) == functions.cost > 0
+
+
+def test_chat_with_options_and_a_nested_call(db: tuple[Any, str]) -> None:
+    functions, _ = db
+    messages = json.dumps([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}])
+    [(chat, nested, bad)] = functions.sql(
+        f"SELECT moe_chat('{MODEL}', ?, '{{\"max_tokens\": 2}}'),"
+        f" moe_complete('{MODEL}', moe_complete('{MODEL}', 'x')), try_moe_chat('{MODEL}', 'not json')",
+        params=[messages]).fetchall()
+    assert isinstance(chat, str) and isinstance(nested, str) and bad is None
+    with pytest.raises(duckdb.Error, match=r"moe_chat: 'not json': messages: not JSON"):
+        functions.sql(f"SELECT moe_chat('{MODEL}', 'not json')").fetchall()
 
 
 def test_classify_always_answers_a_label(db: tuple[Any, str]) -> None:
@@ -155,3 +168,23 @@ def test_cli_over_a_csv_file_writes_parquet(gateway: Gateway, tmp_path: Path) ->
     written = duckdb.sql(f"SELECT id, answer FROM '{out}' ORDER BY id").fetchall()
     assert [r[0] for r in written] == [1, 2, 3] and written[0][1] == written[2][1]
     assert usage_requests(gateway, tenant) == 2
+
+
+def test_ctrl_c_in_the_cli_cancels_what_is_in_flight(gateway: Gateway) -> None:
+    tenant, key = tenant_key(gateway)
+    rows = 60
+
+    def ctrl_c_once_billing_began() -> None:
+        while usage_requests(gateway, tenant) == 0:
+            time.sleep(0.02)
+        _thread.interrupt_main()  # what SIGINT does
+
+    interrupter = threading.Thread(target=ctrl_c_once_billing_began, daemon=True)
+    interrupter.start()
+    options = json.dumps({"max_tokens": 64, "ignore_eos": True})
+    query = f"SELECT moe_complete('{MODEL}', 'row ' || i, '{options}') FROM range({rows}) r(i)"
+    result = CliRunner().invoke(app, ["sql", query, "--base-url", gateway.url + "/v1", "--api-key", key,
+                                      "--concurrency", "2"])
+    interrupter.join(30)
+    assert result.exit_code == 1 and "cancelled" in result.output
+    assert usage_requests(gateway, tenant) < rows
