@@ -16,7 +16,9 @@ from typing import Any
 
 import duckdb
 import jsonschema
+import psycopg
 import pytest
+from databases import database_url  # noqa: F401  (the sqlite/postgresql fixture)
 from fake_upstream import create_fake_upstream
 from harness import Gateway, running_gateway, serve
 from real_worker import deploy, feature_worker
@@ -25,6 +27,7 @@ from typer.testing import CliRunner
 import moecloud.sql as moesql
 from moecloud.cli import app
 from moecloud.serving.worker import RunningWorker
+from moecloud.sql.postgres import connection_url
 
 MODEL = "tiny-sql"
 _tenants = itertools.count()
@@ -188,3 +191,26 @@ def test_ctrl_c_in_the_cli_cancels_what_is_in_flight(gateway: Gateway) -> None:
     interrupter.join(30)
     assert result.exit_code == 1 and "cancelled" in result.output
     assert usage_requests(gateway, tenant) < rows
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # skipped where no PostgreSQL is set
+def test_install_postgres_then_the_functions_in_psql(gateway: Gateway, database_url: str) -> None:  # noqa: F811
+    tenant, key = tenant_key(gateway)
+    result = CliRunner().invoke(app, ["sql", "install-postgres", database_url, "--base-url", gateway.url + "/v1",
+                                      "--api-key", key])
+    assert result.exit_code == 0, result.output
+    schema = json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+                         "additionalProperties": False})
+    with psycopg.connect(connection_url(database_url), autocommit=True) as conn:
+        complete, label, extracted, score, null, failed = conn.execute(
+            "SELECT moe_complete(%(m)s, 'sort 3 1 2', '{\"max_tokens\": 3}'),"
+            " moe_classify(%(m)s, 'x', ARRAY['a', 'b']), moe_extract(%(m)s, 'yes', %(s)s),"
+            " moe_score(%(m)s, 'one two', ' three'), moe_complete(%(m)s, NULL),"
+            " try_moe_complete('no-such-model', 'x')", {"m": MODEL, "s": schema}).fetchone()
+        assert isinstance(complete, str) and label in ("a", "b") and score < 0 and null is None and failed is None
+        jsonschema.validate(extracted, json.loads(schema))
+        with pytest.raises(psycopg.Error, match=r"moe_complete \('x'\): HTTP 404: .*no-such-model"):
+            conn.execute("SELECT moe_complete('no-such-model', 'x')")
+        bodies = conn.execute("SELECT string_agg(prosrc, '') FROM pg_proc WHERE proname LIKE '%moe%'").fetchone()[0]
+    assert key not in bodies  # the key is a database setting, never in a function's body
+    assert usage_requests(gateway, tenant) == 4

@@ -1,29 +1,47 @@
 """`moecloud sql`: a DuckDB query over files (CSV, Parquet, JSON) with the deployed models as functions
-(``moe_complete``, ``moe_classify``, ...): a table on stdout or ``--out`` a file, then what it cost."""
+(``moe_complete``, ``moe_classify``, ...): a table on stdout or ``--out`` a file, then what it cost;
+`moecloud sql install-postgres URL`: the same functions inside a PostgreSQL database."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 # typer (0.29) vendors click and does not re-export its ClickException.
 from typer._click.exceptions import ClickException
+from typer.core import TyperGroup
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".json": "json"}
+BaseUrlOption = typer.Option(
+    help="the gateway's API base URL (default: the local `moecloud serve`, http://<host>:<port>/v1)")
+ApiKeyOption = typer.Option(envvar="MOECLOUD_API_KEY",
+                            help="Bearer key (default: the local key `moecloud serve` made)")
 
 
-def sql(
+class QueryByDefault(TyperGroup):
+    """``moecloud sql QUERY`` runs ``query``; ``moecloud sql install-postgres URL`` the other command."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["query", *args]
+        return super().parse_args(ctx, args)
+
+
+commands = typer.Typer(cls=QueryByDefault, no_args_is_help=True,
+                       help="SQL over files with the deployed models as functions (docs/sql.md).")
+
+
+@commands.command("query")
+def run_query(
     query: Annotated[str, typer.Argument(help="a DuckDB SELECT, e.g. SELECT moe_complete('m', col) FROM 'rows.csv'")],
     out: Annotated[Path | None, typer.Option(help="write the result to a .csv, .parquet or .json file")] = None,
     max_cost: Annotated[str | None, typer.Option(
         help="refuse, before sending anything, a query whose worst-case cost is over this amount")] = None,
-    base_url: Annotated[str | None, typer.Option(
-        help="the gateway's API base URL (default: the local `moecloud serve`, http://<host>:<port>/v1)")] = None,
-    api_key: Annotated[str | None, typer.Option(
-        envvar="MOECLOUD_API_KEY", help="Bearer key (default: the local key `moecloud serve` made)")] = None,
+    base_url: Annotated[str | None, BaseUrlOption] = None,
+    api_key: Annotated[str | None, ApiKeyOption] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="requests in flight at once")] = 16,
     rate: Annotated[float | None, typer.Option(min=0.001, help="requests per second per model")] = None,
 ) -> None:
@@ -70,5 +88,29 @@ def _money(amount: Decimal) -> str:
     return f"{amount.normalize():f}" if amount else "0"
 
 
+@commands.command("install-postgres")
+def install_postgres(
+    url: Annotated[str, typer.Argument(help="the database, e.g. postgresql://user:pass@host:5432/db")],
+    base_url: Annotated[str | None, BaseUrlOption] = None,
+    api_key: Annotated[str | None, ApiKeyOption] = None,
+) -> None:
+    """Create moe_complete, moe_chat, moe_classify, moe_extract, moe_score (and try_ variants) in a PostgreSQL
+    database (PL/Python); the gateway's URL and key become the database's settings moecloud.base_url/api_key."""
+    import psycopg
+
+    from moecloud.sql import default_target
+    from moecloud.sql.postgres import install
+
+    local_url, local_key = default_target()
+    key = api_key or local_key
+    if not key:
+        raise typer.BadParameter("no key given and no local key of `moecloud serve`", param_hint="--api-key")
+    try:
+        names = install(url, base_url or local_url, key)
+    except psycopg.Error as error:
+        raise ClickException(f"the database refused: {str(error).splitlines()[0]}") from None
+    typer.echo(f"installed {len(names)} functions: {', '.join(names)} (a new session reads the settings)")
+
+
 def register(root: typer.Typer) -> None:
-    root.command("sql")(sql)
+    root.add_typer(commands, name="sql")

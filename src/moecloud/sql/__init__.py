@@ -25,13 +25,24 @@ from moecloud.config import BillingSettings, load_settings
 from moecloud.pricing import PriceSheet, TokenUsage, measure_prompt
 from moecloud.secret_files import SecretFiles, read_secret
 from moecloud.sql.client import Call, Cancelled, Outcome, Sender
+from moecloud.sql.requests import (
+    chat_body,
+    classify_body,
+    content,
+    extract_body,
+    parse_json,
+    preview,
+    read_extracted,
+    read_label,
+    read_score,
+    score_body,
+)
 from moecloud.toolkit.evaluate import fetch_prices
 
 __all__ = ["Cancelled", "CostLimitExceeded", "Functions", "RowError", "connect", "default_target", "register"]
 
 MAX_PASSES = 8  # nested calls need one collecting pass per level; beyond this, rows are sent one at a time
 PROGRESS_ROWS = 20  # a terminal shows a progress bar from this many requests on
-PREVIEW = 40  # characters of a row's input shown in its error
 
 
 class RowError(ValueError):
@@ -181,7 +192,7 @@ class Functions:
                     self.cost += self.price(call.model).cost(usage)
                     self.requests += 1
 
-    def _answer(self, name: str, call: Call | None, preview: str) -> Any:
+    def _answer(self, name: str, call: Call | None, shown: str) -> Any:
         """A row's answer: from the cache, else (collecting) None with the call noted, else sent now."""
         if call is None:
             return None
@@ -199,18 +210,18 @@ class Functions:
             self._send({key: call})
             outcome = self._cache[key]
         if outcome.error is not None:
-            raise RowError(f"{name}: row {row} ({preview}): {outcome.error}")
+            raise RowError(f"{name}: row {row} ({shown}): {outcome.error}")
         return outcome.value
 
     # the functions
 
     def _register(self) -> None:
-        chat_body = self._chat_body
+        chat = self._chat_body
         specs: list[tuple[str, list[str], str, Callable[..., Call | None], int]] = [
             ("moe_complete", ["VARCHAR", "VARCHAR", "VARCHAR"], "VARCHAR",
-             lambda m, p, o: chat_body(m, [{"role": "user", "content": p}], o), 2),
+             lambda m, p, o: chat(m, [{"role": "user", "content": p}], o), 2),
             ("moe_chat", ["VARCHAR", "VARCHAR", "VARCHAR"], "VARCHAR",
-             lambda m, messages, o: chat_body(m, _json(messages, list, "messages"), o), 2),
+             lambda m, messages, o: chat(m, parse_json(messages, list, "messages"), o), 2),
             ("moe_classify", ["VARCHAR", "VARCHAR", "VARCHAR[]"], "VARCHAR", self._classify, 3),
             ("moe_extract", ["VARCHAR", "VARCHAR", "VARCHAR"], "JSON", self._extract, 3),
             ("moe_score", ["VARCHAR", "VARCHAR", "VARCHAR"], "DOUBLE", self._score, 3),
@@ -225,12 +236,12 @@ class Functions:
             args = (first, second, third)
             if any(a is None for a in args[:required]):
                 return None
-            preview = _preview(args[1])
+            shown = preview(args[1])
             try:
-                return self._answer(base, build(*args), preview)
+                return self._answer(base, build(*args), shown)
             except (RowError, ValueError) as error:
                 if failing:
-                    raise error if isinstance(error, RowError) else RowError(f"{base}: {preview}: {error}") from None
+                    raise error if isinstance(error, RowError) else RowError(f"{base}: {shown}: {error}") from None
                 return None
 
         internal = f"__moecloud_{name}"
@@ -242,67 +253,32 @@ class Functions:
         self.conn.execute(f"CREATE OR REPLACE TEMP MACRO {name} {', '.join(forms)}")
 
     def _chat_body(self, model: str, messages: list[Any], options: str | None) -> Call:
-        body = {**self.defaults, **(_json(options, dict, "options") if options is not None else {}),
-                "model": model, "messages": messages}
-        return Call("chat/completions", body, _content)
+        given = parse_json(options, dict, "options") if options is not None else {}
+        return Call("chat/completions", chat_body(model, messages, given, self.defaults), content)
 
-    def _classify(self, model: str, text: str, labels: list[str | None]) -> Call | None:
-        choices = [label for label in labels if label is not None]
-        if not choices:
-            raise ValueError("labels: give at least one label")
-        prompt = f"Classify the text as one of: {', '.join(choices)}.\n\nText: {text}\n\nLabel:"
-        body = {**self.defaults, "model": model, "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0, "structured_outputs": {"choice": choices},
-                "max_tokens": max(len(c.encode()) for c in choices) + 1}  # a token is at least a byte
-
-        def read(data: dict[str, Any]) -> str:
-            answer = _content(data)
-            if answer not in choices:
-                raise ValueError(f"the answer {answer!r} is none of the labels")
-            return answer
-
-        return Call("chat/completions", body, read)
+    def _classify(self, model: str, text: str, labels: list[str | None]) -> Call:
+        body = classify_body(model, text, labels, self.defaults)
+        return Call("chat/completions", body, lambda data: read_label(data, body))
 
     def _extract(self, model: str, text: str, schema_text: str) -> Call:
-        schema = _json(schema_text, dict, "json_schema")
+        schema = parse_json(schema_text, dict, "json_schema")
         try:
             jsonschema.validators.validator_for(schema).check_schema(schema)
         except jsonschema.SchemaError as error:
             raise ValueError(f"json_schema: {error.message}") from None
-        prompt = (f"Extract from the text a JSON value matching this JSON schema:\n{json.dumps(schema)}\n\n"
-                  f"Text: {text}")
-        body = {"temperature": 0, **self.defaults, "model": model,
-                "messages": [{"role": "user", "content": prompt}],
-                "response_format": {"type": "json_schema", "json_schema": {"name": "extract", "schema": schema,
-                                                                           "strict": True}}}
 
         def read(data: dict[str, Any]) -> str:
-            if data["choices"][0].get("finish_reason") == "length":
-                raise ValueError("the answer was cut at max_tokens before the JSON was complete")
-            value = json.loads(_content(data))
+            value = read_extracted(data)
             try:
                 jsonschema.validate(value, schema)
             except jsonschema.ValidationError as error:
                 raise ValueError(f"the answer does not match the schema: {error.message}") from None
             return json.dumps(value, ensure_ascii=False)
 
-        return Call("chat/completions", body, read)
+        return Call("chat/completions", extract_body(model, text, schema, self.defaults), read)
 
     def _score(self, model: str, prompt: str, continuation: str) -> Call:
-        body = {"model": model, "prompt": prompt + continuation, "echo": True, "logprobs": 0, "max_tokens": 0}
-
-        def read(data: dict[str, Any]) -> float:
-            logprobs = data["choices"][0]["logprobs"]
-            total, covered = 0.0, 0
-            for token, logprob in zip(reversed(logprobs["tokens"]), reversed(logprobs["token_logprobs"]),
-                                      strict=True):
-                if covered >= len(continuation):
-                    break
-                total += logprob
-                covered += len(token)
-            return total
-
-        return Call("completions", body, read)
+        return Call("completions", score_body(model, prompt, continuation), lambda data: read_score(data, continuation))
 
 
 def register(conn: duckdb.DuckDBPyConnection, base_url: str | None = None, api_key: str | None = None,
@@ -318,25 +294,3 @@ def connect(database: str = ":memory:", base_url: str | None = None, api_key: st
     """A new DuckDB connection with the functions registered (``Functions`` passes on the connection's own
     methods; its ``sql``/``execute`` prefetch)."""
     return register(duckdb.connect(database), base_url, api_key, **options)
-
-
-def _json(text: str, kind: type, field: str) -> Any:
-    try:
-        value = json.loads(text)
-    except ValueError as error:
-        raise ValueError(f"{field}: not JSON ({error})") from None
-    if not isinstance(value, kind):
-        raise ValueError(f"{field}: a JSON {'array' if kind is list else 'object'} is needed")
-    return value
-
-
-def _content(data: dict[str, Any]) -> str:
-    content = data["choices"][0]["message"]["content"]
-    if not isinstance(content, str):
-        raise ValueError("the answer has no text content")
-    return content
-
-
-def _preview(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    return repr(text if len(text) <= PREVIEW else text[:PREVIEW] + "…")
