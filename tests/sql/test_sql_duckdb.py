@@ -171,6 +171,9 @@ def test_cli_over_a_csv_file_writes_parquet(gateway: Gateway, tmp_path: Path) ->
     written = duckdb.sql(f"SELECT id, answer FROM '{out}' ORDER BY id").fetchall()
     assert [r[0] for r in written] == [1, 2, 3] and written[0][1] == written[2][1]
     assert usage_requests(gateway, tenant) == 2
+    shown = CliRunner().invoke(app, ["sql", f"SELECT count(*) AS n FROM '{source}'", "--base-url",
+                                     gateway.url + "/v1", "--api-key", key])
+    assert shown.exit_code == 0 and "│ 3 │" in shown.output and "cost: 0 (0 requests)" in shown.output, shown.output
 
 
 def test_ctrl_c_in_the_cli_cancels_what_is_in_flight(gateway: Gateway) -> None:
