@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 import moecloud.sql as moesql
 from moecloud.cli import app
+from moecloud.secret_files import write_secret
 from moecloud.serving.worker import RunningWorker
 from moecloud.sql.postgres import connection_url
 
@@ -127,6 +128,9 @@ def test_max_cost_refuses_before_any_request(gateway: Gateway) -> None:
     with (moesql.connect(base_url=gateway.url + "/v1", api_key=key, max_cost="0.0001", max_tokens=50) as functions,
           pytest.raises(moesql.CostLimitExceeded, match="nothing was sent")):
         functions.sql(f"SELECT moe_complete('{MODEL}', 'row ' || i) FROM range(10) r(i)")
+    refused = CliRunner().invoke(app, ["sql", f"SELECT moe_complete('{MODEL}', 'row ' || i) FROM range(10) r(i)",
+                                       "--max-cost", "0.0001", "--base-url", gateway.url + "/v1", "--api-key", key])
+    assert refused.exit_code == 1 and "over max_cost 0.0001: nothing was sent" in refused.output, refused.output
     assert usage_requests(gateway, tenant) == 0
 
 
@@ -139,6 +143,26 @@ def test_errors_name_the_row_and_the_reason_and_try_gives_null(gateway: Gateway,
         with pytest.raises(duckdb.Error, match=r"row 1 \('hello'\): HTTP 401: "):
             wrong.sql(f"SELECT moe_complete('{MODEL}', 'hello')").fetchall()
         assert wrong.sql(f"SELECT try_moe_classify('{MODEL}', 'x', ['a', 'b'])").fetchall() == [(None,)]
+
+
+def test_bad_labels_and_schemas_are_errors_of_their_row(db: tuple[Any, str]) -> None:
+    functions, _ = db
+    with pytest.raises(duckdb.Error, match=r"moe_classify: 'x': labels: give at least one label"):
+        functions.sql(f"SELECT moe_classify('{MODEL}', 'x', [NULL]::VARCHAR[])").fetchall()
+    with pytest.raises(duckdb.Error, match=r"moe_extract: 'x': json_schema: .* is not valid"):
+        functions.sql(f"SELECT moe_extract('{MODEL}', 'x', '{{\"type\": 5}}')").fetchall()
+    assert functions.sql(f"SELECT try_moe_extract('{MODEL}', 'x', 'nope')").fetchall() == [(None,)]
+
+
+def test_the_defaults_are_the_local_serve_and_its_key(gateway: Gateway, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    tenant, key = tenant_key(gateway)
+    monkeypatch.setenv("MOECLOUD_HOME", str(tmp_path))
+    monkeypatch.setenv("MOECLOUD_GATEWAY__PORT", gateway.url.rsplit(":", 1)[1])
+    write_secret(tmp_path / "secrets" / "default_api_key", key)  # where `moecloud serve` keeps it
+    with moesql.connect(max_tokens=2) as functions:
+        assert functions.sql(f"SELECT moe_complete('{MODEL}', 'hi') IS NOT NULL").fetchall() == [(True,)]
+    assert usage_requests(gateway, tenant) == 1
 
 
 def test_cancel_stops_what_is_in_flight(gateway: Gateway) -> None:

@@ -117,7 +117,9 @@ class Functions:
             self._rows.clear()  # each pass counts the rows each function meets from 1
             self._collecting = True
             try:
-                self.conn.execute(query, params).fetchall()
+                result = self.conn.execute(query, params)
+                while result.fetchmany(10_000):  # every row computed, none kept
+                    pass
             finally:
                 self._collecting = False
             with self._lock:
