@@ -110,6 +110,7 @@ class Functions:
             self._cache = {k: v for k, v in self._cache.items() if v.error is None}  # a new query retries failures
             self._rows.clear()
             self._first_row.clear()
+            self._pending.clear()  # what a failed query had noted
         statements = self.conn.extract_statements(query)
         if not statements or any(s.type != duckdb.StatementType.SELECT for s in statements):
             return
