@@ -94,12 +94,15 @@ def test_chat_with_options_and_a_nested_call(db: tuple[Any, str]) -> None:
         functions.sql(f"SELECT moe_chat('{MODEL}', 'not json')").fetchall()
 
 
-def test_classify_always_answers_a_label(db: tuple[Any, str]) -> None:
+def test_classify_always_answers_a_label_with_a_progress_bar(db: tuple[Any, str],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     functions, _ = db
+    functions.progress = True  # as on a terminal
     labels = ["positive", "negative", "neutral"]
     rows = functions.sql(f"SELECT moe_classify('{MODEL}', 'text number ' || i, {labels!r}) FROM range(12) r(i)"
                          ).fetchall()
     assert len(rows) == 12 and {r[0] for r in rows} <= set(labels)
+    assert "moecloud" in capsys.readouterr().err
 
 
 def test_extract_is_always_valid_against_its_schema(gateway: Gateway) -> None:

@@ -182,7 +182,7 @@ class Functions:
         console = Console(stderr=True)
         show = self.progress if self.progress is not None else console.is_terminal and len(batch) >= PROGRESS_ROWS
         if show:
-            with Progress(console=console, transient=True) as bar:
+            with Progress(console=console, transient=console.is_terminal) as bar:  # a log keeps the last state
                 task = bar.add_task("moecloud", total=len(batch))
                 outcomes = self.sender.send(batch, lambda: bar.advance(task))
         else:
