@@ -1,6 +1,7 @@
-"""DuckDB's moe_* functions against a real gateway in front of a real worker (the tiny random checkpoint),
-one platform for the module: order, NULLs, duplicates sent once, constrained classify/extract, the cost limit,
-per-row errors, try_ variants, cancellation, billing per row, and the CLI over a CSV file."""
+"""The SQL functions (DuckDB, and PostgreSQL where the suite has one) against a real gateway in front of a real
+worker (the tiny random checkpoint), one platform for the module: order, NULLs, duplicates sent once, constrained
+classify/extract, the cost limit, per-row errors, try_ variants, cancellation, billing per row, the CLI over a
+CSV file, and `install-postgres` then the functions in the database."""
 
 from __future__ import annotations
 
