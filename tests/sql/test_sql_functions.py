@@ -91,6 +91,8 @@ def test_chat_with_options_and_a_nested_call(db: tuple[Any, str]) -> None:
         f" moe_complete('{MODEL}', moe_complete('{MODEL}', 'x')), try_moe_chat('{MODEL}', 'not json')",
         params=[messages]).fetchall()
     assert isinstance(chat, str) and isinstance(nested, str) and bad is None
+    streamed = functions.sql(f"SELECT moe_complete('{MODEL}', 'y', '{{\"stream\": true}}')").fetchall()
+    assert isinstance(streamed[0][0], str)  # an option cannot turn the answer into a stream
     with pytest.raises(duckdb.Error, match=r"moe_chat: 'not json': messages: not JSON"):
         functions.sql(f"SELECT moe_chat('{MODEL}', 'not json')").fetchall()
 

@@ -35,7 +35,7 @@ def preview(value: Any) -> str:
 
 
 def chat_body(model: str, messages: list[Any], options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    return {**defaults, **options, "model": model, "messages": messages}
+    return {**defaults, **options, "model": model, "messages": messages, "stream": False}  # one JSON answer
 
 
 def classify_body(model: str, text: str, labels: list[str | None], defaults: dict[str, Any]) -> dict[str, Any]:
