@@ -24,3 +24,9 @@ def test_screening_loads_no_torch_no_http_and_no_gateway() -> None:
 
 def test_the_engine_loads_no_http_and_no_sql() -> None:
     assert loaded_after(["moecloud.engine"], ["fastapi", "httpx", "sqlalchemy", "moecloud.gateway"]) == []
+
+
+def test_the_sql_functions_load_no_torch_no_gateway_and_no_store() -> None:
+    watched = ["torch", "fastapi", "sqlalchemy", "moecloud.gateway", "moecloud.serving", "moecloud.engine",
+               "moecloud.store"]
+    assert loaded_after(["moecloud.sql", "moecloud.sql.postgres"], watched) == []

@@ -25,6 +25,7 @@ from moecloud.cli import (
     quantize,
     retention,
     serve,
+    sql,
     tasks,
     tenants,
     train,
@@ -63,5 +64,5 @@ class OneLineErrors(TyperGroup):
 app = typer.Typer(cls=OneLineErrors, help="moecloud: a self-hosted MoE model cloud in one package.",
                   no_args_is_help=True)
 for commands in (serve, tenants, keys, credits, usage, prices, deployments, aliases, audit, retention, backup,
-                 compliance, train, quantize, evaluate, tasks):
+                 compliance, train, quantize, evaluate, tasks, sql):
     commands.register(app)

@@ -105,13 +105,13 @@ def ask(client: httpx.Client, model: str, example: Example, max_tokens: int, ret
             response = client.post("chat/completions", json=body)
         except httpx.HTTPError as exc:
             return Answer("", time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
-        wait = _retry_after(response)
+        wait = retry_after(response)
         if wait is None or attempt == retry.attempts:
             break
         time.sleep(min(wait, retry.max_wait))
     seconds = time.perf_counter() - started
     if not response.is_success:
-        return Answer("", seconds, error=_reason(response))
+        return Answer("", seconds, error=error_reason(response))
     try:
         data = response.json()
         text = data["choices"][0]["message"].get("content") or ""
@@ -120,7 +120,7 @@ def ask(client: httpx.Client, model: str, example: Example, max_tokens: int, ret
     return Answer(text, seconds, TokenUsage.from_openai(data.get("usage")))
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: httpx.Response) -> float | None:
     """Seconds to wait before retrying a 429 that says when (``Retry-After`` in seconds); None otherwise."""
     if response.status_code != 429:
         return None
@@ -130,7 +130,7 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def _reason(response: httpx.Response) -> str:
+def error_reason(response: httpx.Response) -> str:
     """``HTTP 402: insufficient credit ...``: the status and the OpenAI error message (or the body's start)."""
     try:
         message = response.json()["error"]["message"]
