@@ -19,6 +19,7 @@ from moecloud.cli import (
     credits,
     deployments,
     keys,
+    policies,
     prices,
     quantize,
     serve,
@@ -59,6 +60,6 @@ class OneLineErrors(TyperGroup):
 
 app = typer.Typer(cls=OneLineErrors, help="moecloud: a self-hosted MoE model cloud in one package.",
                   no_args_is_help=True)
-for commands in (serve, tenants, keys, credits, usage, prices, deployments, aliases, audit, train, quantize, evaluate,
-                 tasks):
+for commands in (serve, tenants, keys, policies, credits, usage, prices, deployments, aliases, audit, train, quantize,
+                 evaluate, tasks):
     commands.register(app)

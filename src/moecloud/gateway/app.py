@@ -31,6 +31,7 @@ from moecloud.gateway.tenancy.auth import Authenticator
 from moecloud.gateway.tenancy.credentials import GatewaySecrets, load_secrets
 from moecloud.gateway.tenancy.limits import RateLimiter
 from moecloud.gateway.tenancy.metering import Metering
+from moecloud.gateway.tenancy.policies import default_policy
 from moecloud.gateway.traffic.admission import Dispatcher
 from moecloud.gateway.traffic.failover import Failover
 from moecloud.gateway.traffic.metrics import GatewayMetrics, count_requests
@@ -132,7 +133,8 @@ def _build_state(
         settings=settings,
         database=database,
         secrets=secrets,
-        authenticator=Authenticator(database, settings.gateway, default_priority=settings.admission.default_priority),
+        authenticator=Authenticator(database, settings.gateway, default_priority=settings.admission.default_priority,
+                                    default_policy=default_policy(settings.screening)),
         limiter=limiter,
         catalog=catalog,
         upstream=upstream,

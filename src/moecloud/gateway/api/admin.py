@@ -33,6 +33,7 @@ from moecloud.gateway.admin.schemas import (
     KeyLimitsIn,
     KeyOut,
     NewKeyOut,
+    PolicyOut,
     PriceIn,
     PriceOut,
     ScaleEventOut,
@@ -46,6 +47,7 @@ from moecloud.gateway.admin.schemas import (
 from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.api.deps import AdminDep, State
 from moecloud.gateway.errors import InvalidRequest
+from moecloud.security import Policy
 
 router = APIRouter(prefix="/admin")
 
@@ -277,3 +279,45 @@ def delete_price(model: str, admin: AdminOps, state: State) -> PriceOut:
     price = admin.delete_price(model)
     state.catalog.forget()
     return price
+
+
+# Screening policies (the CLI's `policies show|set|clear`). A change clears this gateway's key cache, so new
+# requests here get it at once; other gateway processes see it within gateway.auth_cache_seconds.
+
+
+@router.get("/tenants/{name}/policy")
+def tenant_policy(name: str, admin: AdminOps) -> PolicyOut:
+    return admin.policy(tenant=name)
+
+
+@router.put("/tenants/{name}/policy")
+def set_tenant_policy(name: str, policy: Policy, admin: AdminOps, state: State) -> PolicyOut:
+    stored = admin.set_policy(policy, tenant=name)
+    state.authenticator.forget()
+    return stored
+
+
+@router.delete("/tenants/{name}/policy")
+def clear_tenant_policy(name: str, admin: AdminOps, state: State) -> PolicyOut:
+    stored = admin.set_policy(None, tenant=name)
+    state.authenticator.forget()
+    return stored
+
+
+@router.get("/keys/{key_id}/policy")
+def key_policy(key_id: str, admin: AdminOps) -> PolicyOut:
+    return admin.policy(key=key_id)
+
+
+@router.put("/keys/{key_id}/policy")
+def set_key_policy(key_id: str, policy: Policy, admin: AdminOps, state: State) -> PolicyOut:
+    stored = admin.set_policy(policy, key=key_id)
+    state.authenticator.forget()
+    return stored
+
+
+@router.delete("/keys/{key_id}/policy")
+def clear_key_policy(key_id: str, admin: AdminOps, state: State) -> PolicyOut:
+    stored = admin.set_policy(None, key=key_id)
+    state.authenticator.forget()
+    return stored
