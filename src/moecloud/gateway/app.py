@@ -35,6 +35,7 @@ from moecloud.gateway.tenancy.policies import default_policy
 from moecloud.gateway.traffic.admission import Dispatcher
 from moecloud.gateway.traffic.failover import Failover
 from moecloud.gateway.traffic.metrics import GatewayMetrics, count_requests
+from moecloud.gateway.traffic.screening import ScreeningRecorder
 from moecloud.gateway.traffic.upstream import Upstream
 from moecloud.store import Database
 from moecloud.store.ledger import release_expired_holds, release_gateway_holds
@@ -143,6 +144,7 @@ def _build_state(
         metrics=metrics,
         control=control,
         metering=Metering(settings.billing, database, limiter, dispatcher, upstream),
+        screening=ScreeningRecorder(database, secrets.audit_key, metrics.screening),
     )
 
 
