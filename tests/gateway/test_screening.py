@@ -26,6 +26,12 @@ SECRET = "sk-abcdefghijklmnopqrstuvwxyz0123456789ABCD"
 
 
 @pytest.fixture
+def gateway(make_gateway: Callable[..., Gateway]) -> Gateway:
+    """The harness's gateway with screening on, as ``moecloud serve`` runs it (the default policy)."""
+    return make_gateway(screening={})
+
+
+@pytest.fixture
 def answer(gateway: Gateway) -> Iterator[Callable[..., None]]:
     """Make the fake upstream answer a given text (streamed in pieces of ``piece`` characters)."""
     state = gateway.upstream_app.state
@@ -218,7 +224,8 @@ def test_answers_are_redacted_or_cut(gateway: Gateway, answer: Callable[..., Non
     assert [d["action"] for d in outputs] == ["block", "block", "redact", "redact"]
 
 
-def test_a_stream_is_cut_with_content_filter_and_billed_its_usage(gateway: Gateway, answer: Callable[..., None]) -> None:
+def test_a_stream_is_cut_with_content_filter_and_billed_its_usage(gateway: Gateway,
+                                                                  answer: Callable[..., None]) -> None:
     client = gateway.client(gateway.key(gateway.tenant("acme")))
     answer(f"Here it is. The key is {SECRET} and more text follows after it.", piece=4)
     stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True,

@@ -3,7 +3,8 @@ about it, how a decision is recorded (the audit chain and a metric), and ``Strea
 
 Each string is screened alone (the unit the detectors were measured on), up to ``ALONE_SLOTS`` of them; a body
 with more (thousands of tiny messages, each a detector run of ~0.5 ms) is screened in batches: consecutive
-strings joined by a blank line up to ``BATCH_CHARS``, a finding's span mapped back to the strings it covers. A redaction replaces each screened string in place (the rest of the body is untouched).
+strings joined by a blank line up to ``BATCH_CHARS``, a finding's span mapped back to the strings it covers.
+A redaction replaces each screened string in place (the rest of the body is untouched).
 """
 
 from __future__ import annotations
