@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query
@@ -285,39 +285,27 @@ def delete_price(model: str, admin: AdminOps, state: State) -> PriceOut:
 # requests here get it at once; other gateway processes see it within gateway.auth_cache_seconds.
 
 
-@router.get("/tenants/{name}/policy")
-def tenant_policy(name: str, admin: AdminOps) -> PolicyOut:
-    return admin.policy(tenant=name)
+PolicyOwner = Literal["tenants", "keys"]  # /admin/tenants/{name}/policy, /admin/keys/{key_id}/policy
 
 
-@router.put("/tenants/{name}/policy")
-def set_tenant_policy(name: str, policy: Policy, admin: AdminOps, state: State) -> PolicyOut:
-    stored = admin.set_policy(policy, tenant=name)
+@router.get("/{owner}/{name}/policy")
+def get_policy(owner: PolicyOwner, name: str, admin: AdminOps) -> PolicyOut:
+    return admin.policy(**_owner(owner, name))
+
+
+@router.put("/{owner}/{name}/policy")
+def set_policy(owner: PolicyOwner, name: str, policy: Policy, admin: AdminOps, state: State) -> PolicyOut:
+    stored = admin.set_policy(policy, **_owner(owner, name))
     state.authenticator.forget()
     return stored
 
 
-@router.delete("/tenants/{name}/policy")
-def clear_tenant_policy(name: str, admin: AdminOps, state: State) -> PolicyOut:
-    stored = admin.set_policy(None, tenant=name)
+@router.delete("/{owner}/{name}/policy")
+def clear_policy(owner: PolicyOwner, name: str, admin: AdminOps, state: State) -> PolicyOut:
+    stored = admin.set_policy(None, **_owner(owner, name))
     state.authenticator.forget()
     return stored
 
 
-@router.get("/keys/{key_id}/policy")
-def key_policy(key_id: str, admin: AdminOps) -> PolicyOut:
-    return admin.policy(key=key_id)
-
-
-@router.put("/keys/{key_id}/policy")
-def set_key_policy(key_id: str, policy: Policy, admin: AdminOps, state: State) -> PolicyOut:
-    stored = admin.set_policy(policy, key=key_id)
-    state.authenticator.forget()
-    return stored
-
-
-@router.delete("/keys/{key_id}/policy")
-def clear_key_policy(key_id: str, admin: AdminOps, state: State) -> PolicyOut:
-    stored = admin.set_policy(None, key=key_id)
-    state.authenticator.forget()
-    return stored
+def _owner(owner: PolicyOwner, name: str) -> dict[str, str]:
+    return {"tenant": name} if owner == "tenants" else {"key": name}
