@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moecloud.security import Policy, verify_input
-from moecloud.security.dataset import load_items
+from moecloud.security.dataset import Item, load_items
 from moecloud.security.evaluation import HELD_OUT_TOPICS, rates
 
 PROMPT_CHARS = 500
@@ -50,40 +50,42 @@ def latency(samples: list[str], policy: Policy, calls: int) -> tuple[float, floa
     return statistics.median(timings) * 1e3, timings[int(0.99 * (len(timings) - 1))] * 1e3
 
 
-async def gateway_latency(url: str, key: str, texts: list[str], rounds: int) -> tuple[list[float], int]:
-    """Seconds per request (every text, ``rounds`` times, one at a time) and how many were blocked."""
+async def gateway_latency(url: str, key: str, texts: list[str], rounds: int) -> list[tuple[float, bool]]:
+    """(seconds, blocked) per request: every text, ``rounds`` times, one at a time, after a warm-up round."""
     import httpx
 
     async with httpx.AsyncClient(headers={"authorization": f"Bearer {key}"}, timeout=30) as client:
-        samples, blocked = [], 0
-        for round_ in range(rounds + 1):  # round 0 warms up
+        samples = []
+        for round_ in range(rounds + 1):
             for text in texts:
                 body = {"model": "bench-model", "messages": [{"role": "user", "content": text}], "max_tokens": 8}
                 began = time.perf_counter()
                 response = await client.post(url, json=body)
-                if round_:
-                    samples.append(time.perf_counter() - began)
-                    blocked += response.status_code == 400
-                elif response.status_code not in (200, 400):
+                if response.status_code not in (200, 400):
                     raise RuntimeError(f"the gateway answered {response.status_code}: {response.text[:300]}")
-    return samples, blocked
+                if round_:
+                    samples.append((time.perf_counter() - began, response.status_code == 400))
+    return samples
 
 
-def through_gateway(texts: list[str], rounds: int) -> None:
-    """The gateway with screening on and off, side by side: p50/p99 per request and what screening adds."""
+def through_gateway(items: list[Item], rounds: int) -> None:
+    """The gateway with screening on and off, side by side: p50/p99 per request and what screening adds, for the
+    benign prompts (screened and passed on) and for all of them (attacks answered 400 after an audit write)."""
     sys.path.insert(0, str(Path(__file__).parent))
     import gateway as bench  # the sibling benchmark: the stub upstream, process helpers, the moecloud setup
 
     cpus = sorted(os.sched_getaffinity(0))
     gateway_cpus, other_cpus = {cpus[0]}, set(cpus[1:]) or {cpus[0]}  # as benchmarks/gateway.py pins them
+    texts = [item.text for item in items]
+    benign = [item.label == "benign" for item in items] * rounds
+    measured = {}
     with bench.scratch() as (folder, processes):
         stub = f"http://127.0.0.1:{(stub_port := bench.free_port())}"
         processes.append(bench.start([sys.executable, bench.__file__, "--role", "stub", "--port", str(stub_port)],
                                      {}, other_cpus))
         bench.wait_ready(stub, processes[-1])
-        rows = []
-        for name, enabled in (("screening off", "false"), ("screening on", "true")):
-            home = folder / name.replace(" ", "-")
+        for name, enabled in (("off", "false"), ("on", "true")):
+            home = folder / name
             home.mkdir()
             (key,) = bench.prepare_moecloud(home, stub)
             port = bench.free_port()
@@ -91,17 +93,20 @@ def through_gateway(texts: list[str], rounds: int) -> None:
             environment = {"MOECLOUD_HOME": str(home), "MOECLOUD_SCREENING__ENABLED": enabled}
             processes.append(bench.start(command, environment, gateway_cpus))
             bench.wait_ready(f"http://127.0.0.1:{port}/health", processes[-1])
-            samples, blocked = asyncio.run(gateway_latency(f"http://127.0.0.1:{port}/v1/chat/completions", key,
-                                                           texts, rounds))
-            rows.append((name, bench.percentile(samples, 50), bench.percentile(samples, 99), blocked, len(samples)))
-    table = Table(title=f"per request through the gateway over a stub upstream ({len(texts)} held-out prompts)")
-    for column in ("gateway", "p50 ms", "p99 ms", "blocked (400)"):
-        table.add_column(column, justify="left" if column == "gateway" else "right")
-    for name, p50, p99, blocked, total in rows:
-        table.add_row(name, f"{p50:.2f}", f"{p99:.2f}", f"{blocked}/{total}")
-    (_, off50, off99, _, _), (_, on50, on99, _, _) = rows
-    table.add_row("added by screening", f"{on50 - off50:+.2f}", f"{on99 - off99:+.2f}", "")
-    Console(width=110).print(table)
+            measured[name] = asyncio.run(gateway_latency(f"http://127.0.0.1:{port}/v1/chat/completions", key,
+                                                         texts, rounds))
+    table = Table(title=f"ms per request through the gateway over a stub upstream ({len(texts)} held-out prompts, "
+                        f"{rounds} rounds)")
+    for column in ("prompts", "off p50", "on p50", "added p50", "off p99", "on p99", "added p99", "blocked"):
+        table.add_column(column, justify="left" if column == "prompts" else "right")
+    for name, keep in (("benign", lambda i: benign[i]), ("all", lambda i: True)):
+        off = [seconds for i, (seconds, _) in enumerate(measured["off"]) if keep(i)]
+        on = [seconds for i, (seconds, _) in enumerate(measured["on"]) if keep(i)]
+        blocked = sum(was for i, (_, was) in enumerate(measured["on"]) if keep(i))
+        p = [bench.percentile(samples, q) for samples in (off, on) for q in (50, 99)]
+        table.add_row(name, f"{p[0]:.2f}", f"{p[2]:.2f}", f"{p[2] - p[0]:+.2f}", f"{p[1]:.2f}", f"{p[3]:.2f}",
+                      f"{p[3] - p[1]:+.2f}", f"{blocked}/{len(on)}")
+    Console(width=120).print(table)
 
 
 def main() -> None:
@@ -111,7 +116,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="with --gateway: times each prompt is sent")
     arguments = parser.parse_args()
     if arguments.gateway:
-        through_gateway([item.text for item in load_items("test")], arguments.rounds)
+        through_gateway(load_items("test"), arguments.rounds)
         return
     policy = Policy(banned_topics=HELD_OUT_TOPICS)
     items = load_items("test")
