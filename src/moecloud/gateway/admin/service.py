@@ -33,7 +33,7 @@ from moecloud.gateway.admin.schemas import (
     UsageRowOut,
 )
 from moecloud.gateway.tenancy.auth import mint_key
-from moecloud.gateway.tenancy.policies import default_policy, effective_policy
+from moecloud.gateway.tenancy.policies import default_policy, effective_policy, parsed_policy
 from moecloud.security import Policy
 from moecloud.store import Database, audit, catalog, ledger, tenants
 from moecloud.store.tables import Alias, ApiKey, Deployment, Tenant
@@ -150,7 +150,7 @@ class Admin:
         inherited = tenant.screening_policy if key is not None else None
         return PolicyOut(
             tenant=tenant.name, key=key.public_id if key is not None else None,
-            stored=None if own is None else Policy.model_validate_json(own),
+            stored=None if own is None else parsed_policy(own),  # None too where a hand-edited one does not parse
             effective=effective_policy(own, inherited, default_policy(self._settings.screening)),
         )
 
