@@ -8,6 +8,8 @@ The last user message (or the prompt) steers it:
 - ``CACHE`` -> half the prompt tokens are reported as prefix-cache hits;
 - ``MALFORMED`` -> a 200 answer without ``choices``; ``BADTYPES`` -> ``choices`` and ``usage`` of wrong types.
 Otherwise it answers ``max_tokens`` tokens. Usage: prompt = 5 + number of words, completion = tokens sent.
+``app.state.answer`` (a string; None: the default) is what it answers instead, streamed in pieces of
+``app.state.answer_piece`` characters (each piece a token).
 Whole-replica failures: ``app.state.down = True`` answers 503 to everything (health checks included);
 ``app.state.engine_dead = True`` is a worker whose engine died: 503 to completions and to ``GET /health`` (the
 worker's engine check), but ``/v1/models`` still answers 200.
@@ -50,6 +52,8 @@ def create_fake_upstream() -> FastAPI:
     app.state.received = []
     app.state.down = False
     app.state.engine_dead = False
+    app.state.answer = None
+    app.state.answer_piece = 5
     app.state.models = {"fake": None}  # the models /v1/models lists, with their max_model_len (None: not said)
 
     async def handle(request: Request, chat: bool) -> Response:
@@ -69,13 +73,15 @@ def create_fake_upstream() -> FastAPI:
         if "SLOW" in text:
             await asyncio.sleep(0.4)
         tokens = body.get("max_tokens") or 16
+        if app.state.answer is not None:
+            tokens = len(_pieces(app.state.answer))
         if body.get("stream"):
             return StreamingResponse(_stream(body, text, tokens, chat), media_type="text/event-stream")
         if "MALFORMED" in text:
             return JSONResponse({"id": "cmpl-fake", "object": "text_completion", "usage": usage_for(body, tokens)})
         if "BADTYPES" in text:
             return JSONResponse({"id": "cmpl-fake", "choices": "oops", "usage": {"prompt_tokens": "many"}})
-        content = "tok " * tokens
+        content = "tok " * tokens if app.state.answer is None else app.state.answer
         choice = (
             {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "length"}
             if chat
@@ -94,7 +100,8 @@ def create_fake_upstream() -> FastAPI:
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
         def chunk(i: int) -> dict[str, Any]:
-            choice = {"index": 0, "delta": {"content": f"t{i} "}} if chat else {"index": 0, "text": f"t{i} "}
+            piece = f"t{i} " if app.state.answer is None else _pieces(app.state.answer)[i]
+            choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
             kind = "chat.completion.chunk" if chat else "text_completion"
             return {"id": "cmpl-fake", "object": kind, "created": 1, "model": body["model"], "choices": [choice]}
 
@@ -111,6 +118,10 @@ def create_fake_upstream() -> FastAPI:
             yield event({"id": "cmpl-fake", "object": kind, "created": 1, "model": body["model"], "choices": [],
                          "usage": usage_for(body, tokens)})
         yield b"data: [DONE]\n\n"
+
+    def _pieces(answer: str) -> list[str]:
+        size = app.state.answer_piece
+        return [answer[i:i + size] for i in range(0, len(answer), size)] or [""]
 
     @app.get("/health")
     async def health() -> Response:
@@ -133,12 +144,14 @@ def create_fake_upstream() -> FastAPI:
         app.state.received.append({"body": body, "request_id": request.headers.get("x-request-id"),
                                    "authorization": request.headers.get("authorization")})
         text, tokens = prompt_text(body), body.get("max_output_tokens") or 16
+        pieces = ["tok "] * tokens if app.state.answer is None else _pieces(app.state.answer)
+        tokens = len(pieces)
         counts = usage_for(body, tokens)
         usage = {"input_tokens": counts["prompt_tokens"], "output_tokens": tokens,
                  "input_tokens_details": counts["prompt_tokens_details"], "total_tokens": counts["total_tokens"]}
         response = {"id": "resp_fake", "object": "response", "status": "completed", "model": body["model"],
                     "output": [{"type": "message", "role": "assistant",
-                                "content": [{"type": "output_text", "text": "tok " * tokens}]}],
+                                "content": [{"type": "output_text", "text": "".join(pieces)}]}],
                     "usage": None if "NOUSAGE" in text else usage}
         if not body.get("stream"):
             return JSONResponse(response)
@@ -150,7 +163,7 @@ def create_fake_upstream() -> FastAPI:
 
             yield event(0, "response.created", response={**response, "status": "in_progress", "usage": None})
             for i in range(2 if "DIE_AFTER_2" in text else tokens):
-                yield event(i + 1, "response.output_text.delta", output_index=0, content_index=0, delta="tok ")
+                yield event(i + 1, "response.output_text.delta", output_index=0, content_index=0, delta=pieces[i])
             if "DIE_AFTER_2" in text:
                 raise RuntimeError("worker died mid-stream")
             yield event(tokens + 1, "response.completed", response=response)

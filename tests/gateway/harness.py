@@ -113,7 +113,12 @@ def running_gateway(database_url: str, upstream: tuple[str, FastAPI], home: Path
                     gateway: dict[str, Any] | None = None, billing: dict[str, Any] | None = None, *,
                     launcher: Launcher | None = None, **sections: dict[str, Any]) -> Iterator[Gateway]:
     """A gateway with the fake upstream deployed as ``MODEL``; ``sections``: other settings sections
-    (admission, routing, scaling) as dicts."""
+    (admission, routing, scaling) as dicts.
+
+    Screening is off unless ``screening`` is given (tests/gateway/test_screening.py turns it on): a screened
+    stream holds text back until a sentence ends, which the fake upstream's token stream never does, and the
+    shipped classifier flags the deliberately repetitive prompts ("word " * n) other tests send."""
+    sections.setdefault("screening", {"enabled": False})
     sock = bound_socket()
     settings = load_settings(
         home=home,

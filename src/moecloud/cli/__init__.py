@@ -21,6 +21,7 @@ from moecloud.cli import (
     credits,
     deployments,
     keys,
+    policies,
     prices,
     quantize,
     retention,
@@ -63,6 +64,6 @@ class OneLineErrors(TyperGroup):
 
 app = typer.Typer(cls=OneLineErrors, help="moecloud: a self-hosted MoE model cloud in one package.",
                   no_args_is_help=True)
-for commands in (serve, tenants, keys, credits, usage, prices, deployments, aliases, audit, retention, backup,
+for commands in (serve, tenants, keys, policies, credits, usage, prices, deployments, aliases, audit, retention, backup,
                  compliance, train, quantize, evaluate, tasks, sql):
     commands.register(app)

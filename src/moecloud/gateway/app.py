@@ -33,9 +33,11 @@ from moecloud.gateway.tenancy.auth import Authenticator
 from moecloud.gateway.tenancy.credentials import GatewaySecrets, load_secrets
 from moecloud.gateway.tenancy.limits import RateLimiter
 from moecloud.gateway.tenancy.metering import Metering
+from moecloud.gateway.tenancy.policies import default_policy
 from moecloud.gateway.traffic.admission import Dispatcher
 from moecloud.gateway.traffic.failover import Failover
 from moecloud.gateway.traffic.metrics import GatewayMetrics, count_requests
+from moecloud.gateway.traffic.screening import ScreeningRecorder
 from moecloud.gateway.traffic.upstream import Upstream
 from moecloud.store import Database
 from moecloud.store.ledger import release_expired_holds, release_gateway_holds
@@ -138,7 +140,8 @@ def _build_state(
         settings=settings,
         database=database,
         secrets=secrets,
-        authenticator=Authenticator(database, settings.gateway, default_priority=settings.admission.default_priority),
+        authenticator=Authenticator(database, settings.gateway, default_priority=settings.admission.default_priority,
+                                    default_policy=default_policy(settings.screening)),
         limiter=limiter,
         catalog=catalog,
         upstream=upstream,
@@ -147,6 +150,7 @@ def _build_state(
         metrics=metrics,
         control=control,
         metering=Metering(settings.billing, database, limiter, dispatcher, upstream),
+        screening=ScreeningRecorder(database, secrets.audit_key, metrics.screening),
     )
 
 

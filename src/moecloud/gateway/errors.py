@@ -30,6 +30,12 @@ class Conflict(APIError):
     status, type, code = 409, "invalid_request_error", "already_exists"
 
 
+class ContentFiltered(APIError):
+    """A prompt the screening policy blocks: 400 ``content_filter``, as OpenAI's own moderation answers."""
+
+    status, type, code = 400, "invalid_request_error", "content_filter"
+
+
 class PayloadTooLarge(APIError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 

@@ -116,3 +116,14 @@ def revoke_key(session: Session, public_id: str, *, now: datetime) -> ApiKey:
     if key.revoked_at is None:
         key.revoked_at = now
     return key
+
+
+def set_screening_policy(session: Session, *, tenant: str | None = None, key_public_id: str | None = None,
+                         policy_json: str | None) -> Tenant | ApiKey:
+    """Store (or with None clear) the screening policy of one tenant or one key; returns the row changed."""
+    if (tenant is None) == (key_public_id is None):
+        raise ValueError("name exactly one of tenant and key_public_id")
+    row: Tenant | ApiKey = get_tenant(session, tenant) if tenant is not None else get_key(session, str(key_public_id))
+    row.screening_policy = policy_json
+    session.flush()
+    return row

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from moecloud.gateway.fleet.catalog import check_provider_url
 from moecloud.gateway.fleet.provider_keys import PROVIDER_KEY_VARIABLE
+from moecloud.security import Policy
 
 # Every integer is bounded: the store keeps them in 32-bit columns (PostgreSQL's integer; larger values
 # overflow SQLite too), and a bound with a meaning is tighter still.
@@ -274,3 +275,13 @@ class EvaluationOut(EvaluationIn):
 
 class CountOut(BaseModel):
     count: int
+
+
+class PolicyOut(BaseModel):
+    """A tenant's or key's screening policy: what is stored (null: it inherits) and what its requests get
+    (a key: its own, else its tenant's, else the gateway default; a tenant: its own, else the default)."""
+
+    tenant: str
+    key: str | None = None
+    stored: Policy | None
+    effective: Policy

@@ -22,6 +22,7 @@ from moecloud.gateway.admin.schemas import (
     KeyOut,
     LedgerEntryOut,
     NewKeyOut,
+    PolicyOut,
     PriceIn,
     PriceOut,
     ScaleIn,
@@ -32,6 +33,8 @@ from moecloud.gateway.admin.schemas import (
     UsageRowOut,
 )
 from moecloud.gateway.tenancy.auth import mint_key
+from moecloud.gateway.tenancy.policies import default_policy, effective_policy, parsed_policy
+from moecloud.security import Policy
 from moecloud.store import Database, audit, catalog, ledger, tenants
 from moecloud.store.tables import Alias, ApiKey, Deployment, Tenant
 from moecloud.store.types import utcnow
@@ -126,6 +129,31 @@ class Admin:
     def _key_with_owner(self, session: Session, key: ApiKey) -> KeyOut:
         owner = session.get(Tenant, key.tenant_id)
         return _key_out(key, owner.name if owner else "?")
+
+    def policy(self, *, tenant: str | None = None, key: str | None = None) -> PolicyOut:
+        """The stored and effective screening policy of one tenant or one key."""
+        with self._database.read() as session:
+            return self._policy_out(session, *_policy_owner(session, tenant, key))
+
+    def set_policy(self, policy: Policy | None, *, tenant: str | None = None, key: str | None = None) -> PolicyOut:
+        """Store ``policy`` for one tenant or key (None: clear it, so it inherits); audited with the policy."""
+        stored = None if policy is None else policy.model_dump_json()
+        with self._database.write() as session:
+            tenants.set_screening_policy(session, tenant=tenant, key_public_id=key, policy_json=stored)
+            owner = _policy_owner(session, tenant, key)
+            kind, target = ("tenant", str(tenant)) if tenant is not None else ("key", str(key))
+            self._audit(session, f"{kind}.policy.{'clear' if policy is None else 'set'}", target,
+                        {} if policy is None else {"policy": policy.model_dump(mode="json")})
+            return self._policy_out(session, *owner)
+
+    def _policy_out(self, session: Session, tenant: Tenant, key: ApiKey | None) -> PolicyOut:
+        own = key.screening_policy if key is not None else tenant.screening_policy
+        inherited = tenant.screening_policy if key is not None else None
+        return PolicyOut(
+            tenant=tenant.name, key=key.public_id if key is not None else None,
+            stored=None if own is None else parsed_policy(own),  # None too where a hand-edited one does not parse
+            effective=effective_policy(own, inherited, default_policy(self._settings.screening)),
+        )
 
     def add_credit(self, tenant_name: str, amount: Decimal, note: str | None = None) -> BalanceOut:
         with self._database.write() as session:
@@ -254,6 +282,15 @@ class Admin:
 
     def _audit(self, session: Session, action: str, target: str, details: dict[str, Any]) -> None:
         audit.append(session, self._audit_key, actor=self._actor, action=action, target=target, details=details)
+
+
+def _policy_owner(session: Session, tenant: str | None, key: str | None) -> tuple[Tenant, ApiKey | None]:
+    if key is not None:
+        row = tenants.get_key(session, key)
+        owner = session.get(Tenant, row.tenant_id)
+        assert owner is not None  # a key's tenant is a foreign key
+        return owner, row
+    return tenants.get_tenant(session, str(tenant)), None
 
 
 def _tenant_out(tenant: Tenant) -> TenantOut:

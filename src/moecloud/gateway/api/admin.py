@@ -33,6 +33,7 @@ from moecloud.gateway.admin.schemas import (
     KeyLimitsIn,
     KeyOut,
     NewKeyOut,
+    PolicyOut,
     PriceIn,
     PriceOut,
     ScaleEventOut,
@@ -46,6 +47,7 @@ from moecloud.gateway.admin.schemas import (
 from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.api.deps import AdminDep, State
 from moecloud.gateway.errors import InvalidRequest
+from moecloud.security import Policy
 from moecloud.toolkit.compliance import render_html, render_pdf
 
 router = APIRouter(prefix="/admin")
@@ -293,3 +295,33 @@ def delete_price(model: str, admin: AdminOps, state: State) -> PriceOut:
     price = admin.delete_price(model)
     state.catalog.forget()
     return price
+
+
+# Screening policies (the CLI's `policies show|set|clear`). A change clears this gateway's key cache, so new
+# requests here get it at once; other gateway processes see it within gateway.auth_cache_seconds.
+
+
+PolicyOwner = Literal["tenants", "keys"]  # /admin/tenants/{name}/policy, /admin/keys/{key_id}/policy
+
+
+@router.get("/{owner}/{name}/policy")
+def get_policy(owner: PolicyOwner, name: str, admin: AdminOps) -> PolicyOut:
+    return admin.policy(**_owner(owner, name))
+
+
+@router.put("/{owner}/{name}/policy")
+def set_policy(owner: PolicyOwner, name: str, policy: Policy, admin: AdminOps, state: State) -> PolicyOut:
+    stored = admin.set_policy(policy, **_owner(owner, name))
+    state.authenticator.forget()
+    return stored
+
+
+@router.delete("/{owner}/{name}/policy")
+def clear_policy(owner: PolicyOwner, name: str, admin: AdminOps, state: State) -> PolicyOut:
+    stored = admin.set_policy(None, **_owner(owner, name))
+    state.authenticator.forget()
+    return stored
+
+
+def _owner(owner: PolicyOwner, name: str) -> dict[str, str]:
+    return {"tenant": name} if owner == "tenants" else {"key": name}

@@ -18,6 +18,7 @@ from moecloud.gateway.tenancy.metering import Metering
 from moecloud.gateway.traffic.admission import Dispatcher
 from moecloud.gateway.traffic.failover import Failover
 from moecloud.gateway.traffic.metrics import GatewayMetrics
+from moecloud.gateway.traffic.screening import ScreeningRecorder
 from moecloud.gateway.traffic.upstream import Upstream
 from moecloud.store import Database
 
@@ -36,6 +37,7 @@ class GatewayState:
     metrics: GatewayMetrics
     control: ControlLoop
     metering: Metering
+    screening: ScreeningRecorder  # where screening decisions are counted and audited
 
 
 def get_state(request: Request) -> GatewayState:

@@ -18,6 +18,7 @@ from moecloud.gateway.admin.service import usage_rows
 from moecloud.gateway.api.deps import CallerDep, GatewayState, State
 from moecloud.gateway.api.validation import CHAT_BODY, COMPLETION_BODY, RESPONSES_BODY, check_text, parse_body
 from moecloud.gateway.errors import (
+    ContentFiltered,
     InvalidRequest,
     ModelNotFound,
     PayloadTooLarge,
@@ -26,11 +27,21 @@ from moecloud.gateway.errors import (
 )
 from moecloud.gateway.fleet.catalog import Route
 from moecloud.gateway.tenancy.auth import Caller
-from moecloud.gateway.tenancy.metering import MeteredRequest
+from moecloud.gateway.tenancy.metering import MeteredRequest, new_request_id
 from moecloud.gateway.traffic.admission import Ticket
 from moecloud.gateway.traffic.relay import ResponsesRelay, StreamRelay
 from moecloud.gateway.traffic.router import affinity_key
+from moecloud.gateway.traffic.screening import (
+    SEPARATOR,
+    Decision,
+    StreamScreen,
+    answer_slots,
+    decide,
+    prompt_slots,
+    screen_slots_async,
+)
 from moecloud.pricing import TokenUsage, measure_input, measure_prompt
+from moecloud.security import Policy
 from moecloud.web.bounds import MAX_CHOICES
 from moecloud.web.disconnect import unless_disconnected
 from moecloud.web.errors import ClientDisconnected
@@ -108,6 +119,11 @@ async def _forward(request: Request, caller: Caller, state: GatewayState, path: 
     model = await state.catalog.resolve(requested)  # an alias is billed and answered as its model
     if not (caller.may_use(requested) or caller.may_use(model)):
         raise PermissionDenied(f"this API key may not use the model {requested!r}", param="model")
+    request_id = new_request_id()
+    screening = state.settings.screening
+    policy = caller.policy if screening.enabled else None
+    if policy is not None:
+        await _screen_prompt(state, caller, policy, body, prompt_field, model, request_id)
     price = await state.catalog.price(model)
     request.state.model = model
     deadline = _deadline(request, state.settings.admission)
@@ -125,7 +141,7 @@ async def _forward(request: Request, caller: Caller, state: GatewayState, path: 
     prompt = measure_input(body) if responses else measure_prompt(body)
     # the worst case: every prompt gets ``n`` choices of ``max_tokens`` each
     meter = MeteredRequest(state.metering, caller, model, price, prompt,
-                           completion_budget=max_tokens * choices * prompt.prompts)
+                           completion_budget=max_tokens * choices * prompt.prompts, request_id=request_id)
     request.state.meter = meter
     upstream_body = {**body, limit_field: max_tokens}
     upstream_body.pop("max_completion_tokens", None)
@@ -147,7 +163,23 @@ async def _forward(request: Request, caller: Caller, state: GatewayState, path: 
 
     wants_usage = isinstance(client_options, dict) and client_options.get("include_usage") is True
     return _Forwarded(state, meter, ticket, send, stream=stream, client_wants_usage=wants_usage,
-                      responses=responses)
+                      responses=responses, policy=policy)
+
+
+async def _screen_prompt(state: GatewayState, caller: Caller, policy: Policy, body: dict[str, Any], field: str,
+                         model: str, request_id: str) -> None:
+    """Screen the prompt's text under the caller's policy: redacted in ``body`` in place, or a 400
+    ``content_filter`` when blocked (before any hold: it costs nothing). A decision is counted and audited."""
+    slots = prompt_slots(body, field)
+    raw = SEPARATOR.join(slot.text for slot in slots) if policy.keep_prompt else None
+    decision = await screen_slots_async(slots, policy, "input")
+    if decision is None:
+        return
+    await state.screening.record(decision, request_id=request_id, key=caller.key_public_id,
+                                 tenant=caller.tenant_name, model=model, prompt=raw)
+    if decision.blocked:
+        raise ContentFiltered(f"the prompt was blocked by the screening policy: {', '.join(decision.categories)}",
+                              param=decision.param, headers={"x-request-id": request_id})
 
 
 class _Forwarded(Response):
@@ -156,10 +188,11 @@ class _Forwarded(Response):
 
     def __init__(self, state: GatewayState, meter: MeteredRequest, ticket: Ticket,
                  send: Callable[[Route], Awaitable[Any]], *, stream: bool, client_wants_usage: bool,
-                 responses: bool) -> None:
+                 responses: bool, policy: Policy | None) -> None:
         super().__init__()
         self._state, self._meter, self._ticket, self._send = state, meter, ticket, send
         self._stream, self._client_wants_usage, self._responses = stream, client_wants_usage, responses
+        self._policy = policy  # output screening's; None: off
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, meter = self._state, self._meter
@@ -170,17 +203,60 @@ class _Forwarded(Response):
                 meter.serve(lease)
                 state.metrics.queue_wait.labels(meter.model).observe(lease.waited)
                 if self._stream:
-                    kind = ResponsesRelay if self._responses else StreamRelay
-                    relay = kind(answer, meter, lease.route, client_wants_usage=self._client_wants_usage)
-                    await relay.respond(meter.headers, scope, receive, send)
+                    await self._relay(answer, lease.route, scope, receive, send)
                     return
                 usage = self._usage(answer, lease.route)
                 meter.answered(usage, "ok")
                 answer["model"] = meter.model
+                if self._policy is not None:
+                    await self._screen_answer(answer, self._policy)
             await JSONResponse(answer, headers=meter.headers)(scope, receive, send)  # sent once settled
         except ClientDisconnected:
             return  # nobody is left to answer
 
+
+    async def _relay(self, answer: Any, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        settings = self._state.settings.screening
+        screen = None if self._policy is None else StreamScreen(self._policy, settings.stream_window_chars,
+                                                                 settings.stream_tail_chars)
+        kind = ResponsesRelay if self._responses else StreamRelay
+        relay = kind(answer, self._meter, route, client_wants_usage=self._client_wants_usage, screen=screen)
+        try:
+            await relay.respond(self._meter.headers, scope, receive, send)
+        finally:
+            if screen is not None and screen.decision is not None:
+                await self._record(screen.decision)
+
+    async def _screen_answer(self, answer: dict[str, Any], policy: Policy) -> None:
+        """Screen a whole answer (its items were checked by ``_usage``): redacted in place; a blocked choice
+        loses its text and ends with ``finish_reason: content_filter``, a blocked response is ``incomplete``."""
+        if self._responses:
+            slots = answer_slots(answer["output"], responses=True)
+            decision = await screen_slots_async(slots, policy, "output")
+            if decision is not None and decision.blocked:
+                for slot in slots:
+                    slot.replace("")
+                answer.update(status="incomplete", incomplete_details={"reason": "content_filter"})
+        else:
+            findings = []
+            for choice in answer["choices"]:
+                slots = answer_slots([choice], responses=False)
+                found = await screen_slots_async(slots, policy, "output")
+                if found is None:
+                    continue
+                findings += found.findings
+                if found.blocked:
+                    for slot in slots:
+                        slot.replace("")
+                    choice["finish_reason"] = "content_filter"
+            decision = decide("output", findings, policy.output) if findings else None
+        if decision is not None:
+            await self._record(decision)
+
+    async def _record(self, decision: Decision) -> None:
+        meter = self._meter
+        await self._state.screening.record(decision, request_id=meter.request_id, key=meter.caller.key_public_id,
+                                           tenant=meter.caller.tenant_name, model=meter.model)
 
     def _usage(self, answer: dict[str, Any], route: Route) -> TokenUsage:
         """What a non-streamed answer reports it used, else its output estimated by size."""
@@ -190,7 +266,7 @@ class _Forwarded(Response):
             # an answer without them is the upstream's failure
             raise UpstreamFailed(f"deployment {route.deployment!r} answered without a list of {field}")
         read = TokenUsage.from_responses if self._responses else TokenUsage.from_openai
-        texts = _output_texts(items) if self._responses else _choice_texts(items)
+        texts = [slot.text for slot in answer_slots(items, responses=self._responses, billed=True)]
         bytes_per_token = self._state.settings.billing.estimate_bytes_per_token
         return read(answer.get("usage")) or self._meter.estimated_usage(
             math.ceil(sum(len(text.encode()) for text in texts) / bytes_per_token))
@@ -266,29 +342,3 @@ def _positive_int(body: dict[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidRequest(f"'{name}' must be a positive integer", param=name)
     return value
-
-
-def _choice_texts(choices: list[dict[str, Any]]) -> list[str]:
-    """The generated text of chat or completion choices (without reported usage, output is billed by its
-    size, like the prompt): content, reasoning and tool-call arguments."""
-    texts = []
-    for choice in choices:
-        message = choice.get("message")
-        if not isinstance(message, dict):
-            texts.append(choice.get("text"))
-            continue
-        texts += [message.get("content"), message.get("reasoning_content")]
-        calls = message.get("tool_calls")
-        for call in calls if isinstance(calls, list) else []:
-            function = call.get("function") if isinstance(call, dict) else None
-            texts.append(function.get("arguments") if isinstance(function, dict) else None)
-    return [text for text in texts if isinstance(text, str)]
-
-
-def _output_texts(output: list[dict[str, Any]]) -> list[str]:
-    """The generated text of a response's output items: message and reasoning parts, call arguments."""
-    texts = [item.get("arguments") for item in output]
-    for item in output:
-        parts = item.get("content")
-        texts += [part.get("text") for part in parts if isinstance(part, dict)] if isinstance(parts, list) else []
-    return [text for text in texts if isinstance(text, str)]

@@ -17,6 +17,8 @@ import anyio
 
 from moecloud.config import GatewaySettings
 from moecloud.gateway.errors import AuthenticationFailed, RateLimited
+from moecloud.gateway.tenancy.policies import effective_policy
+from moecloud.security import Policy
 from moecloud.store import Database
 from moecloud.store.tables import ApiKey, Tenant
 from moecloud.store.tenants import find_key_by_hash
@@ -35,7 +37,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who a request runs as: its key, its tenant, and the limits that apply to each."""
+    """Who a request runs as: its key, its tenant, the limits that apply to each and its screening policy."""
 
     key_id: int
     key_public_id: str
@@ -48,6 +50,7 @@ class Caller:
     tenant_limits: Limits
     priority: int = 1  # admission tier, lower first
     tenant_weight: int = 1  # share of busy capacity
+    policy: Policy = Policy()  # the key's, else the tenant's, else the default (tenancy.policies)
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -126,10 +129,12 @@ class Authenticator:
     ends, without a database read; a key it already used successfully (still remembered) keeps working.
     """
 
-    def __init__(self, database: Database, settings: GatewaySettings, *, default_priority: int = 1) -> None:
+    def __init__(self, database: Database, settings: GatewaySettings, *, default_priority: int = 1,
+                 default_policy: Policy | None = None) -> None:
         self._database = database
         self._settings = settings
         self._default_priority = default_priority
+        self._default_policy = default_policy or Policy.default()
         entries = settings.auth_cache_entries
         self._known: _ExpiringLRU[Caller] = _ExpiringLRU(entries, settings.auth_cache_seconds)
         self._unknown: _ExpiringLRU[bool] = _ExpiringLRU(entries, settings.auth_negative_cache_seconds)
@@ -204,4 +209,5 @@ class Authenticator:
             tenant_limits=Limits(rpm=tenant.rpm or defaults.tenant_rpm, tpm=tenant.tpm or defaults.tenant_tpm),
             priority=self._default_priority if key.priority is None else key.priority,
             tenant_weight=tenant.weight or 1,
+            policy=effective_policy(key.screening_policy, tenant.screening_policy, self._default_policy),
         )

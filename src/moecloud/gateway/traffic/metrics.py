@@ -63,6 +63,9 @@ class GatewayMetrics:
                                ["model", "replica"], registry=self.registry)
         self.scale_events = Counter("moecloud_gateway_scale_events", "Replica count changes of local deployments",
                                     ["deployment", "direction", "reason"], registry=self.registry)
+        self.screening = Counter("moecloud_gateway_screening_decisions",
+                                 "Screened requests with a finding, by direction, category and the policy's action",
+                                 ["direction", "category", "action"], registry=self.registry)
         self.registry.register(_LiveState(dispatcher, replica_counts))
 
     def render(self) -> bytes:
