@@ -6,7 +6,8 @@ language, and the latency of verify_input.
     python benchmarks/safety.py --gateway        # per-request latency through the gateway, screening on vs off
 
 Positives of a row are the items labelled with what it detects; negatives are every benign item of that language
-(attack look-alikes, PII look-alikes such as order numbers and wrong check digits, everyday text). Latency is
+(attack look-alikes, PII look-alikes such as order numbers and wrong check digits, everyday text); false positives
+are also counted on technical English from outside the repository (the standard library's docstrings). Latency is
 measured in-process (verify_input on 500-character prompts, after one warm-up call); ``--gateway`` measures what
 screening adds to a request: two gateways (screening on with the default policy, and off) in front of
 benchmarks/gateway.py's stub upstream, each sent every held-out prompt as a chat request in turn. Targets: injection
@@ -28,7 +29,7 @@ from rich.table import Table
 
 from moecloud.security import Policy, verify_input
 from moecloud.security.dataset import Item, load_items
-from moecloud.security.evaluation import HELD_OUT_TOPICS, rates
+from moecloud.security.evaluation import HELD_OUT_TOPICS, outside_false_positives, outside_texts, rates
 
 PROMPT_CHARS = 500
 
@@ -128,6 +129,9 @@ def main() -> None:
                       f"{rate.false_positives}/{rate.negatives}", f"{rate.false_positive:.1%}")
     console = Console(width=110)
     console.print(table)
+    flagged, total = outside_false_positives(policy, outside_texts())
+    console.print(f"benign text from outside the repository (Python standard library docstrings, never trained on): "
+                  f"{flagged}/{total} flagged as injection or jailbreak ({flagged / total:.1%})")
     samples = prompts([item.text for item in items])
     p50, p99 = latency(samples, policy, arguments.calls)
     console.print(f"verify_input on {PROMPT_CHARS}-character prompts, in-process ({arguments.calls} calls): "

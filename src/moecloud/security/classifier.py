@@ -1,9 +1,12 @@
 """The shipped injection/jailbreak classifier: hashed character n-grams and a softmax over three classes.
 
-Character n-grams (1-3) need no word segmenter, so Chinese is read as well as English; the text is lower-cased
-and normalised (normalise.normalise) first. Each n-gram is hashed with a fixed arithmetic hash (not Python's
-salted ``hash``) into ``BUCKETS`` buckets; a text's features are its n-gram counts divided by the square root of
-their total. The weights (``classifier.npz``, float16, compressed: about 60 kB) are trained by ``python -m
+Character n-grams (1-3) need no word segmenter, so Chinese is read as well as English; the text is lower-cased and
+normalised (normalise.normalise) first. Each n-gram is hashed with a fixed arithmetic hash (not Python's salted
+``hash``) into ``BUCKETS`` buckets; a text's features are the buckets it has (each once, so repeating a phrase adds
+nothing) divided by the square root of their number. A text longer than ``WINDOW`` characters is scored window by
+window (overlapping by a quarter) and its score is its worst window's: the sum over n-grams grows with length, so a
+long text scored whole drifts to one class whatever it says, and an attack buried in a long benign text is found in
+its window. The weights (``classifier.npz``, float16, compressed: about 100 kB) are trained by ``python -m
 moecloud.security.train`` on the train split of benchmarks/safety/ only, and loaded on first use.
 """
 
@@ -20,15 +23,28 @@ from moecloud.security.normalise import normalise
 
 BUCKETS = 1 << 16
 MAX_CHARS = 4096  # a longer text is scored on its first and last 2048 characters (an attack sits near either end)
+WINDOW = 320  # characters scored together: about the length of the longest prompts the classifier was trained on
+STRIDE = WINDOW * 3 // 4
 CLASSES: tuple[str, ...] = ("benign", "prompt_injection", "jailbreak")
 WEIGHTS = Path(__file__).with_name("classifier.npz")
 _MULTIPLIERS = np.array([0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D], dtype=np.uint64)
 
 
+def scored_text(text: str) -> str:
+    """What of a (normalised) text is scored: all of it, or its first and last MAX_CHARS / 2 characters."""
+    return text if len(text) <= MAX_CHARS else text[: MAX_CHARS // 2] + "\n" + text[-MAX_CHARS // 2:]
+
+
+def text_windows(text: str) -> list[str]:
+    """``text`` (already cut by scored_text) as the windows it is scored in: itself when it fits in one."""
+    if len(text) <= WINDOW:
+        return [text]
+    return [text[start:start + WINDOW] for start in range(0, len(text) - WINDOW + STRIDE, STRIDE)]
+
+
 def ngram_buckets(text: str) -> np.ndarray:
-    """The bucket of every 1-, 2- and 3-gram of ``text`` (already normalised), as one int64 array."""
-    if len(text) > MAX_CHARS:
-        text = text[: MAX_CHARS // 2] + "\n" + text[-MAX_CHARS // 2:]
+    """The distinct buckets of the 1-, 2- and 3-grams of ``text`` (already normalised), as one int64 array."""
+    text = scored_text(text)
     codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
     if codes.size == 0:
         return np.zeros(0, dtype=np.int64)
@@ -42,7 +58,7 @@ def ngram_buckets(text: str) -> np.ndarray:
     hashed ^= hashed >> np.uint64(29)
     hashed *= np.uint64(0xBF58476D1CE4E5B9)
     hashed ^= hashed >> np.uint64(32)
-    return (hashed % np.uint64(BUCKETS)).astype(np.int64)
+    return np.unique((hashed % np.uint64(BUCKETS)).astype(np.int64))
 
 
 @dataclass(frozen=True)
@@ -80,7 +96,9 @@ class InjectionClassifier:
 
     def detect(self, text: str) -> list[Finding]:
         weights = self.weights or shipped_weights()
-        probabilities = weights.probabilities(ngram_buckets(normalise(text).lower()))
+        scored = [weights.probabilities(ngram_buckets(window))
+                  for window in text_windows(scored_text(normalise(text).lower()))]
+        probabilities = min(scored, key=lambda p: float(p[0]))  # the window likeliest to attack
         attack = float(1.0 - probabilities[0])
         if attack < self.threshold:
             return []

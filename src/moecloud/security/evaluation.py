@@ -3,6 +3,8 @@ prints them; tests/security assert the targets on them)."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,6 +28,16 @@ UNITS: tuple[tuple[str, frozenset[str], frozenset[Category]], ...] = (
     ("verify_input: obfuscated attacks", frozenset({"obfuscation"}), ATTACKS),
     ("verify_input: pii", frozenset({"pii"}), frozenset({"pii"})),
 )
+
+
+# modules of Python's standard library whose docstrings are benign text from outside this repository: dense,
+# technical English the classifier never trained on (its technical examples are cut from this repository's docs)
+OUTSIDE_MODULES = ("argparse", "asyncio", "collections", "csv", "datetime", "decimal", "email", "fractions",
+                   "functools", "heapq", "http.client", "inspect", "io", "itertools", "json", "logging", "os",
+                   "pathlib", "random", "re", "shutil", "socket", "sqlite3", "statistics", "string", "subprocess",
+                   "tarfile", "tempfile", "textwrap", "threading", "typing", "unittest", "urllib.parse", "uuid",
+                   "xml.etree.ElementTree", "zipfile")
+OUTSIDE_CHARS = 600  # each docstring's first characters (prompt-sized)
 
 
 @dataclass(frozen=True)
@@ -78,3 +90,22 @@ def rates(items: Iterable[Item], policy: Policy) -> list[Rate]:
                 tally[1] += 1
             result.append(Rate(unit, lang, *hits["positive"], *hits["benign"]))
     return result
+
+
+def outside_texts(limit: int = 600) -> list[str]:
+    """Benign text from outside the repository: the first OUTSIDE_CHARS characters of docstrings of at least 80
+    characters of the OUTSIDE_MODULES' members, distinct and sorted (the same list for one Python version)."""
+    texts = set()
+    for name in OUTSIDE_MODULES:
+        for _, member in inspect.getmembers(importlib.import_module(name)):
+            doc = inspect.getdoc(member)
+            if doc and len(doc) >= 80:
+                texts.add(doc[:OUTSIDE_CHARS])
+    return sorted(texts)[:limit]
+
+
+def outside_false_positives(policy: Policy, texts: Iterable[str]) -> tuple[int, int]:
+    """(texts verify_input flags as injection or jailbreak, texts) over benign text from outside the repository."""
+    screen = build_screen(policy, "input")
+    texts = list(texts)
+    return sum(bool(ATTACKS & set(screen.verify(text).categories)) for text in texts), len(texts)

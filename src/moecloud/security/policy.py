@@ -54,7 +54,7 @@ class Policy(BaseModel):
     banned_topics: tuple[str, ...] = ()
     secret_patterns: tuple[str, ...] = ()
     keep_prompt: bool = False
-    classifier_threshold: float = Field(default=0.6, gt=0.0, lt=1.0)
+    classifier_threshold: float = Field(default=0.45, gt=0.0, lt=1.0)
 
     @classmethod
     def default(cls) -> Policy:
