@@ -116,8 +116,8 @@ def running_gateway(database_url: str, upstream: tuple[str, FastAPI], home: Path
     (admission, routing, scaling) as dicts.
 
     Screening is off unless ``screening`` is given (tests/gateway/test_screening.py turns it on): a screened
-    stream holds text back until a sentence ends, which the fake upstream's token stream never does, and the
-    shipped classifier flags the deliberately repetitive prompts ("word " * n) other tests send."""
+    stream holds text back until a sentence ends or a window fills, which the fake upstream's slow token stream
+    never does, and tests of cancelled streams wait for their first tokens."""
     sections.setdefault("screening", {"enabled": False})
     sock = bound_socket()
     settings = load_settings(
