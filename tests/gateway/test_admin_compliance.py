@@ -15,7 +15,7 @@ from moecloud.toolkit.backup import create_backup
 
 
 def test_the_report_in_each_format_and_language(make_gateway: Callable[..., Gateway]) -> None:
-    gateway = make_gateway({"auth_failure_limit": 20})
+    gateway = make_gateway({"auth_failure_limit": 20}, screening={"enabled": True})  # the harness screens nothing
     create_backup(gateway.settings, gateway.database, audit_key=AUDIT_KEY.encode())
     data = gateway.call("GET", "/admin/compliance", params={"format": "json"})
     assert len(data["controls"]) == 10 and data["summary"]["fail"] == 0
@@ -30,10 +30,11 @@ def test_the_report_in_each_format_and_language(make_gateway: Callable[..., Gate
 
 
 def test_the_report_needs_the_admin_key_and_refuses_bad_options(gateway: Gateway) -> None:
-    # the harness allows 10,000 failed authentications a minute (the report says that is too many); no backup yet
+    # the harness allows 10,000 failed authentications a minute (the report says that is too many), screens
+    # nothing (malicious input and personal information fail), and has no backup yet
     data = gateway.call("GET", "/admin/compliance", params={"format": "json"})
     assert [c["id"] for c in data["controls"] if c["verdict"] == "fail"] == [
-        "identification", "intrusion_prevention", "backup_recovery"]
+        "identification", "intrusion_prevention", "malicious_input", "backup_recovery", "personal_information"]
     anonymous = httpx.get(gateway.url + "/admin/compliance")
     assert anonymous.status_code == 401 and anonymous.json()["error"]["type"]
     for params, field in (({"lang": "fr"}, "lang"), ({"format": "docx"}, "format")):

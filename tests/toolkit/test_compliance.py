@@ -194,7 +194,7 @@ def test_stored_policies_that_turn_protection_off_are_listed(platform: Platform)
 
 def test_pii_let_through_by_default_fails_personal_information(platform: Platform) -> None:
     failed = control(platform.report(screening={"default_policy": {"input": {"pii": "log"}}}), "personal_information")
-    assert failed.verdict == "fail" and failed.evidence[0].value == "input=log, output=redact"
+    assert failed.verdict == "fail" and failed.evidence[1].value == "input=log, output=redact"
 
 
 def test_a_default_policy_that_does_not_validate_fails_both_screening_controls(platform: Platform) -> None:
@@ -265,3 +265,8 @@ def test_cli_report_writes_the_files_and_strict_fails_on_a_fail(platform: Platfo
     relaxed = runner.invoke(app, ["compliance", "report", "--out", str(out)])
     assert relaxed.exit_code == 0 and "Data confidentiality" in relaxed.output
     assert runner.invoke(app, ["compliance", "report", "--out", str(out), "--strict"]).exit_code == 1
+
+
+def test_screening_off_fails_personal_information_too(platform: Platform) -> None:
+    failed = control(platform.report(screening={"enabled": False}), "personal_information")
+    assert failed.verdict == "fail" and not failed.evidence[0].ok

@@ -205,12 +205,16 @@ def policy_evidence(facts: Facts) -> Evidence:
                          "修正 screening.default_policy：其内容无法通过校验。"))
 
 
+def screening_evidence(facts: Facts) -> Evidence:
+    """Whether the gateway screens at all (a policy that is never applied protects nothing)."""
+    return Evidence(Text("Screening of prompts and responses (screening.enabled)", "输入输出筛查（screening.enabled）"),
+                    switch(facts.settings.screening.enabled), facts.settings.screening.enabled,
+                    Text("Set screening.enabled to true.", "将 screening.enabled 设为 true。"))
+
+
 def malicious_input(facts: Facts) -> Control:
     policy = facts.default_policy
-    evidence = [Evidence(Text("Screening of prompts and responses (screening.enabled)",
-                              "输入输出筛查（screening.enabled）"),
-                         switch(facts.settings.screening.enabled), facts.settings.screening.enabled,
-                         Text("Set screening.enabled to true.", "将 screening.enabled 设为 true。"))]
+    evidence = [screening_evidence(facts)]
     if policy is None:
         evidence.append(policy_evidence(facts))
     else:

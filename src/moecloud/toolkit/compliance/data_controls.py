@@ -16,6 +16,7 @@ from moecloud.toolkit.compliance.controls import (
     listed,
     measured,
     policy_evidence,
+    screening_evidence,
     switch,
     weakened,
 )
@@ -166,7 +167,8 @@ def residual_information(facts: Facts) -> Control:
 
 def personal_information(facts: Facts) -> Control:
     policy = facts.default_policy
-    evidence = [policy_evidence(facts)] if policy is None else [
+    evidence = [screening_evidence(facts)]
+    evidence += [policy_evidence(facts)] if policy is None else [
         Evidence(Text("PII in the default policy", "默认策略中的个人信息处理"),
                  f"input={policy.input.pii}, output={policy.output.pii}",
                  policy.input.pii in ("block", "redact") and policy.output.pii in ("block", "redact"),
