@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 Category = Literal["prompt_injection", "jailbreak", "pii", "banned_topic", "obfuscation", "secret"]
 CATEGORIES: tuple[Category, ...] = ("prompt_injection", "jailbreak", "pii", "banned_topic", "obfuscation", "secret")
+Direction = Literal["input", "output"]  # prompts in, responses out
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,14 @@ class Verdict:
 
     @property
     def categories(self) -> list[Category]:
-        """The fired categories, once each, in the order of :data:`CATEGORIES` (for an error message or a metric)."""
-        fired = {finding.category for finding in self.findings}
-        return [category for category in CATEGORIES if category in fired]
+        return fired_categories(self.findings)
+
+
+def fired_categories(findings: Iterable[Finding]) -> list[Category]:
+    """The categories of ``findings``, once each, in the order of :data:`CATEGORIES` (for an error message or a
+    metric)."""
+    fired = {finding.category for finding in findings}
+    return [category for category in CATEGORIES if category in fired]
 
 
 class Detector(Protocol):

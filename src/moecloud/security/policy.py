@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from moecloud.security.findings import Category
+from moecloud.security.findings import Category, Direction
 
 Action = Literal["block", "redact", "log", "off"]
 REDACTABLE: frozenset[Category] = frozenset({"pii", "secret", "banned_topic"})  # the categories whose spans are text
@@ -61,6 +61,10 @@ class Policy(BaseModel):
         """Injection and jailbreak blocked and PII redacted on input; secrets blocked and PII redacted on output;
         everything else logged."""
         return cls()
+
+    def actions(self, direction: Direction) -> Actions:
+        """The actions of one direction: ``input`` for prompts, ``output`` for responses."""
+        return self.input if direction == "input" else self.output
 
     @classmethod
     def with_overrides(cls, overrides: Mapping[str, Any]) -> Policy:

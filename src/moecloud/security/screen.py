@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
 from moecloud.security.classifier import InjectionClassifier
-from moecloud.security.findings import Detector, Finding, Verdict
+from moecloud.security.findings import Detector, Direction, Finding, Verdict
 from moecloud.security.obfuscation import ObfuscationDetector
 from moecloud.security.pii import PiiDetector
 from moecloud.security.policy import Actions, Policy
@@ -19,7 +18,6 @@ from moecloud.security.rules import InjectionRules
 from moecloud.security.secret import SecretDetector
 from moecloud.security.topics import BannedTopicDetector
 
-Direction = Literal["input", "output"]
 SCREENS_KEPT = 1024  # policies whose screens stay built: one per tenant and key in use, each a few kB
 REDACTION_ROUNDS = 4  # a backstop: pii.py keeps placeholders from making neighbours match, so one round is the rule
 
@@ -64,7 +62,7 @@ def redact(text: str, findings: list[Finding]) -> str:
 
 
 def build_screen(policy: Policy, direction: Direction) -> Screen:
-    actions = policy.input if direction == "input" else policy.output
+    actions = policy.actions(direction)
     on = {name for name, action in actions.model_dump().items() if action != "off"}
     secrets = SecretDetector(policy.secret_patterns) if "secret" in on else None
     topics = BannedTopicDetector(policy.banned_topics) if "banned_topic" in on and policy.banned_topics else None

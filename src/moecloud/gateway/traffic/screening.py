@@ -12,17 +12,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 from prometheus_client import Counter
 
 from moecloud.security import Action, Actions, Category, Finding, Policy, Verdict
-from moecloud.security.findings import CATEGORIES
+from moecloud.security.findings import Direction, fired_categories
 from moecloud.security.screen import redact, verify_input, verify_output
 from moecloud.store import Database, audit
 
-Direction = Literal["input", "output"]
 ALONE_SLOTS = 64  # up to this many strings are screened one by one
 BATCH_CHARS = 2048  # beyond that, strings screened together (a longer one is screened alone)
 INLINE_CHARS = 16_384  # texts up to this many characters are screened on the event loop (well under 10 ms)
@@ -135,8 +134,7 @@ class Decision:
 
     @property
     def categories(self) -> list[Category]:
-        fired = {finding.category for finding in self.findings}
-        return [category for category in CATEGORIES if category in fired]
+        return fired_categories(self.findings)
 
 
 def decide(direction: Direction, findings: list[Finding], actions: Actions, param: str | None = None) -> Decision:
@@ -152,7 +150,7 @@ def verifier(direction: Direction) -> Callable[[str, Policy], Verdict]:
 def screen_slots(slots: list[TextSlot], policy: Policy, direction: Direction) -> Decision | None:
     """Screen ``slots`` under ``policy``; unless blocked, redact them in place. None: nothing fired."""
     verify = verifier(direction)
-    actions = policy.input if direction == "input" else policy.output
+    actions = policy.actions(direction)
     findings: list[Finding] = []
     param: str | None = None
     redactions: dict[int, list[Finding]] = {}
