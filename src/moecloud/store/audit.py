@@ -39,7 +39,7 @@ def append(
 ) -> AuditEntry:
     lock(session)
     newest = select(AuditEntry.id, AuditEntry.digest).order_by(AuditEntry.id.desc()).limit(1)
-    last = session.execute(newest).first() or _chain_start(session)
+    last = session.execute(newest).first() or _chain_start(anchor(session))
     entry = AuditEntry(
         id=last[0] + 1,
         at=utcnow(),
@@ -81,8 +81,8 @@ def count(session: Session) -> int:
 def verify(session: Session, key: bytes) -> list[AuditProblem]:
     """Walk the chain in id order; an empty list means every row is as moecloud wrote it."""
     problems: list[AuditProblem] = []
-    through_id, expected_prev = _chain_start(session)
     start = anchor(session)
+    through_id, expected_prev = _chain_start(start)
     if start is not None and not hmac.compare_digest(start.digest, anchor_digest(key, start)):
         # not trusted: walk from the genesis, so the rows it claims were purged show as deleted
         problems.append(AuditProblem(start.through_id, "anchor forged or edited (its digest does not verify)"))
@@ -99,9 +99,8 @@ def verify(session: Session, key: bytes) -> list[AuditProblem]:
     return problems
 
 
-def _chain_start(session: Session) -> tuple[int, str]:
+def _chain_start(start: AuditAnchor | None) -> tuple[int, str]:
     """The (id, digest) the first row kept follows: the anchor's, or the genesis before row 1."""
-    start = anchor(session)
     return (start.through_id, start.through_digest) if start is not None else (0, GENESIS)
 
 
