@@ -346,6 +346,20 @@ class ComplianceSettings(BaseModel):
     )
 
 
+class ConsoleSettings(BaseModel):
+    """The web console at /console: sign-in sessions, and what its pages read."""
+
+    session_ttl_seconds: float = Field(12 * 3600.0, gt=0, description="a console sign-in ends this long after it began")
+    session_idle_seconds: float = Field(3600.0, gt=0, description="a console session unused this long ends")
+    cookie_secure: bool | None = Field(
+        None, description="mark the session cookie Secure; None: when the request came over https"
+    )
+    # --- fields of the console's pages (gallery, operations) go below this line ---
+    metrics_timeout_seconds: float = Field(
+        2.0, gt=0, description="operations page: how long the gateway waits for one worker's /metrics"
+    )
+
+
 class _ProviderKeys(PydanticBaseSettingsSource):
     """``MOECLOUD_PROVIDER_KEY_<NAME>`` variables as ``provider_keys[NAME]``: the only variables whose values
     the gateway sends to a deployment (its other settings, e.g. the audit key, never leave it)."""
@@ -385,6 +399,7 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     backup: BackupSettings = BackupSettings()
     compliance: ComplianceSettings = ComplianceSettings()
+    console: ConsoleSettings = ConsoleSettings()
     provider_keys: dict[str, SecretStr] = Field(
         default_factory=dict, description="external providers' keys by NAME, from MOECLOUD_PROVIDER_KEY_<NAME>"
     )
