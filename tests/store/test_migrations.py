@@ -18,7 +18,7 @@ def test_migrations_from_empty_database_match_the_tables(database_url: str) -> N
         with database.engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
             assert compare_metadata(context, Base.metadata) == []
-            assert context.get_current_revision() == "0007"
+            assert context.get_current_revision() == "0008"
         database.upgrade()  # idempotent
         with database.engine.begin() as connection:
             config = alembic_config()

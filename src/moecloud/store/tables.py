@@ -200,3 +200,36 @@ class AuditAnchor(Base):
     through_digest: Mapped[str] = mapped_column(String(64))
     purged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     digest: Mapped[str] = mapped_column(String(64))
+
+
+class UsageDaily(Base):
+    """``usage`` summed per (UTC day, tenant, key, model), kept in step with it in the transaction that writes each
+    usage record (``ledger.finish_request``), so that the console's charts read thousands of rows, not millions."""
+
+    __tablename__ = "usage_daily"
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    __table_args__ = (Index("ix_usage_daily_tenant_day", "tenant_id", "day"),)
+
+
+class ConsoleSession(Base):
+    """A console sign-in. Only the sha256 of the cookie's token is kept; ``csrf_token`` is what the page sends back
+    in ``X-CSRF-Token`` with every request that changes something. ``key_id`` is NULL for an admin session."""
+
+    __tablename__ = "console_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))  # admin | tenant
+    key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
