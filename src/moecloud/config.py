@@ -358,6 +358,9 @@ class ConsoleSettings(BaseModel):
     metrics_timeout_seconds: float = Field(
         2.0, gt=0, description="operations page: how long the gateway waits for one worker's /metrics"
     )
+    operations_window_seconds: float = Field(
+        300.0, gt=0, description="operations page: the recent requests its latency, tokens/s and request count cover"
+    )
 
 
 class _ProviderKeys(PydanticBaseSettingsSource):

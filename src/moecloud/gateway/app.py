@@ -34,6 +34,7 @@ from moecloud.gateway.tenancy.credentials import GatewaySecrets, load_secrets
 from moecloud.gateway.tenancy.limits import RateLimiter
 from moecloud.gateway.tenancy.metering import Metering
 from moecloud.gateway.tenancy.policies import default_policy
+from moecloud.gateway.tenancy.sessions import ConsoleSessions
 from moecloud.gateway.traffic.admission import Dispatcher
 from moecloud.gateway.traffic.failover import Failover
 from moecloud.gateway.traffic.metrics import GatewayMetrics, count_requests
@@ -142,12 +143,13 @@ def _build_state(
         wake.set()  # a replica that failed may have died: reconcile (and replace it) now
 
     limiter = RateLimiter()
+    authenticator = Authenticator(database, settings.gateway, default_priority=settings.admission.default_priority,
+                                  default_policy=default_policy(settings.screening))
     return GatewayState(
         settings=settings,
         database=database,
         secrets=secrets,
-        authenticator=Authenticator(database, settings.gateway, default_priority=settings.admission.default_priority,
-                                    default_policy=default_policy(settings.screening)),
+        authenticator=authenticator,
         limiter=limiter,
         catalog=catalog,
         upstream=upstream,
@@ -157,6 +159,8 @@ def _build_state(
         control=control,
         metering=Metering(settings.billing, database, limiter, dispatcher, upstream),
         screening=ScreeningRecorder(database, secrets.audit_key, metrics.screening),
+        sessions=ConsoleSessions(database, settings.console, authenticator, admin_key=secrets.admin_key,
+                                 audit_key=secrets.audit_key),
     )
 
 

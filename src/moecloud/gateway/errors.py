@@ -26,6 +26,12 @@ class PermissionDenied(APIError):
     status, type, code = 403, "permission_error", "model_not_allowed"
 
 
+class CsrfFailed(APIError):
+    """A change made with the console's session cookie without the session's ``X-CSRF-Token``."""
+
+    status, type, code = 403, "permission_error", "csrf_failed"
+
+
 class Conflict(APIError):
     status, type, code = 409, "invalid_request_error", "already_exists"
 

@@ -20,6 +20,7 @@ from moecloud.gateway.errors import AuthenticationFailed, RateLimited
 from moecloud.gateway.tenancy.policies import effective_policy
 from moecloud.security import Policy
 from moecloud.store import Database
+from moecloud.store.sessions import find_key_by_id
 from moecloud.store.tables import ApiKey, Tenant
 from moecloud.store.tenants import find_key_by_hash
 from moecloud.store.types import utcnow
@@ -137,6 +138,7 @@ class Authenticator:
         self._default_policy = default_policy or Policy.default()
         entries = settings.auth_cache_entries
         self._known: _ExpiringLRU[Caller] = _ExpiringLRU(entries, settings.auth_cache_seconds)
+        self._by_key_id: _ExpiringLRU[Caller] = _ExpiringLRU(entries, settings.auth_cache_seconds)
         self._unknown: _ExpiringLRU[bool] = _ExpiringLRU(entries, settings.auth_negative_cache_seconds)
         self._failures: _ExpiringLRU[_Failures] = _ExpiringLRU(entries, settings.auth_failure_window_seconds)
 
@@ -154,12 +156,25 @@ class Authenticator:
                 self.failed(address)
                 raise AuthenticationFailed("invalid API key")
             self._known.put(key_hash, caller)
-        if caller.revoked:
+        refusal = _refusal(caller)
+        if refusal is not None:
             self.failed(address)
-            raise AuthenticationFailed("this API key was revoked")
-        if caller.expires_at is not None and caller.expires_at <= utcnow():
-            self.failed(address)
-            raise AuthenticationFailed("this API key has expired")
+            raise AuthenticationFailed(refusal)
+        return caller
+
+    async def caller_for_key(self, key_id: int) -> Caller:
+        """The caller of the key with row id ``key_id`` (a tenant console session acts as it), remembered like a
+        key's hash; 401 once the key is revoked, expired or gone."""
+        cache_key = str(key_id)
+        caller = self._by_key_id.get(cache_key)
+        if caller is None:
+            caller = await anyio.to_thread.run_sync(self._lookup_id, key_id)
+            if caller is None:
+                raise AuthenticationFailed("the API key of this session no longer exists")
+            self._by_key_id.put(cache_key, caller)
+        refusal = _refusal(caller)
+        if refusal is not None:
+            raise AuthenticationFailed(refusal)
         return caller
 
     def check_failures(self, address: str) -> None:
@@ -180,6 +195,7 @@ class Authenticator:
 
     def forget(self) -> None:
         self._known.clear()
+        self._by_key_id.clear()
         self._unknown.clear()
 
     def forget_unknown(self) -> None:
@@ -189,6 +205,11 @@ class Authenticator:
     def _lookup(self, key_hash: str) -> Caller | None:
         with self._database.read() as session:
             found = find_key_by_hash(session, key_hash)
+        return None if found is None else self._caller(*found)
+
+    def _lookup_id(self, key_id: int) -> Caller | None:
+        with self._database.read() as session:
+            found = find_key_by_id(session, key_id)
         return None if found is None else self._caller(*found)
 
     def _caller(self, key: ApiKey, tenant: Tenant) -> Caller:
@@ -211,3 +232,12 @@ class Authenticator:
             tenant_weight=tenant.weight or 1,
             policy=effective_policy(key.screening_policy, tenant.screening_policy, self._default_policy),
         )
+
+
+def _refusal(caller: Caller) -> str | None:
+    """Why a known key may not be used now, if it may not."""
+    if caller.revoked:
+        return "this API key was revoked"
+    if caller.expires_at is not None and caller.expires_at <= utcnow():
+        return "this API key has expired"
+    return None
