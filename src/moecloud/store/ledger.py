@@ -12,10 +12,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import ColumnElement, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from moecloud.store.errors import InsufficientCredit, NotFound
-from moecloud.store.tables import Hold, LedgerEntry, Tenant, UsageRecord
+from moecloud.store.tables import Hold, LedgerEntry, Tenant, UsageDaily, UsageRecord
 from moecloud.store.types import utcnow
 
 
@@ -78,6 +79,20 @@ _RENEW = (
     .values(expires_at=bindparam("expires"))
 )
 _SETTLED = select(_USAGE.c.id).where(_USAGE.c.request_id == bindparam("request"))
+_DAILY = UsageDaily.__table__
+_SUMMED = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost")
+
+
+def _add_to_daily(statement: sqlite.Insert | postgresql.Insert) -> sqlite.Insert | postgresql.Insert:
+    """One INSERT ... ON CONFLICT DO UPDATE adding a request to its day's row: atomic on PostgreSQL, so two
+    concurrent settles of the same (day, tenant, key, model) both count (neither reads the row first)."""
+    return statement.on_conflict_do_update(
+        index_elements=list(_DAILY.primary_key.columns),
+        set_={name: _DAILY.c[name] + statement.excluded[name] for name in _SUMMED},
+    )
+
+
+_ADD_TO_DAILY = {"sqlite": _add_to_daily(sqlite.insert(_DAILY)), "postgresql": _add_to_daily(postgresql.insert(_DAILY))}
 
 
 def place_hold(
@@ -106,7 +121,8 @@ def renew_hold(session: Session, request_id: str, *, ttl: timedelta) -> bool:
 
 
 def finish_request(session: Session, outcome: RequestOutcome) -> bool:
-    """Settle a request exactly once: release its hold, charge its cost, write its usage record.
+    """Settle a request exactly once: release its hold, charge its cost, write its usage record and add it to
+    its day's ``usage_daily`` row, all in the caller's transaction.
 
     Returns False (and changes nothing) when the request id was already settled. A request whose hold has
     expired is still charged; the balance may then dip below zero by at most that cost.
@@ -118,7 +134,14 @@ def finish_request(session: Session, outcome: RequestOutcome) -> bool:
         return False
     _change_balance(session, outcome.tenant_id, (held or Decimal(0)) - outcome.cost)
     now = utcnow()
-    connection.execute(insert(_USAGE), {**vars(outcome), "day": now.date().isoformat(), "created_at": now})
+    day = now.date().isoformat()
+    connection.execute(insert(_USAGE), {**vars(outcome), "day": day, "created_at": now})
+    connection.execute(
+        _ADD_TO_DAILY[connection.dialect.name],
+        {"day": day, "tenant_id": outcome.tenant_id, "key_id": outcome.key_id, "model": outcome.model, "requests": 1,
+         "prompt_tokens": outcome.prompt_tokens, "cached_tokens": outcome.cached_tokens,
+         "completion_tokens": outcome.completion_tokens, "cost": outcome.cost},
+    )
     if outcome.cost:
         connection.execute(
             insert(_LEDGER),

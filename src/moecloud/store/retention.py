@@ -1,6 +1,7 @@
 """Retention: usage records and audit rows past their period are deleted; the ledger (money) never is.
 
-Usage goes in batches, each its own short transaction, so a large table is never held in one. The audit
+Usage goes in batches, each its own short transaction, so a large table is never held in one; its daily
+rollup (``usage_daily``) goes by whole days, in one more. The audit
 chain is trimmed from its oldest end in one transaction that also moves the signed anchor and appends the
 purge's own ``retention.purge`` row, under the lock that ``audit.append`` takes, so the rows kept still verify.
 A purge refuses to delete audit rows whose chain does not verify: that would destroy the evidence.
@@ -18,7 +19,7 @@ from moecloud.config import RetentionSettings
 from moecloud.store import audit
 from moecloud.store.db import Database
 from moecloud.store.errors import AuditChainBroken
-from moecloud.store.tables import AuditAnchor, AuditEntry, UsageRecord
+from moecloud.store.tables import AuditAnchor, AuditEntry, UsageDaily, UsageRecord
 from moecloud.store.types import utcnow
 
 BATCH_ROWS = 10_000
@@ -27,6 +28,7 @@ BATCH_ROWS = 10_000
 @dataclass(frozen=True)
 class PurgeResult:
     usage_deleted: int
+    usage_daily_deleted: int  # rows of the daily rollup, one per (day, tenant, key, model)
     audit_deleted: int
     anchor_through_id: int | None  # the anchor after the purge; None: there is none
     usage_before: datetime | None  # the cut-offs; None: that data is kept forever
@@ -53,6 +55,7 @@ def purge(
     usage_before = now - timedelta(days=retention.usage_days) if retention.usage_days is not None else None
     audit_before = now - timedelta(days=retention.audit_days) if retention.audit_days is not None else None
     usage_deleted = _purge_usage(database, usage_before, dry_run=dry_run, batch_rows=batch_rows)
+    usage_daily_deleted = _purge_usage_daily(database, usage_before, dry_run=dry_run)
     with database.read() if dry_run else database.write() as session:
         if not dry_run:
             audit.lock(session)
@@ -64,13 +67,14 @@ def purge(
         start = audit.anchor(session)
         result = PurgeResult(
             usage_deleted=usage_deleted,
+            usage_daily_deleted=usage_daily_deleted,
             audit_deleted=audit_deleted,
             anchor_through_id=through_id if dry_run and audit_deleted else (start.through_id if start else None),
             usage_before=usage_before,
             audit_before=audit_before,
             dry_run=dry_run,
         )
-        if (usage_deleted or audit_deleted) and not dry_run:
+        if (usage_deleted or usage_daily_deleted or audit_deleted) and not dry_run:
             details = result.as_dict()
             del details["dry_run"]
             audit.append(session, audit_key, actor=actor, action="retention.purge", target="store", details=details)
@@ -92,6 +96,20 @@ def _purge_usage(database: Database, before: datetime | None, *, dry_run: bool, 
         deleted += count
         if count < batch_rows:
             return deleted
+
+
+def _purge_usage_daily(database: Database, before: datetime | None, *, dry_run: bool) -> int:
+    """Delete the rollup rows of the days wholly before the cut-off. A row sums a whole UTC day, so the
+    cut-off's own day is kept in full (its totals still count the records just purged from it) until the
+    purge after that day has passed: the rollup keeps at most one day more than ``usage`` does."""
+    if before is None:
+        return 0
+    old = UsageDaily.day < before.astimezone(UTC).date().isoformat()
+    if dry_run:
+        with database.read() as session:
+            return session.scalar(select(func.count()).select_from(UsageDaily).where(old)) or 0
+    with database.write() as session:
+        return session.execute(delete(UsageDaily).where(old)).rowcount
 
 
 def _audit_through(session: Session, before: datetime | None) -> int | None:

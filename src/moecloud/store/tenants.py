@@ -10,7 +10,16 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from moecloud.store.errors import AlreadyExists, InvalidValue, found
-from moecloud.store.tables import ApiKey, Evaluation, Hold, LedgerEntry, Tenant, UsageRecord
+from moecloud.store.tables import (
+    ApiKey,
+    ConsoleSession,
+    Evaluation,
+    Hold,
+    LedgerEntry,
+    Tenant,
+    UsageDaily,
+    UsageRecord,
+)
 
 
 def create_tenant(
@@ -46,7 +55,8 @@ def update_tenant(session: Session, name: str, changes: dict[str, Any]) -> Tenan
 
 
 def delete_tenant(session: Session, name: str) -> tuple[Tenant, dict[str, Any]]:
-    """Delete a tenant with its keys, ledger, usage records and evaluations; returns it and what went with it.
+    """Delete a tenant with its keys (and their console sessions), ledger, usage records and their daily rollup,
+    and evaluations; returns it and what went with it.
 
     Refused while it has requests in flight (open holds): their settlement would have nowhere to go.
     """
@@ -56,7 +66,10 @@ def delete_tenant(session: Session, name: str) -> tuple[Tenant, dict[str, Any]]:
         raise InvalidValue(f"tenant {name!r} has {open_holds} requests in flight; delete it once they finish")
     spent = session.scalar(select(func.sum(UsageRecord.cost)).where(UsageRecord.tenant_id == tenant.id))
     removed: dict[str, Any] = {"balance": tenant.balance, "usage_cost": spent or Decimal(0)}
-    for table in (UsageRecord, LedgerEntry, Hold, Evaluation, ApiKey):
+    keys = select(ApiKey.id).where(ApiKey.tenant_id == tenant.id).scalar_subquery()
+    removed[ConsoleSession.__tablename__] = session.execute(
+        delete(ConsoleSession).where(ConsoleSession.key_id.in_(keys))).rowcount
+    for table in (UsageRecord, UsageDaily, LedgerEntry, Hold, Evaluation, ApiKey):
         removed[table.__tablename__] = session.execute(delete(table).where(table.tenant_id == tenant.id)).rowcount
     session.delete(tenant)
     session.flush()
