@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup serve test lint bench gpu-wheels clean
+.PHONY: setup serve test lint bench gpu-wheels vendor clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,18 @@ gpu-wheels: | $(STAMP)
 		--implementation cp $(foreach n,31 28 27 17,--platform manylinux_2_$(n)_x86_64) --platform manylinux2014_x86_64 \
 		-d .whl $$($(PY) -c 'import importlib.metadata as m, sys; print(*(n + "==" + m.version(n) for n in sys.argv[1:]))' \
 		$(GPU_WHEELS))
+
+# The Swagger UI that /docs serves, from the npm registry at a pinned version: the gateway serves it itself, so the
+# API reference works on a host without internet. Only what /docs loads is kept (and the licence).
+SWAGGER_UI := 5.35.0
+SWAGGER_DIR := src/moecloud/console/vendor/swagger-ui
+vendor:
+	rm -rf .vendor-tmp && mkdir -p .vendor-tmp $(SWAGGER_DIR)
+	cd .vendor-tmp && npm pack --silent swagger-ui-dist@$(SWAGGER_UI) >/dev/null && tar xzf swagger-ui-dist-$(SWAGGER_UI).tgz
+	cp .vendor-tmp/package/swagger-ui-bundle.js .vendor-tmp/package/swagger-ui.css .vendor-tmp/package/favicon-32x32.png \
+		.vendor-tmp/package/LICENSE $(SWAGGER_DIR)/
+	echo "swagger-ui-dist $(SWAGGER_UI) (npm)" > $(SWAGGER_DIR)/VERSION
+	rm -rf .vendor-tmp
 
 clean:
 	rm -rf $(VENV) .pytest_cache
