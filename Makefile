@@ -14,12 +14,20 @@ $(STAMP): pyproject.toml
 	$(PIP) install --disable-pip-version-check -q -e '.[test,ray]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The console's browser tests drive Debian's chromium (tests/console): installed from Debian's packages where it is
+# missing (as root, else with sudo). Playwright never downloads a browser here.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else \
+		echo "chromium is missing and we are not root: apt-get install chromium" >&2; exit 1; fi; \
+	$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends chromium
+
+setup: $(STAMP) $(CHROMIUM)
 
 serve: $(STAMP)
 	$(VENV)/bin/moecloud serve
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest

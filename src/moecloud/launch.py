@@ -78,6 +78,7 @@ def usage_snippets(base_url: str, model: str, api_key: str, admin_key_at: str) -
     return f"""
 moecloud is serving {model!r} at {base_url}/v1  (API key of the default tenant: {api_key})
 The admin key (for /admin) is in {admin_key_at}
+The web console: {base_url}/console  (sign in with the admin key or a tenant's API key; API reference: {base_url}/docs)
 
   curl {base_url}/v1/chat/completions -H 'Content-Type: application/json' \\
     -H 'Authorization: Bearer {api_key}' \\

@@ -5,8 +5,6 @@ Kept out of conftest.py so tests can import it by a name no other test folder us
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,10 +16,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 from databases import database_url  # noqa: F401  (the sqlite/postgresql fixture)
 from fake_upstream import create_fake_upstream
 from fastapi import FastAPI
+from servers import bound_socket, serve
 
 from moecloud.config import BillingSettings, GatewaySettings, Settings, load_settings
 from moecloud.gateway.app import create_app
@@ -32,34 +30,6 @@ ADMIN_KEY = "test-admin-key-0123456789abcdef"
 AUDIT_KEY = "test-audit-key-0123456789abcdef"
 MODEL = "fake-model"
 PRICES = {"input_miss": Decimal("0.137"), "input_hit": Decimal("0.0123"), "output": Decimal("2.19")}
-
-
-def bound_socket() -> socket.socket:
-    """A socket on a free loopback port, bound before the app is built so its settings can name the port."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
-@contextmanager
-def serve(app: FastAPI, sock: socket.socket | None = None) -> Iterator[str]:
-    """Run ``app`` with uvicorn in a thread (on ``sock``, default a free port); yields its base URL."""
-    sock = sock or bound_socket()
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(5)
-        sock.close()
 
 
 @pytest.fixture(scope="session")

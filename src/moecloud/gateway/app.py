@@ -19,7 +19,7 @@ from moecloud.config import Settings
 from moecloud.gateway.admin.evaluations import fail_interrupted
 from moecloud.gateway.admin.schemas import ScaleIn
 from moecloud.gateway.admin.service import Admin
-from moecloud.gateway.api import account, admin, apidocs, gallery, inference, prices, session, summaries
+from moecloud.gateway.api import account, admin, apidocs, console, gallery, inference, prices, session, summaries
 from moecloud.gateway.api.access_log import AccessLog
 from moecloud.gateway.api.deps import GatewayState
 from moecloud.gateway.errors import install_error_handlers
@@ -100,6 +100,7 @@ def create_app(settings: Settings, database: Database | None = None, *, launcher
     app.include_router(summaries.router)
     app.include_router(gallery.router)
     app.include_router(apidocs.router)
+    app.include_router(console.router)
     app.add_middleware(count_requests, metrics=state.metrics)
     app.add_middleware(AccessLog)
 
