@@ -46,3 +46,20 @@ def _decodes(raw: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def test_a_chat_template_is_compiled_once_and_a_new_one_takes_effect_at_once(tiny_checkpoint, monkeypatch):
+    """Compiling the Jinja template was most of each chat request's cost in the worker's HTTP process."""
+    tok = Tokenizer(tiny_checkpoint)
+    compiled: list[str] = []
+    compile_template = tok._env.from_string
+    monkeypatch.setattr(tok._env, "from_string", lambda text: compiled.append(text) or compile_template(text))
+    messages = [{"role": "user", "content": "hi"}]
+    first = tok.apply_chat_template(messages)
+    assert tok.apply_chat_template(messages) == first and "hi" in first
+    assert len(compiled) == 1
+    tok.chat_template = "{{ messages[0]['content'] }}!"
+    assert tok.apply_chat_template(messages) == "hi!" and len(compiled) == 2
+    tok.chat_template = "{% if %}"
+    with pytest.raises(ChatTemplateError, match="chat template failed"):
+        tok.apply_chat_template(messages)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jinja2 import Template
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
@@ -57,6 +58,7 @@ class Tokenizer:
         self._byte_alphabet = _byte_level_alphabet() if decoder.get("type") == "ByteLevel" else None
         self._env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self._env.globals["raise_exception"] = _raise
+        self._compiled: dict[str, Template] = {}  # template text -> compiled: compiling is most of a render's cost
 
     @staticmethod
     def _find_template(model_dir: Path, cfg: dict[str, Any]) -> str | None:
@@ -107,7 +109,9 @@ class Tokenizer:
         if not self.chat_template:
             raise ChatTemplateError("this model has no chat template; use the completions API")
         try:
-            template = self._env.from_string(self.chat_template)
+            template = self._compiled.get(self.chat_template)
+            if template is None:
+                template = self._compiled[self.chat_template] = self._env.from_string(self.chat_template)
             return template.render(
                 messages=messages,
                 add_generation_prompt=add_generation_prompt,

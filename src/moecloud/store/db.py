@@ -79,7 +79,10 @@ def _create_engine(url: str, pool_size: int) -> Engine:
     path = make_url(url).database
     if path and path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    # A file is pooled like PostgreSQL (not SQLAlchemy's 5): under load each connection past the pool was opened
+    # and closed per request, its PRAGMAs included. In memory, one connection a thread (SQLAlchemy's own pool).
+    pooled = {"pool_size": pool_size, "max_overflow": pool_size} if path and path != ":memory:" else {}
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pooled)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
