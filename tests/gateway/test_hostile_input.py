@@ -63,6 +63,31 @@ def test_oversized_body_and_bad_admin_input(gateway: Gateway, key: str) -> None:
     assert httpx.get(gateway.url + f"/v1/models?model={MODEL}", headers={"authorization": "Basic x"}).status_code == 401
 
 
+NUL_INPUTS = [  # (method, path, body, param): PostgreSQL's text refuses NUL; each was a 500 there
+    ("POST", "/admin/keys", {"tenant": "acme", "name": "a\x00b"}, "name"),
+    ("POST", "/admin/keys", {"tenant": "acme", "name": "k", "models": ["m\x00"]}, "models"),
+    ("POST", "/admin/credits", {"tenant": "acme", "amount": "1", "note": "\x00"}, "note"),
+    ("PUT", "/admin/aliases/a", {"model": "m", "note": "x\x00"}, "note"),
+    ("POST", "/admin/deployments", {"name": "d", "model": "m\x00", "base_url": "https://h.example/v1"}, "model"),
+]
+
+
+def test_a_nul_character_in_a_stored_field_is_a_400_naming_it_on_either_store(gateway: Gateway, key: str) -> None:
+    for method, path, body, param in NUL_INPUTS:
+        answer = gateway.admin.request(method, path, json=body)
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json()["error"]["param"].startswith(param), answer.text
+    own = httpx.post(gateway.url + "/v1/account/keys", json={"name": "\x00"},
+                     headers={"authorization": f"Bearer {key}"})
+    assert own.status_code == 400 and own.json()["error"]["param"] == "name", own.text
+    assert [k["name"] for k in gateway.call("GET", "/admin/keys", params={"tenant": "acme"})] == ["k"]
+    for method, path, part in [("PUT", "/admin/prices/a%00b", "path"), ("GET", "/admin/credits/a%00", "path"),
+                               ("DELETE", "/admin/tenants/%00", "path"), ("GET", "/admin/usage?tenant=a%00", "query"),
+                               ("POST", "/admin/keys/k%00/revoke", "path"), ("GET", "/v1/models?x=%00", "query")]:
+        answer = gateway.admin.request(method, path, json={"input_miss": "1", "input_hit": "1", "output": "1"})
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == part, (path, answer.text)
+
+
 ENGINE_KILLERS = [  # (extra fields, param): each stopped the engine behind `moecloud serve` for good
     ({"stop_token_ids": [1_000_000_000], "min_tokens": 1}, "stop_token_ids[0]"),
     ({"stop_token_ids": [-1_000_000], "min_tokens": 1}, "stop_token_ids[0]"),

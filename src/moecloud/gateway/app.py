@@ -44,6 +44,7 @@ from moecloud.store import Database
 from moecloud.store.ledger import release_expired_holds, release_gateway_holds
 from moecloud.store.retention import purge
 from moecloud.web.errors import APIError
+from moecloud.web.nul_guard import RefuseNul
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def create_app(settings: Settings, database: Database | None = None, *, launcher
     app.include_router(apidocs.router)
     app.include_router(console.router)
     app.add_middleware(count_requests, metrics=state.metrics)
+    app.add_middleware(RefuseNul)
     app.add_middleware(AccessLog)
 
     @app.get("/health")

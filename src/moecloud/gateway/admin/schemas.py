@@ -21,7 +21,29 @@ Concurrency = Annotated[int, Field(ge=1, le=1_000_000)]
 Replicas = Annotated[int, Field(ge=0, le=1000)]
 
 
-class TenantIn(BaseModel):
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, list | tuple):
+        return any(_has_nul(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    return False
+
+
+class StoredIn(BaseModel):
+    """An input whose strings are stored: PostgreSQL's text refuses a NUL character (SQLite keeps it), so both
+    stores refuse it here, as a 400 naming the field, instead of a database error."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if _has_nul(value):
+            raise ValueError("must not contain a NUL character (\\u0000)")
+        return value
+
+
+class TenantIn(StoredIn):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     rpm: Rate | None = None
     tpm: Rate | None = None
@@ -31,7 +53,7 @@ class TenantIn(BaseModel):
     weight: Weight = Field(1, description="share of busy capacity against other tenants")
 
 
-class TenantLimitsIn(BaseModel):
+class TenantLimitsIn(StoredIn):
     """A partial update: fields left out stay as they are; null puts rpm/tpm back to the gateway default."""
 
     rpm: Rate | None = None
@@ -48,7 +70,7 @@ class TenantOut(BaseModel):
     created_at: datetime
 
 
-class KeyIn(BaseModel):
+class KeyIn(StoredIn):
     tenant: str
     name: str = Field(min_length=1, max_length=100)
     models: list[str] | None = Field(None, description="models the key may use; default: all")
@@ -75,7 +97,7 @@ class KeyOut(BaseModel):
     created_at: datetime
 
 
-class KeyLimitsIn(BaseModel):
+class KeyLimitsIn(StoredIn):
     """A partial update of a key's limits: fields left out stay as they are; null means the default."""
 
     rpm: Rate | None = None
@@ -92,7 +114,7 @@ class NewKeyOut(KeyOut):
     key: str = Field(description="the secret; shown this once and never again")
 
 
-class CreditIn(BaseModel):
+class CreditIn(StoredIn):
     tenant: str
     amount: Decimal = Field(gt=0, max_digits=18, decimal_places=9)
     note: str | None = Field(None, max_length=500)
@@ -114,7 +136,7 @@ class BalanceOut(BaseModel):
     entries: list[LedgerEntryOut] = Field(description="newest first")
 
 
-class PriceIn(BaseModel):
+class PriceIn(StoredIn):
     input_miss: Decimal = Field(ge=0, max_digits=18, decimal_places=9, description="per 1M input tokens")
     input_hit: Decimal = Field(ge=0, max_digits=18, decimal_places=9, description="per 1M cached input tokens")
     output: Decimal = Field(ge=0, max_digits=18, decimal_places=9, description="per 1M output tokens")
@@ -124,7 +146,7 @@ class PriceOut(PriceIn):
     model: str
 
 
-class DeploymentFields(BaseModel):
+class DeploymentFields(StoredIn):
     name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     model: str = Field(min_length=1, max_length=200)
     kind: Literal["remote", "local"] = Field("remote", description="a base URL, or workers the gateway runs")
@@ -177,7 +199,7 @@ class DeploymentIn(DeploymentFields):
         return self
 
 
-class AliasIn(BaseModel):
+class AliasIn(StoredIn):
     model: str = Field(min_length=1, max_length=200, description="the deployed model the alias routes to")
     note: str | None = Field(None, max_length=2000, description="why, e.g. the evaluation that chose it")
 
@@ -200,7 +222,7 @@ class DeploymentOut(DeploymentFields):
     scale_events: list[ScaleEventOut] = Field(default_factory=list, description="newest first (gateway API only)")
 
 
-class ScaleIn(BaseModel):
+class ScaleIn(StoredIn):
     replicas: Replicas
     min_replicas: Replicas | None = Field(None, description="default: unchanged")
     max_replicas: Replicas | None = Field(None, description="default: unchanged")
@@ -238,7 +260,7 @@ class AuditVerifyOut(BaseModel):
     problems: list[str]
 
 
-class EvaluationIn(BaseModel):
+class EvaluationIn(StoredIn):
     """`moecloud eval` as a request: the suite runs through this gateway as ``tenant``'s billed traffic."""
 
     models: list[str] = Field(min_length=1, max_length=20, description="deployed models (or aliases) to compare")

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from pydantic import AwareDatetime, BaseModel, Field
 
-from moecloud.gateway.admin.schemas import Concurrency, KeyIn, KeyOut, NewKeyOut, Rate
+from moecloud.gateway.admin.schemas import Concurrency, KeyIn, KeyOut, NewKeyOut, Rate, StoredIn
 from moecloud.gateway.admin.service import Admin
 from moecloud.gateway.api.deps import CallerDep, State
 from moecloud.gateway.errors import InvalidRequest
@@ -38,7 +38,7 @@ class AccountOut(BaseModel):
     models: list[str] | None = Field(description="the calling key's scope; null: every model")
 
 
-class OwnKeyIn(BaseModel):
+class OwnKeyIn(StoredIn):
     """A new key of the caller's own tenant; its scope and expiry no wider than the calling key's."""
 
     name: KeyName
