@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
-from conftest import ADMIN_KEY, DEPLOYMENT, MODEL, READY_SECONDS, Platform, screenshot, sign_in
+from browser import ADMIN_KEY, DEPLOYMENT, MODEL, READY_SECONDS, Platform, screenshot, sign_in
 
 
 def test_a_wrong_key_is_refused_and_no_session_is_made(open_page: Any, platform: Platform) -> None:
@@ -119,6 +119,26 @@ def test_a_tenant_chats_in_the_playground_sees_it_stream_then_the_usage_chart_an
     csv = page.evaluate("fetch(document.getElementById('export-csv').getAttribute('href')).then(r => r.text())")
     assert csv.splitlines()[0].startswith("day,tenant,key,model") and ",chatty," in csv
     screenshot(page, "usage")
+
+
+def test_an_admin_chats_as_a_tenant_with_a_short_lived_key_made_in_the_playground(
+    open_page: Any, platform: Platform
+) -> None:
+    platform.call("POST", "/admin/tenants", json={"name": "guest", "trial_credit": "2"})
+    page = open_page()
+    sign_in(page, ADMIN_KEY, to="playground")
+    assert "Paste a tenant's API key" in page.locator("#playground-status").inner_text()
+    page.select_option("#playground-tenant", "guest")
+    page.click("#playground-mint")
+    page.locator(f"#playground-model option[value={MODEL}]").wait_for(state="attached")
+    page.fill("#param-max_tokens", "5")
+    page.fill("#playground-input", "hello")
+    page.click("#playground-send")
+    page.locator(".message.assistant[data-finish]").wait_for()
+    assert "5 completion tokens" in page.locator("#playground-status").inner_text()
+    minted = [k for k in platform.call("GET", "/admin/keys", params={"tenant": "guest"}) if k["name"] == "playground"]
+    assert len(minted) == 1 and minted[0]["expires_at"] is not None
+    assert platform.balance("guest") < Decimal(2)  # the chat was billed to the tenant, not to nobody
 
 
 def test_a_tenant_sees_only_its_own_keys_and_usage(open_page: Any, platform: Platform) -> None:

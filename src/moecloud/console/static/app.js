@@ -95,10 +95,8 @@ async function signOut() {
   } catch {
     // the session may be gone already; signing out locally is what matters
   }
-  session = null;
-  setCsrfToken(null);
-  window.location.hash = "#/";
-  route();
+  // a fresh page: nothing of this session (a playground conversation, a new key on screen) stays in memory
+  window.location.replace("/console");
 }
 
 function currentPage() {
@@ -142,10 +140,7 @@ async function start() {
   }
   window.addEventListener("hashchange", route);
   window.addEventListener("moecloud:unauthorized", () => {
-    if (session) {
-      session = null;
-      route();
-    }
+    if (session) window.location.replace("/console"); // the session ended (expired, revoked): start clean
   });
   route();
 }

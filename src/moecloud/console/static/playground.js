@@ -74,6 +74,28 @@ function bubble(message) {
     h("span", { class: "role" }, t(`playground.${message.role}`)), h("div", { class: "content" }, message.content));
 }
 
+// An admin chats as a tenant: paste one of its keys, or mint a short-lived one here (audited like any key).
+const MINTED_KEY_HOURS = 12;
+
+async function mintForm(keyField, loadModels) {
+  const tenants = await api("GET", "/admin/tenants");
+  const tenant = h("select", { id: "playground-tenant", "aria-label": t("keys.tenant") },
+    tenants.map((one) => h("option", { value: one.name }, one.name)));
+  const message = h("p", { class: "hint", role: "status" });
+  const mint = h("button", { type: "button", class: "secondary", id: "playground-mint", onclick: async () => {
+    try {
+      const made = await api("POST", "/admin/keys", { json: { tenant: tenant.value, name: "playground",
+        expires_at: new Date(Date.now() + MINTED_KEY_HOURS * 3600_000).toISOString() } });
+      keyField.value = made.key;
+      message.textContent = t("playground.minted", { tenant: tenant.value, hours: MINTED_KEY_HOURS });
+      await loadModels();
+    } catch (error) {
+      message.textContent = errorText(error, t);
+    }
+  } }, t("playground.mint"));
+  return tenants.length ? h("div", { class: "mint" }, h("div", { class: "row" }, tenant, mint), message) : null;
+}
+
 export async function render(root, context) {
   const admin = context.session.role === "admin";
   const keyField = admin ? h("input", { id: "playground-key", type: "password", autocomplete: "off", value: chat.key,
@@ -99,6 +121,7 @@ export async function render(root, context) {
     }
   };
   if (keyField) keyField.addEventListener("change", loadModels);
+  const minting = admin ? await mintForm(keyField, loadModels) : null;
 
   const system = h("textarea", { id: "playground-system", rows: 2, placeholder: t("playground.system_placeholder") });
   const parameterInputs = Object.fromEntries(PARAMETERS.map(([name, attributes, value]) =>
@@ -177,7 +200,7 @@ export async function render(root, context) {
     class: "secondary", "data-code": name, onclick: () => { language = name; showCode(); } }, name)));
   context.onLeave(() => controller && controller.abort());
   clear(root, h("h1", {}, t("nav.playground")), h("div", { class: "playground" },
-    h("section", { class: "card" }, keyField ? h("label", {}, t("playground.key"), keyField) : null,
+    h("section", { class: "card" }, keyField ? h("label", {}, t("playground.key"), keyField) : null, minting,
       h("label", {}, t("playground.model"), modelSelect), h("label", {}, t("playground.system"), system),
       h("div", { class: "parameters" }, PARAMETERS.map(([name]) => h("label", {}, name, parameterInputs[name])))),
     h("section", { class: "card chat" }, thread, form, status),
