@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import random
-import socket
 import statistics
+import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +24,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import httpx
-import uvicorn
 from sqlalchemy import func, insert, select
 
 from moecloud.config import GatewaySettings, load_settings
@@ -34,6 +32,9 @@ from moecloud.store import Database
 from moecloud.store.tables import ApiKey, UsageDaily, UsageRecord
 from moecloud.store.tenants import add_key, create_tenant
 from moecloud.store.usage import RAW, iter_usage_by_day, usage_summary
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests")]
+from servers import bound_socket, serve  # noqa: E402  (the tests' uvicorn-in-a-thread)
 
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
 TENANTS, KEYS_PER_TENANT, MODELS = 5, 4, ("deepseek-v3", "deepseek-r1", "qwen3-moe", "mixtral")
@@ -71,21 +72,12 @@ def seed(database: Database, rows: int, days: int) -> None:
 
 @contextmanager
 def gateway(database: Database, url: str, home: Path) -> Iterator[str]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = bound_socket()
     settings = load_settings(home=home, gateway=GatewaySettings(
         db_url=url, admin_key=ADMIN_KEY, audit_key="bench-audit-key-0123456789abcdef", host="127.0.0.1",
         port=sock.getsockname()[1]))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, database), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve(create_app(settings, database), sock) as base_url:
+        yield base_url
 
 
 def timed(call: Callable[[], object], repeats: int) -> tuple[float, float]:

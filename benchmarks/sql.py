@@ -45,7 +45,8 @@ def timed(run: Callable[[], int]) -> tuple[float, int]:
     return time.perf_counter() - start, rows
 
 
-def start_platform(home: Path, port: int, engine_compile: bool) -> subprocess.Popen[bytes]:
+def start_platform(home: Path, port: int, engine_compile: bool) -> tuple[subprocess.Popen[bytes], str]:
+    """`moecloud serve` on ``home`` once its replica is ready, and the admin key it made."""
     checkpoint = write_random_checkpoint(home / "models" / MODEL)
     env = {**os.environ, "MOECLOUD_ENGINE__DEVICE": "cpu", "MOECLOUD_ENGINE__COMPILE": str(engine_compile).lower(),
            "MOECLOUD_ENGINE__MAX_MODEL_LEN": "512", "MOECLOUD_SCREENING__ENABLED": "false",
@@ -59,16 +60,12 @@ def start_platform(home: Path, port: int, engine_compile: bool) -> subprocess.Po
             listed = httpx.get(f"http://127.0.0.1:{port}/admin/deployments", timeout=5,
                                headers={"authorization": f"Bearer {admin_key}"}).json()
             if any(d.get("ready_replicas") for d in listed):
-                return process
+                return process, admin_key
         except (httpx.HTTPError, OSError, ValueError, AttributeError):
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"moecloud serve did not become ready (exit status {process.poll()})")
         time.sleep(0.5)
-
-
-def default_key(home: Path) -> str:
-    return (home / "secrets" / "default_api_key").read_text().strip()
 
 
 def main() -> None:
@@ -81,11 +78,10 @@ def main() -> None:
     prompts = [f"row {i}: sort {i % 7} {i % 5} {i % 3}" for i in range(args.rows)]
     with tempfile.TemporaryDirectory() as scratch:
         home, port = Path(scratch), free_port()
-        platform = start_platform(home, port, args.compile)
+        platform, admin_key = start_platform(home, port, args.compile)
         base_url = f"http://127.0.0.1:{port}"
         try:
-            admin = httpx.Client(base_url=base_url, timeout=60, headers={
-                "authorization": f"Bearer {(home / 'secrets' / 'admin_key').read_text().strip()}"})
+            admin = httpx.Client(base_url=base_url, timeout=60, headers={"authorization": f"Bearer {admin_key}"})
             admin.patch("/admin/tenants/default", json=UNLIMITED).raise_for_status()
             admin.post("/admin/credits", json={"tenant": "default", "amount": "100000"}).raise_for_status()
             key = admin.post("/admin/keys", json={"tenant": "default", "name": "bench", **UNLIMITED,

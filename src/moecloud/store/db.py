@@ -77,11 +77,12 @@ def _create_engine(url: str, pool_size: int) -> Engine:
     if not url.startswith("sqlite"):
         return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     path = make_url(url).database
-    if path and path != ":memory:":
+    on_disk = bool(path) and path != ":memory:"
+    if on_disk:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     # A file is pooled like PostgreSQL (not SQLAlchemy's 5): under load each connection past the pool was opened
     # and closed per request, its PRAGMAs included. In memory, one connection a thread (SQLAlchemy's own pool).
-    pooled = {"pool_size": pool_size, "max_overflow": pool_size} if path and path != ":memory:" else {}
+    pooled = {"pool_size": pool_size, "max_overflow": pool_size} if on_disk else {}
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **pooled)
 
     @event.listens_for(engine, "connect")

@@ -78,8 +78,8 @@ function signInPage(root) {
       session = await api("POST", "/console/api/session", { json: { key: field.value } });
       setCsrfToken(session.csrf_token);
       const asked = PAGES[currentPage()]; // a link to a page the role may see is kept through the sign-in
-      if (!asked || !asked.roles.includes(session.role)) window.location.hash = `#/${HOME[session.role]}`;
-      route();
+      if (asked && asked.roles.includes(session.role)) route();
+      else window.location.hash = `#/${HOME[session.role]}`; // its hashchange routes (once, not twice)
     } catch (error) {
       message.fail(error instanceof ApiError && error.status === 401 ? t("sign_in.refused") : errorText(error, t));
     }

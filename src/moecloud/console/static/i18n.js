@@ -71,6 +71,7 @@ const STRINGS = {
     "operations.change": "Replicas", "operations.reason": "Reason", "operations.audit": "Audit log",
     "operations.actor": "Actor", "operations.action": "Action", "operations.target": "Target", "operations.details": "Details",
     "operations.verified": "Audit chain verified: {rows} rows intact.", "operations.broken": "Audit chain broken: {problems}",
+    "operations.verify_again": "Verify again",
   },
   zh: {
     language: "语言", navigation: "控制台页面", loading: "加载中…", none: "暂无。", field: "字段", updated: "更新于 {time}",
@@ -136,6 +137,7 @@ const STRINGS = {
     "operations.change": "副本", "operations.reason": "原因", "operations.audit": "审计日志", "operations.actor": "操作者",
     "operations.action": "操作", "operations.target": "对象", "operations.details": "详情",
     "operations.verified": "审计链校验通过：{rows} 行完整。", "operations.broken": "审计链已损坏：{problems}",
+    "operations.verify_again": "重新校验",
   },
 };
 

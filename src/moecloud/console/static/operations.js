@@ -1,5 +1,6 @@
 // Operations (admin): queue, latency percentiles and tokens/s, each worker's expert load per layer as a heat map,
-// the autoscaler's events, and the audit log with its chain verification. Refreshed every 5 s.
+// the autoscaler's events, and the audit log with its chain verification. Refreshed every 5 s (the verification
+// when the page opens and on request).
 
 import { api, clear, h } from "./api.js";
 import { heatMap } from "./charts.js";
@@ -39,26 +40,36 @@ function table(id, headings, rows) {
     h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: headings.length, class: "empty" }, t("none")))));
 }
 
+// The chain's verification reads every audit row: done when the page opens and on request, not every refresh.
+async function verification(element) {
+  const verified = await api("GET", "/admin/audit/verify");
+  clear(element,
+    h("p", { id: "audit-verify", class: `notice ${verified.ok ? "ok" : "error"}`, "data-ok": String(verified.ok) },
+      verified.ok ? t("operations.verified", { rows: verified.rows })
+        : t("operations.broken", { problems: verified.problems.join("; ") })),
+    h("button", { type: "button", class: "secondary", id: "audit-verify-again",
+      onclick: () => verification(element) }, t("operations.verify_again")));
+}
+
 export async function render(root, context) {
-  const body = h("div");
+  const live = h("div");
+  const auditRows = h("div");
+  const verified = h("div", { class: "row" });
   const draw = async () => {
-    const [operations, audit, verified] = await Promise.all([
+    const [operations, audit] = await Promise.all([
       api("GET", "/admin/operations"), api("GET", "/admin/audit", { params: { limit: 50 } }),
-      api("GET", "/admin/audit/verify"),
     ]);
-    clear(body, stats(operations), h("h2", {}, t("operations.expert_load")), expertLoad(operations),
+    clear(live, stats(operations), h("h2", {}, t("operations.expert_load")), expertLoad(operations),
       h("h2", {}, t("operations.scale_events")),
       table("scale-events", [t("operations.at"), t("operations.deployment"), t("operations.change"), t("operations.reason")],
         operations.scale_events.map((event) => h("tr", {}, h("td", {}, new Date(event.at).toLocaleString()),
-          h("td", {}, event.deployment), h("td", {}, `${event.replicas_from} → ${event.replicas_to}`), h("td", {}, event.reason)))),
-      h("h2", {}, t("operations.audit")),
-      h("p", { id: "audit-verify", class: `notice ${verified.ok ? "ok" : "error"}`, "data-ok": String(verified.ok) },
-        verified.ok ? t("operations.verified", { rows: verified.rows }) : t("operations.broken", { problems: verified.problems.join("; ") })),
+          h("td", {}, event.deployment), h("td", {}, `${event.replicas_from} → ${event.replicas_to}`), h("td", {}, event.reason)))));
+    clear(auditRows,
       table("audit", [t("operations.at"), t("operations.actor"), t("operations.action"), t("operations.target"), t("operations.details")],
         audit.map((entry) => h("tr", {}, h("td", {}, new Date(entry.at).toLocaleString()), h("td", {}, entry.actor),
           h("td", {}, entry.action), h("td", {}, entry.target), h("td", { class: "details" }, entry.details)))));
   };
-  await draw();
-  clear(root, h("h1", {}, t("nav.operations")), body);
+  await Promise.all([draw(), verification(verified)]);
+  clear(root, h("h1", {}, t("nav.operations")), live, h("h2", {}, t("operations.audit")), verified, auditRows);
   context.every(5000, () => draw().catch(() => {}));
 }
