@@ -324,3 +324,22 @@ def test_a_real_engine_stream_through_screening_is_billed_its_usage(
     row = gateway.wait_for_usage("acme", 1)[0]
     assert (row["prompt_tokens"], row["completion_tokens"]) == (usage.prompt_tokens, usage.completion_tokens)
     assert _screen_entries(gateway)[-1]["details"]["action"] == "redact"
+
+
+def test_a_card_that_only_redacting_the_phone_before_it_uncovers_is_not_cut_raw() -> None:
+    """A phone's digits and a card's read as one invalid number, so the card only matches once the phone is
+    ``[PHONE]``; a size cut inside that card must still release it whole, redacted (found by the property)."""
+    words = ["is", "110101199003074477", "并且", "the", "13912345678", "4111 1111 1111 1111", "13800138000", "并且",
+             "4111 1111 1111 1111", "13800138000", "order", "the", "the", "+1 415 555 0100"]
+    text = " ".join(words)
+    screen = StreamScreen(Policy(), window=96, tail=48)
+    released, position, turn = "", 0, 0
+    while position < len(text):
+        size = [1, 9, 4][turn % 3]
+        out, blocked = screen.feed(0, text[position:position + size])
+        assert not blocked
+        released += out
+        position, turn = position + size, turn + 1
+    released += screen.flush(0)[0]
+    assert released == verify_output(text, Policy()).redacted
+    assert released == "is [CN_ID] 并且 the [PHONE] [BANK_CARD] [PHONE] 并且 [BANK_CARD] [PHONE] order the the [PHONE]"

@@ -19,7 +19,7 @@ from prometheus_client import Counter
 
 from moecloud.security import Action, Actions, Category, Finding, Policy, Verdict
 from moecloud.security.findings import Direction, fired_categories
-from moecloud.security.screen import redact, verify_input, verify_output
+from moecloud.security.screen import REDACTION_ROUNDS, redact, verify_input, verify_output
 from moecloud.store import Database, audit
 
 ALONE_SLOTS = 64  # up to this many strings are screened one by one
@@ -251,6 +251,7 @@ _BOUNDARY = re.compile(r"[.!?](?=\s)|[。！？\n]")
 class _Held:
     pending: str = ""  # not yet released
     context: str = ""  # the last released characters, as generated (screened again with the next window)
+    hidden: list[Finding] = field(default_factory=list)  # the spans of ``context`` released redacted
     sent: str = ""  # everything released, as sent (redacted)
     blocked: bool = False
     cut: bool = False  # the client was sent the choice's final chunk
@@ -263,8 +264,8 @@ class StreamScreen:
 
     A window cut for size keeps its last ``tail`` characters back for the next one, so a number or secret
     shorter than that is always seen whole before any of it is released. A redacted span that runs past a cut
-    is released whole. ``feed`` and ``flush`` return what to send (possibly ""), and whether the choice is now
-    blocked (nothing more of it may be sent)."""
+    is released whole, one that only redacting its neighbour uncovers included. ``feed`` and ``flush`` return
+    what to send (possibly ""), and whether the choice is now blocked (nothing more of it may be sent)."""
 
     policy: Policy
     window: int
@@ -323,22 +324,59 @@ class StreamScreen:
         offset = len(held.context)
         text = held.context + held.pending
         cut += offset
-        new = [finding for finding in verify_output(text, self.policy).findings if finding.span[1] > offset]
+        findings = verify_output(text, self.policy).findings
+        new = [finding for finding in findings if finding.span[1] > offset]
         self.findings += new
         if any(actions.of(finding.category) == "block" for finding in new):
             held.blocked, held.pending = True, ""
             return "", True
-        spans = [finding for finding in new if finding.kind is not None and actions.of(finding.category) == "redact"]
+        spans = self._redactions(text, findings, held.hidden)
         for finding in sorted(spans, key=lambda found: found.span[0]):
             if finding.span[0] < cut < finding.span[1]:
                 cut = finding.span[1]
         released = [_moved(finding, max(finding.span[0], offset) - offset, finding.span[1] - offset)
-                    for finding in spans if finding.span[0] < cut]
-        out = redacted(text[offset:cut], released, self.policy, verify_output)
+                    for finding in spans if finding.span[0] < cut and finding.span[1] > offset]
+        out = redact(text[offset:cut], released)
         held.sent += out
         held.context = text[:cut][-self.tail:] if self.tail else ""
+        start = cut - len(held.context)
+        held.hidden = [_moved(finding, max(finding.span[0], start) - start, finding.span[1] - start)
+                       for finding in spans if finding.span[0] < cut and finding.span[1] > start]
         held.pending = text[cut:]
         return out, False
+
+    def _redactions(self, text: str, findings: list[Finding], hidden: list[Finding]) -> list[Finding]:
+        """The spans of ``text`` that ``Verdict.redacted`` replaces: the redactable ``findings`` and the ``hidden``
+        spans of its context (released redacted: the context may start inside one, which then no longer matches),
+        then round by round what redacting them uncovers (a phone's digits and a card's, invalid as one run, hide
+        the card until the phone is a placeholder), mapped back to ``text``. A cut inside one of them would release
+        part of it raw: the released part, screened alone, no longer shows it whole."""
+        actions = self.policy.output
+        spans = hidden + [finding for finding in findings
+                          if finding.kind is not None and actions.of(finding.category) == "redact"]
+        uncovered = spans
+        for _ in range(REDACTION_ROUNDS - 1):
+            if not uncovered:
+                break
+            # the text ``redact`` makes of ``text``, and for each of its characters the span of ``text`` it stands for
+            pieces: list[str] = []
+            covers: list[tuple[int, int]] = []
+            position = 0
+            for finding in sorted(spans, key=lambda found: (found.span[0], -found.span[1])):
+                start, end = finding.span
+                if start < position:
+                    continue
+                placeholder = f"[{finding.kind}]"
+                pieces += [text[position:start], placeholder]
+                covers += [(i, i + 1) for i in range(position, start)] + [(start, end)] * len(placeholder)
+                position = end
+            pieces.append(text[position:])
+            covers += [(i, i + 1) for i in range(position, len(text))]
+            uncovered = [_moved(finding, covers[finding.span[0]][0], covers[finding.span[1] - 1][1])
+                         for finding in verify_output("".join(pieces), self.policy).findings
+                         if finding.kind is not None and actions.of(finding.category) == "redact"]
+            spans += uncovered
+        return spans
 
 
 def _last_boundary(text: str) -> int:
