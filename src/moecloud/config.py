@@ -182,6 +182,9 @@ class GatewaySettings(BaseModel):
     upstream_connect_timeout_seconds: float = Field(5.0, gt=0)
     upstream_read_timeout_seconds: float = Field(600.0, gt=0, description="longest silence from upstream")
     upstream_max_connections: int = Field(1000, ge=1)
+    upstream_keepalive_seconds: float = Field(
+        4.0, gt=0, description="idle connections to a deployment are closed after this (below its server's 5 s)"
+    )
     default_tenant: str = Field("default", description="the tenant `moecloud serve` creates with a local key")
     internal_url: str | None = Field(
         None, pattern=r"^https?://",

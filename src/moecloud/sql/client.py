@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from moecloud.toolkit.evaluate import Retry, error_reason, retry_after
+from moecloud.web.aiohttp_transport import pooled_client
 
 
 class Cancelled(RuntimeError):
@@ -41,8 +42,12 @@ class Outcome:
     usage: dict[str, Any] | None = None
 
 
+KEEPALIVE_SECONDS = 4.0  # idle connections to the gateway closed before its server's own 5 s keep-alive does
+
+
 class Sender:
-    """An ``httpx.AsyncClient`` on an event loop of its own thread; ``send`` blocks the caller, not the loop."""
+    """An ``httpx.AsyncClient`` (on aiohttp's pool) on an event loop of its own thread; ``send`` blocks the
+    caller, not the loop."""
 
     def __init__(self, base_url: str, api_key: str, *, max_concurrency: int = 16,
                  requests_per_second: float | None = None, timeout: float = 300.0, retry: Retry = Retry()) -> None:
@@ -98,9 +103,9 @@ class Sender:
 
     async def _send_all(self, calls: Sequence[Call], done: Callable[[], None]) -> list[Outcome]:
         if self._client is None:
-            self._client = httpx.AsyncClient(
+            self._client = pooled_client(
                 base_url=self.base_url, headers={"authorization": f"Bearer {self.api_key}"}, timeout=self.timeout,
-                limits=httpx.Limits(max_connections=self.max_concurrency))
+                max_connections=self.max_concurrency, keepalive_seconds=KEEPALIVE_SECONDS)
         slots = asyncio.Semaphore(self.max_concurrency)
 
         async def one(call: Call) -> Outcome:

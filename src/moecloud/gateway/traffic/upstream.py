@@ -17,6 +17,7 @@ from moecloud.gateway.errors import (
     UpstreamUnavailable,
 )
 from moecloud.gateway.fleet.catalog import Route
+from moecloud.web.aiohttp_transport import pooled_client
 from moecloud.web.errors import APIError
 
 log = logging.getLogger(__name__)
@@ -27,11 +28,8 @@ class Upstream:
         timeout = httpx.Timeout(
             settings.upstream_read_timeout_seconds, connect=settings.upstream_connect_timeout_seconds
         )
-        limits = httpx.Limits(
-            max_connections=settings.upstream_max_connections,
-            max_keepalive_connections=settings.upstream_max_connections,
-        )
-        self._client = httpx.AsyncClient(timeout=timeout, limits=limits)
+        self._client = pooled_client(timeout=timeout, max_connections=settings.upstream_max_connections,
+                                     keepalive_seconds=settings.upstream_keepalive_seconds)
 
     async def post(self, route: Route, path: str, body: dict[str, Any], request_id: str) -> dict[str, Any]:
         response = await self.open(route, path, body, request_id, stream=False)
