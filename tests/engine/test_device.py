@@ -279,16 +279,57 @@ def test_graph_decode_equals_eager_on_cuda(tiny_checkpoint, dtype, batch):
         assert counts == eager_counts  # padding rows are not counted
 
 
-def test_prefill_attention_in_query_slices_equals_one_pass(tiny_checkpoint, monkeypatch):
+def _attention_form(monkeypatch: pytest.MonkeyPatch, expanded: bool) -> None:
+    """Every MLA layer computes prefills in one form: latent expanded into per-head keys and values, or absorbed."""
+    monkeypatch.setattr(attention_module.MLA, "_expands", lambda self, q_len, num_keys: expanded and q_len > 1)
+
+
+@pytest.mark.parametrize("expanded", [False, True], ids=["absorbed", "expanded"])
+def test_prefill_attention_in_query_slices_equals_one_pass(tiny_checkpoint, monkeypatch, expanded):
     llm = LLM(str(tiny_checkpoint), compile=False, dtype="float32", kv_cache_tokens=512)
+    _attention_form(monkeypatch, expanded)
     prompt = [(7 * i) % 300 + 1 for i in range(40)]
     whole = llm.engine.compute_logits(prompt)
     heads = llm.engine.model_config.num_attention_heads
     monkeypatch.setattr(attention_module, "SCORES_BUDGET", heads * 48 * 3)  # 3 queries a slice (48 keys)
     slices = []
-    one_slice = attention_module.MLA._attend_slice
-    monkeypatch.setattr(attention_module.MLA, "_attend_slice", lambda self, q, *a: slices.append(q.shape[1])
-                        or one_slice(self, q, *a))
+    if expanded:
+        sdpa = attention_module.F.scaled_dot_product_attention
+        monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention",
+                            lambda q, *a, **kw: slices.append(q.shape[2]) or sdpa(q, *a, **kw))
+    else:
+        one_slice = attention_module.MLA._attend_slice
+        monkeypatch.setattr(attention_module.MLA, "_attend_slice", lambda self, q, *a: slices.append(q.shape[1])
+                            or one_slice(self, q, *a))
     sliced = llm.engine.compute_logits(prompt)
     assert torch.allclose(sliced, whole, atol=1e-5, rtol=1e-4)
     assert max(slices) == 3 and sum(slices) == 40 * llm.engine.model_config.num_hidden_layers
+
+
+def test_expanded_and_absorbed_attention_give_the_same_logits(tiny_checkpoint, monkeypatch):
+    """A whole prompt in one chunk, and in 16-token chunks over the cached part before them (keys padded to whole
+    blocks, a last chunk shorter than the others): both forms of MLA agree in fp32, and in bf16 the expanded form
+    is as close to fp32 as the absorbed one."""
+    prompt = [(11 * i) % 300 + 1 for i in range(40)]
+    results = {}
+    for expanded in (False, True):
+        _attention_form(monkeypatch, expanded)
+        for dtype in ("float32", "bfloat16"):
+            for chunk in (64, 16):
+                llm = LLM(str(tiny_checkpoint), compile=False, dtype=dtype, kv_cache_tokens=512,
+                          max_num_batched_tokens=chunk)
+                results[expanded, dtype, chunk] = llm.engine.compute_logits(prompt).float()
+    reference = results[False, "float32", 64]
+    for chunk in (64, 16):
+        assert torch.allclose(results[True, "float32", chunk], reference, atol=1e-4, rtol=1e-4)
+        assert torch.equal(results[True, "float32", chunk].argmax(-1), reference.argmax(-1))
+        absorbed_error = (results[False, "bfloat16", chunk] - reference).abs().max()
+        expanded_error = (results[True, "bfloat16", chunk] - reference).abs().max()
+        assert 0 < expanded_error <= 1.25 * absorbed_error
+
+
+def test_a_prefill_expands_the_latent_and_a_decode_or_a_short_suffix_of_a_long_context_does_not(tiny_checkpoint):
+    mla = LLM(str(tiny_checkpoint), compile=False, kv_cache_tokens=512).engine.model.model.layers[0].self_attn
+    assert not mla._expands(1, 16) and not mla._expands(1, 4096)  # a decode
+    assert mla._expands(480, 480) and mla._expands(64, 128)  # a fresh prompt, a chunk over one chunk before it
+    assert not mla._expands(2, 4096)  # two new tokens over a long cached prefix: absorbing them is cheaper

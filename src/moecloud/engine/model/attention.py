@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from moecloud.engine.model.layers import Linear, RMSNorm, RotaryEmbedding
@@ -93,39 +94,87 @@ class MLA(nn.Module):
         k_pe = self.rotary.apply(k_pe[:, None], batch.rope)[:, 0]  # [T, rope]
         cache.view(-1, cache.shape[-1]).index_copy_(0, batch.slot_mapping, torch.cat((latent, k_pe), dim=-1))
 
-        w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
-        w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim :]
-        q_latent = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)  # [T, heads, kv_lora]
         if len(batch.groups) == 1 and batch.groups[0].in_order:  # all decodes (or one prefill): no reshuffle
             shape = batch.groups[0].token_index.shape
-            out_latent = self._attend(
-                q_latent.view(*shape, *q_latent.shape[1:]), q_pe.view(*shape, *q_pe.shape[1:]), batch.groups[0], cache
+            out = self._attend_group(
+                q_nope.view(*shape, *q_nope.shape[1:]), q_pe.view(*shape, *q_pe.shape[1:]), batch.groups[0], cache
             ).flatten(0, 1)
         else:
-            out_latent = q_latent.new_empty(q_latent.shape)
+            out = q_nope.new_empty(tokens, self.num_heads, self.v_dim)
             for group in batch.groups:
-                out_latent[group.token_index] = self._attend(
-                    q_latent[group.token_index], q_pe[group.token_index], group, cache
+                out[group.token_index] = self._attend_group(
+                    q_nope[group.token_index], q_pe[group.token_index], group, cache
                 )
-        out = torch.bmm(out_latent.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1).reshape(tokens, -1)
-        out = self.o_proj(out)
+        out = self.o_proj(out.reshape(tokens, -1))
         return out if self.comm is None else self.comm.tp_all_reduce(out)
 
+    def _expands(self, q_len: int, num_keys: int) -> bool:
+        """Whether ``q_len`` queries over ``num_keys`` keys cost fewer FLOPs with the latent expanded into per-head
+        keys and values (``kv_b_proj`` over every key, then attention in the heads' own dimensions, as training
+        computes it) than with the queries absorbed into the latent (``W_UK`` / ``W_UV`` per query, attention over
+        the latent). A decode (one query) never expands; a prefill without a long cached prefix does."""
+        if q_len == 1:
+            return False
+        n, v, k, r = self.nope_dim, self.v_dim, self.kv_lora_rank, self.rope_dim
+        absorbed = q_len * k * (n + v) + q_len * num_keys * (2 * k + r)
+        expanded = num_keys * k * (n + v) + q_len * num_keys * (n + r + v)
+        return expanded < absorbed
+
+    def _attend_group(
+        self, q_nope: torch.Tensor, q_pe: torch.Tensor, group: AttentionGroup, cache: torch.Tensor
+    ) -> torch.Tensor:
+        """``q_nope`` [B, Q, heads, nope], ``q_pe`` [B, Q, heads, rope] -> [B, Q, heads, v]."""
+        batch, q_len = q_nope.shape[:2]
+        kv = cache[group.block_tables].flatten(1, 2)  # [B, L, kv_lora + rope]
+        latent, k_pe = kv[..., : self.kv_lora_rank], kv[..., self.kv_lora_rank :]
+        if self._expands(q_len, kv.shape[1]):
+            return self._attend_expanded(q_nope, q_pe, group.masked, latent, k_pe)
+        w = self.kv_b_proj.weight.view(self.num_heads, self.nope_dim + self.v_dim, self.kv_lora_rank)
+        w_uk, w_uv = w[:, : self.nope_dim], w[:, self.nope_dim :]
+        q_latent = torch.bmm(q_nope.flatten(0, 1).transpose(0, 1), w_uk).transpose(0, 1)  # [B*Q, heads, kv_lora]
+        out_latent = self._attend(q_latent.view(batch, q_len, *q_latent.shape[1:]), q_pe, group.masked, latent, k_pe)
+        return torch.bmm(out_latent.flatten(0, 1).transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1).view(
+            batch, q_len, self.num_heads, self.v_dim)
+
+    def _attend_expanded(
+        self, q_nope: torch.Tensor, q_pe: torch.Tensor, masked: torch.Tensor, latent: torch.Tensor,
+        k_pe: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attention over per-head keys ``[k_nope, k_pe]`` and values that ``kv_b_proj`` expands from the latent, by
+        ``scaled_dot_product_attention`` (a fused kernel: the scores are never all in memory at once)."""
+        batch, q_len, heads, _ = q_nope.shape
+        num_keys = latent.shape[1]
+        kv = self.kv_b_proj(latent).view(batch, num_keys, heads, self.nope_dim + self.v_dim)
+        k_nope, value = kv.split([self.nope_dim, self.v_dim], dim=-1)
+        key = torch.cat((k_nope, k_pe[:, :, None].expand(-1, -1, heads, -1)), dim=-1).transpose(1, 2)
+        query = torch.cat((q_nope, q_pe), dim=-1).transpose(1, 2)  # [B, heads, Q, nope + rope]
+        visible = ~masked.transpose(1, 2)  # [B, 1, Q, L]
+        # torch's fused kernels want one head dimension for keys and values: the narrower side padded with zeros
+        # (the scale is given, so zero query/key columns change no score; zero value columns are cut off after)
+        width = max(query.shape[-1], self.v_dim)
+        query, key = (F.pad(t, (0, width - t.shape[-1])) for t in (query, key))
+        value = F.pad(value, (0, width - self.v_dim)).transpose(1, 2)
+        step = max(1, SCORES_BUDGET // (batch * heads * num_keys))  # bounds the scores if torch picks its math kernel
+        parts = [F.scaled_dot_product_attention(query[:, :, i : i + step], key, value,
+                                                attn_mask=visible[:, :, i : i + step], scale=self.softmax_scale)
+                 for i in range(0, q_len, step)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+        return out[..., : self.v_dim].transpose(1, 2)  # [B, Q, heads, v]
+
     def _attend(
-        self, q_latent: torch.Tensor, q_pe: torch.Tensor, group: AttentionGroup, cache: torch.Tensor
+        self, q_latent: torch.Tensor, q_pe: torch.Tensor, masked: torch.Tensor, latent: torch.Tensor,
+        k_pe: torch.Tensor,
     ) -> torch.Tensor:
         """``q_latent`` [B, Q, heads, kv_lora], ``q_pe`` [B, Q, heads, rope] -> [B, Q, heads, kv_lora].
 
         The fp32 scores of a long prefill chunk against a long context (Q * heads * L of them) would dwarf
         everything else a step allocates, so queries go in slices of at most ``SCORES_BUDGET`` scores."""
         batch, q_len, heads, _ = q_latent.shape
-        kv = cache[group.block_tables].flatten(1, 2)  # [B, L, kv_lora + rope]
-        latent, k_pe = kv[..., : self.kv_lora_rank], kv[..., self.kv_lora_rank :]
-        step = max(1, SCORES_BUDGET // (batch * heads * kv.shape[1]))
+        step = max(1, SCORES_BUDGET // (batch * heads * latent.shape[1]))
         if step >= q_len:
-            return self._attend_slice(q_latent, q_pe, group.masked, latent, k_pe)
+            return self._attend_slice(q_latent, q_pe, masked, latent, k_pe)
         return torch.cat([
-            self._attend_slice(q_latent[:, i : i + step], q_pe[:, i : i + step], group.masked[:, i : i + step],
+            self._attend_slice(q_latent[:, i : i + step], q_pe[:, i : i + step], masked[:, i : i + step],
                                latent, k_pe)
             for i in range(0, q_len, step)
         ], dim=1)
