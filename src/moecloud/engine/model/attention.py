@@ -50,6 +50,14 @@ def attention_mask(context_lens: torch.Tensor, q_len: int, num_keys: int) -> tor
     return (torch.arange(num_keys, device=device)[None, None, :] > last_visible[:, :, None])[:, :, None]
 
 
+def query_slices(batch: int, q_len: int, heads: int, num_keys: int) -> list[slice]:
+    """The ``q_len`` queries in slices of at most ``SCORES_BUDGET`` scores (``batch x slice x heads x num_keys``)."""
+    step = max(1, SCORES_BUDGET // (batch * heads * num_keys))
+    if step >= q_len:  # the rule (a decode step always): one slice, and no step a compiled graph specialises on
+        return [slice(None)]
+    return [slice(start, start + step) for start in range(0, q_len, step)]
+
+
 class MLA(nn.Module):
     """With a ``comm``, this tensor rank's heads only: their rows of ``q_proj`` / ``q_b_proj`` and ``kv_b_proj``, their
     columns of ``o_proj`` (whose outputs are summed over the TP group). The latent projections are replicated, so
@@ -154,10 +162,9 @@ class MLA(nn.Module):
         width = max(query.shape[-1], self.v_dim)
         query, key = (F.pad(t, (0, width - t.shape[-1])) for t in (query, key))
         value = F.pad(value, (0, width - self.v_dim)).transpose(1, 2)
-        step = max(1, SCORES_BUDGET // (batch * heads * num_keys))  # bounds the scores if torch picks its math kernel
-        parts = [F.scaled_dot_product_attention(query[:, :, i : i + step], key, value,
-                                                attn_mask=visible[:, :, i : i + step], scale=self.softmax_scale)
-                 for i in range(0, q_len, step)]
+        parts = [F.scaled_dot_product_attention(query[:, :, rows], key, value, attn_mask=visible[:, :, rows],
+                                                scale=self.softmax_scale)  # sliced in case torch picks its math kernel
+                 for rows in query_slices(batch, q_len, heads, num_keys)]
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
         return out[..., : self.v_dim].transpose(1, 2)  # [B, Q, heads, v]
 
@@ -170,14 +177,9 @@ class MLA(nn.Module):
         The fp32 scores of a long prefill chunk against a long context (Q * heads * L of them) would dwarf
         everything else a step allocates, so queries go in slices of at most ``SCORES_BUDGET`` scores."""
         batch, q_len, heads, _ = q_latent.shape
-        step = max(1, SCORES_BUDGET // (batch * heads * latent.shape[1]))
-        if step >= q_len:
-            return self._attend_slice(q_latent, q_pe, masked, latent, k_pe)
-        return torch.cat([
-            self._attend_slice(q_latent[:, i : i + step], q_pe[:, i : i + step], masked[:, i : i + step],
-                               latent, k_pe)
-            for i in range(0, q_len, step)
-        ], dim=1)
+        parts = [self._attend_slice(q_latent[:, rows], q_pe[:, rows], masked[:, rows], latent, k_pe)
+                 for rows in query_slices(batch, q_len, heads, latent.shape[1])]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def _attend_slice(
         self, q_latent: torch.Tensor, q_pe: torch.Tensor, masked: torch.Tensor, latent: torch.Tensor,
