@@ -343,3 +343,13 @@ def test_a_card_that_only_redacting_the_phone_before_it_uncovers_is_not_cut_raw(
     released += screen.flush(0)[0]
     assert released == verify_output(text, Policy()).redacted
     assert released == "is [CN_ID] 并且 the [PHONE] [BANK_CARD] [PHONE] 并且 [BANK_CARD] [PHONE] order the the [PHONE]"
+
+
+def test_a_streamed_card_that_a_phone_hides_is_among_the_findings_the_audit_gets() -> None:
+    text = "call 13912345678 4111 1111 1111 1111 now. Thanks!"
+    screen = StreamScreen(Policy(), window=96, tail=48)
+    released = "".join(screen.feed(0, text[i:i + 5])[0] for i in range(0, len(text), 5)) + screen.flush(0)[0]
+    assert released == "call [PHONE] [BANK_CARD] now. Thanks!"
+    decision = screen.decision
+    assert decision is not None and decision.action == "redact"
+    assert sorted(finding.kind for finding in decision.findings) == ["BANK_CARD", "PHONE"]

@@ -13,6 +13,7 @@ from moecloud.security import Actions, Policy, verify_input, verify_output
 from moecloud.security.dataset import load_items
 from moecloud.security.evaluation import HELD_OUT_TOPICS, rates
 from moecloud.security.pii import PiiDetector
+from moecloud.security.screen import redact
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +155,22 @@ def test_verify_never_raises_and_redaction_is_complete_and_idempotent(text: str)
     assert verify_output(text).redacted is not None
     assert PiiDetector().detect(verdict.redacted) == []
     assert verify_input(verdict.redacted).redacted == verdict.redacted
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(pii_pieces, max_size=12).map(" ".join))
+def test_every_redacted_item_is_a_finding_of_the_text_at_its_own_span(text: str) -> None:
+    """What ``redacted`` replaces is exactly the redactable findings' spans of the text itself, the items that
+    only redacting a neighbour uncovers included (they reach the audit log as findings too)."""
+    verdict = verify_output(text)
+    spans = [finding for finding in verdict.findings if finding.kind is not None]
+    assert all(0 <= f.span[0] < f.span[1] <= len(text) for f in spans)
+    assert redact(text, spans) == verdict.redacted
+
+
+def test_a_card_that_a_phone_beside_it_hides_is_a_finding_with_its_own_span() -> None:
+    text = "call 13912345678 4111 1111 1111 1111 now"  # one invalid 27-digit run until the phone is a placeholder
+    verdict = verify_output(text)
+    assert verdict.redacted == "call [PHONE] [BANK_CARD] now"
+    assert [(f.kind, text[f.span[0]:f.span[1]]) for f in verdict.findings] == [
+        ("PHONE", "13912345678"), ("BANK_CARD", "4111 1111 1111 1111")]

@@ -28,15 +28,42 @@ class Screen:
     actions: Actions
 
     def verify(self, text: str) -> Verdict:
-        findings = self._findings(text)
+        """The findings of ``text`` (those that redacting others uncovers included) and ``text`` redacted."""
+        first = self._findings(text)
+        spans = self._redactable(first)
+        uncovered = self.uncovered(text, spans)
+        findings = first + uncovered
         blocked = any(self.actions.of(finding.category) == "block" for finding in findings)
-        redacted = text
-        for _ in range(REDACTION_ROUNDS):
-            spans = self._redactable(self._findings(redacted) if redacted is not text else findings)
-            if not spans:
-                break
-            redacted = redact(redacted, spans)
+        redacted = redact(text, spans + uncovered) if spans else text
         return Verdict(flagged=bool(findings), blocked=blocked, findings=findings, redacted=redacted)
+
+    def uncovered(self, text: str, spans: list[Finding]) -> list[Finding]:
+        """What redacting ``spans`` of ``text`` uncovers, round by round (a phone's digits and a card's, invalid
+        as one run, hide the card until the phone is a placeholder), as redactable findings of ``text`` itself:
+        each span mapped back from the redacted text to the characters of ``text`` it stands for."""
+        found: list[Finding] = []
+        new = spans
+        for _ in range(REDACTION_ROUNDS - 1):
+            if not new:
+                break
+            # the text ``redact`` makes of ``text``, and for each of its characters the span of ``text`` it stands for
+            pieces: list[str] = []
+            covers: list[tuple[int, int]] = []
+            position = 0
+            for finding in sorted(spans + found, key=lambda found: (found.span[0], -found.span[1])):
+                start, end = finding.span
+                if start < position:
+                    continue
+                placeholder = f"[{finding.kind}]"
+                pieces += [text[position:start], placeholder]
+                covers += [(i, i + 1) for i in range(position, start)] + [(start, end)] * len(placeholder)
+                position = end
+            pieces.append(text[position:])
+            covers += [(i, i + 1) for i in range(position, len(text))]
+            new = [moved(finding, covers[finding.span[0]][0], covers[finding.span[1] - 1][1])
+                   for finding in self._redactable(self._findings("".join(pieces)))]
+            found += new
+        return found
 
     def _findings(self, text: str) -> list[Finding]:
         return [finding for detector in self.detectors for finding in detector.detect(text)
@@ -45,6 +72,11 @@ class Screen:
     def _redactable(self, findings: list[Finding]) -> list[Finding]:
         return [finding for finding in findings
                 if finding.kind is not None and self.actions.of(finding.category) == "redact"]
+
+
+def moved(finding: Finding, start: int, end: int) -> Finding:
+    """``finding`` at another span."""
+    return Finding(finding.detector, finding.category, finding.score, finding.reason, (start, end), finding.kind)
 
 
 def redact(text: str, findings: list[Finding]) -> str:

@@ -19,7 +19,7 @@ from prometheus_client import Counter
 
 from moecloud.security import Action, Actions, Category, Finding, Policy, Verdict
 from moecloud.security.findings import Direction, fired_categories
-from moecloud.security.screen import REDACTION_ROUNDS, redact, verify_input, verify_output
+from moecloud.security.screen import moved, redact, screen_of, verify_input, verify_output
 from moecloud.store import Database, audit
 
 ALONE_SLOTS = 64  # up to this many strings are screened one by one
@@ -171,7 +171,7 @@ def screen_slots(slots: list[TextSlot], policy: Policy, direction: Direction) ->
                     param = slots[i].param
                 low, high = max(finding.span[0], start), min(finding.span[1], end)
                 if low < high and finding.kind is not None and action == "redact":
-                    redactions.setdefault(i, []).append(_moved(finding, low - start, high - start))
+                    redactions.setdefault(i, []).append(moved(finding, low - start, high - start))
     if not findings:
         return None
     decision = decide(direction, findings, actions, param)
@@ -208,10 +208,6 @@ def _batches(slots: list[TextSlot]) -> Iterator[list[int]]:
         size += len(slot.text) + len(SEPARATOR)
     if batch:
         yield batch
-
-
-def _moved(finding: Finding, start: int, end: int) -> Finding:
-    return Finding(finding.detector, finding.category, finding.score, finding.reason, (start, end), finding.kind)
 
 
 @dataclass
@@ -334,13 +330,13 @@ class StreamScreen:
         for finding in sorted(spans, key=lambda found: found.span[0]):
             if finding.span[0] < cut < finding.span[1]:
                 cut = finding.span[1]
-        released = [_moved(finding, max(finding.span[0], offset) - offset, finding.span[1] - offset)
+        released = [moved(finding, max(finding.span[0], offset) - offset, finding.span[1] - offset)
                     for finding in spans if finding.span[0] < cut and finding.span[1] > offset]
         out = redact(text[offset:cut], released)
         held.sent += out
         held.context = text[:cut][-self.tail:] if self.tail else ""
         start = cut - len(held.context)
-        held.hidden = [_moved(finding, max(finding.span[0], start) - start, finding.span[1] - start)
+        held.hidden = [moved(finding, max(finding.span[0], start) - start, finding.span[1] - start)
                        for finding in spans if finding.span[0] < cut and finding.span[1] > start]
         held.pending = text[cut:]
         return out, False
@@ -348,35 +344,12 @@ class StreamScreen:
     def _redactions(self, text: str, findings: list[Finding], hidden: list[Finding]) -> list[Finding]:
         """The spans of ``text`` that ``Verdict.redacted`` replaces: the redactable ``findings`` and the ``hidden``
         spans of its context (released redacted: the context may start inside one, which then no longer matches),
-        then round by round what redacting them uncovers (a phone's digits and a card's, invalid as one run, hide
-        the card until the phone is a placeholder), mapped back to ``text``. A cut inside one of them would release
-        part of it raw: the released part, screened alone, no longer shows it whole."""
-        actions = self.policy.output
+        then what redacting them uncovers. A cut inside one of them would release part of it raw: the released
+        part, screened alone, no longer shows it whole."""
+        actions, screen = self.policy.output, screen_of(self.policy, "output")
         spans = hidden + [finding for finding in findings
                           if finding.kind is not None and actions.of(finding.category) == "redact"]
-        uncovered = spans
-        for _ in range(REDACTION_ROUNDS - 1):
-            if not uncovered:
-                break
-            # the text ``redact`` makes of ``text``, and for each of its characters the span of ``text`` it stands for
-            pieces: list[str] = []
-            covers: list[tuple[int, int]] = []
-            position = 0
-            for finding in sorted(spans, key=lambda found: (found.span[0], -found.span[1])):
-                start, end = finding.span
-                if start < position:
-                    continue
-                placeholder = f"[{finding.kind}]"
-                pieces += [text[position:start], placeholder]
-                covers += [(i, i + 1) for i in range(position, start)] + [(start, end)] * len(placeholder)
-                position = end
-            pieces.append(text[position:])
-            covers += [(i, i + 1) for i in range(position, len(text))]
-            uncovered = [_moved(finding, covers[finding.span[0]][0], covers[finding.span[1] - 1][1])
-                         for finding in verify_output("".join(pieces), self.policy).findings
-                         if finding.kind is not None and actions.of(finding.category) == "redact"]
-            spans += uncovered
-        return spans
+        return spans + screen.uncovered(text, spans)
 
 
 def _last_boundary(text: str) -> int:
