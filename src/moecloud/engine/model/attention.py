@@ -152,7 +152,16 @@ class MLA(nn.Module):
         ``scaled_dot_product_attention`` (a fused kernel: the scores are never all in memory at once)."""
         batch, q_len, heads, _ = q_nope.shape
         num_keys = latent.shape[1]
-        kv = self.kv_b_proj(latent).view(batch, num_keys, heads, self.nope_dim + self.v_dim)
+        dtype = q_nope.dtype
+        if latent.device.type == "cpu" and dtype != torch.float32:
+            # fp32 on a CPU, as the absorbed form's softmax is: keys and values expanded in 16 bits put a random
+            # V3-shaped model's bf16 logits ~2x further from fp32 (gpu_check's fp8 twin: rel. error 0.17 vs 0.096),
+            # and the fp32 kernel is no slower there (70m in bf16, 480-token prefill: 2.9-3.3k tok/s vs 2.1-2.8k)
+            q_nope, q_pe, latent, k_pe = (t.float() for t in (q_nope, q_pe, latent, k_pe))
+            kv = F.linear(latent, self.kv_b_proj.weight.float())
+        else:
+            kv = self.kv_b_proj(latent)
+        kv = kv.view(batch, num_keys, heads, self.nope_dim + self.v_dim)
         k_nope, value = kv.split([self.nope_dim, self.v_dim], dim=-1)
         key = torch.cat((k_nope, k_pe[:, :, None].expand(-1, -1, heads, -1)), dim=-1).transpose(1, 2)
         query = torch.cat((q_nope, q_pe), dim=-1).transpose(1, 2)  # [B, heads, Q, nope + rope]
@@ -166,7 +175,7 @@ class MLA(nn.Module):
                                                 scale=self.softmax_scale)  # sliced in case torch picks its math kernel
                  for rows in query_slices(batch, q_len, heads, num_keys)]
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
-        return out[..., : self.v_dim].transpose(1, 2)  # [B, Q, heads, v]
+        return out[..., : self.v_dim].transpose(1, 2).to(dtype)  # [B, Q, heads, v]
 
     def _attend(
         self, q_latent: torch.Tensor, q_pe: torch.Tensor, masked: torch.Tensor, latent: torch.Tensor,
