@@ -8,6 +8,7 @@ from __future__ import annotations
 import _thread
 import itertools
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -219,10 +220,18 @@ def test_ctrl_c_in_the_cli_cancels_what_is_in_flight(gateway: Gateway) -> None:
     interrupter.start()
     options = json.dumps({"max_tokens": 64, "ignore_eos": True})
     query = f"SELECT moe_complete('{MODEL}', 'row ' || i, '{options}') FROM range({rows}) r(i)"
-    result = CliRunner().invoke(app, ["sql", query, "--base-url", gateway.url + "/v1", "--api-key", key,
-                                      "--concurrency", "2"])
+    # at most 4 request starts a second: the query takes 15 s or more, so Ctrl+C always lands while it runs, however
+    # fast the engine answers (unthrottled, a quick engine could finish all 60 before the poll saw the first bill)
+    # SIGINT handled as a fresh CLI process handles it, whatever an earlier test in this process left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = CliRunner().invoke(app, ["sql", query, "--base-url", gateway.url + "/v1", "--api-key", key,
+                                          "--concurrency", "2", "--rate", "4"])
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     interrupter.join(30)
-    assert result.exit_code == 1 and "cancelled" in result.output
+    assert result.exit_code == 1 and "cancelled" in result.output, (previous, result.output)
     assert usage_requests(gateway, tenant) < rows
 
 
